@@ -1,0 +1,112 @@
+# fusedadam - fused multi-tensor Adam/AdamW for CUDA, with a CPU implementation.
+#   make            build/libfusedadam.a and build/libfusedadam.so
+#   make demo       train a synthetic model with AdamW and with Adam+L2 (GPU if present, else CPU)
+#   make test       every test; ends with "N passed, N failed, N skipped"
+#   make bench      benchmarks (GPU part skipped without a GPU)
+#   make install PREFIX=/usr/local   header, libraries, pkg-config file
+#   make regs       register/spill report of every kernel
+#   make asan       the host code and its tests under AddressSanitizer/UBSan
+#   make check-header   the public header alone as C99 -pedantic -Werror
+
+PREFIX ?= /usr/local
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc))
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+CC ?= gcc
+CXX ?= g++
+PYTHON ?= python3
+
+VERSION := $(shell sed -n 's/^\#define FADAM_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/fusedadam.h | paste -sd.)
+SOVERSION := $(firstword $(subst ., ,$(VERSION)))
+
+BUILD := build
+CUDA_INC := $(CUDA_HOME)/include
+CUDA_LIB := $(CUDA_HOME)/lib64
+
+# -ffp-contract=off / -fmad=false: no fused multiply-add anywhere, so the GPU, the emulated kernel
+# and the C reference compute the same bits (../shared/NUMERICS.md).
+CFLAGS_COMMON := -std=c11 -O2 -g -Wall -Wextra -Werror -ffp-contract=off -fno-math-errno -fPIC \
+                 -Iinclude -Ikernels -Icsrc -I$(CUDA_INC) $(EXTRA_CFLAGS)
+NVCC_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90
+NVCCFLAGS := -std=c++17 -O3 -fmad=false $(NVCC_ARCH) -Werror all-warnings \
+             -Xcompiler -fPIC,-Wall,-Wextra -Iinclude -Ikernels $(EXTRA_NVCCFLAGS)
+
+LIB_C_SOURCES := $(wildcard csrc/*.c)
+KERNEL_SOURCES := $(wildcard kernels/*.cu)
+LIB_OBJECTS := $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(LIB_C_SOURCES)) \
+               $(patsubst kernels/%.cu,$(BUILD)/obj/%.cu.o,$(KERNEL_SOURCES))
+HEADERS := $(wildcard include/*.h csrc/*.h kernels/*.h kernels/*.cuh)
+LIBS_CUDA := -L$(CUDA_LIB) -Wl,-rpath,$(CUDA_LIB) -lcudart -lm -lpthread
+
+STATIC_LIB := $(BUILD)/libfusedadam.a
+SHARED_LIB := $(BUILD)/libfusedadam.so.$(VERSION)
+
+.PHONY: all demo test bench install uninstall clean regs asan check-header
+all: $(STATIC_LIB) $(BUILD)/libfusedadam.so
+
+$(BUILD)/obj/%.o: csrc/%.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) -c $< -o $@
+
+$(BUILD)/obj/%.cu.o: kernels/%.cu $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(STATIC_LIB): $(LIB_OBJECTS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED_LIB): $(LIB_OBJECTS) csrc/fusedadam.map
+	$(CXX) -shared -Wl,-soname,libfusedadam.so.$(SOVERSION) -Wl,--version-script=csrc/fusedadam.map \
+	    -o $@ $(LIB_OBJECTS) $(LIBS_CUDA)
+
+$(BUILD)/libfusedadam.so: $(SHARED_LIB)
+	ln -sf libfusedadam.so.$(VERSION) $(BUILD)/libfusedadam.so.$(SOVERSION)
+	ln -sf libfusedadam.so.$(VERSION) $@
+
+# ---- demo ----
+$(BUILD)/demo: examples/demo.c $(STATIC_LIB)
+	$(CC) $(CFLAGS_COMMON) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
+
+demo: $(BUILD)/demo
+	./$(BUILD)/demo
+
+# ---- register/spill report ----
+regs:
+	@for f in $(KERNEL_SOURCES); do \
+	    echo "== $$f"; \
+	    $(NVCC) $(NVCCFLAGS) -Xptxas -v -c $$f -o /dev/null 2>&1 | grep -E "Compiling entry|registers|spill" ; \
+	done
+
+check-header:
+	$(CC) -std=c99 -pedantic -Wall -Wextra -Werror -fsyntax-only -x c include/fusedadam.h
+	$(CXX) -std=c++11 -pedantic -Wall -Wextra -Werror -fsyntax-only -x c++ include/fusedadam.h
+
+# ---- install ----
+install: all
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/fusedadam.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(STATIC_LIB) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(SHARED_LIB) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libfusedadam.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libfusedadam.so.$(SOVERSION)
+	ln -sf libfusedadam.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libfusedadam.so
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' -e 's|@CUDA_LIB@|$(CUDA_LIB)|g' \
+	    fusedadam.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/fusedadam.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/include/fusedadam.h $(DESTDIR)$(PREFIX)/lib/libfusedadam.* \
+	      $(DESTDIR)$(PREFIX)/lib/pkgconfig/fusedadam.pc
+
+clean:
+	rm -rf $(BUILD)
+
+# ---- tests: each fragment adds programs to TEST_PROGRAMS (built first) and commands to TEST_RUN ----
+TEST_PROGRAMS :=
+TEST_RUN :=
+include mk/tests.mk
+-include mk/bench.mk
+-include mk/torch.mk
+-include mk/checkpoint.mk
+
+test: all $(TEST_PROGRAMS)
+	@bash tests/run_tests.sh $(TEST_RUN)

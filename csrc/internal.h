@@ -1,0 +1,88 @@
+/* internal.h - what the host-side files of fusedadam share; not installed. */
+#ifndef FADAM_INTERNAL_H
+#define FADAM_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "adam_math.h"
+#include "fusedadam.h"
+
+/* ---- errors (status.c) ---- */
+
+/* Records `status` and a printf-style detail message for this thread; returns `status`. */
+fadam_status fadam_fail(fadam_status status, const char *format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Clears the detail message; every public entry point calls it first. */
+void fadam_clear_error(void);
+
+#define FADAM_REQUIRE_NOT_NULL(pointer, function)                                                   \
+    do {                                                                                            \
+        if ((pointer) == NULL)                                                                      \
+            return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: argument '%s' is NULL", function, #pointer); \
+    } while (0)
+
+/* ---- CUDA (cuda_runtime.c): every CUDA call of the host code goes through here ---- */
+
+/* Records a failed CUDA call ("cudaMalloc(...) failed: out of memory (cudaErrorMemoryAllocation)
+ * at csrc/x.c:12") and returns FADAM_ERR_CUDA, or FADAM_ERR_OUT_OF_MEMORY for allocation errors. */
+fadam_status fadam_cuda_fail(int cuda_error, const char *call, const char *file, int line);
+
+#define FADAM_CUDA_CHECK(call)                                                       \
+    do {                                                                             \
+        int fadam_cuda_error_ = (int)(call);                                         \
+        if (fadam_cuda_error_ != 0)                                                  \
+            return fadam_cuda_fail(fadam_cuda_error_, #call, __FILE__, __LINE__);    \
+    } while (0)
+
+/* Makes `device` current, remembering the caller's, and puts it back: no call changes the caller's
+ * current device. */
+fadam_status fadam_cuda_enter_device(int device, int *previous_device);
+void fadam_cuda_leave_device(int device, int previous_device);
+
+/* One step kernel launch on a persistent grid sized for `device` (at most n_chunks blocks). */
+fadam_status fadam_cuda_launch_step(const fadam_step_kernel_args *args, int64_t n_chunks, int device,
+                                    struct CUstream_st *stream);
+fadam_status fadam_cuda_grid_blocks(int64_t n_chunks, int device, unsigned *grid_out);
+
+/* ---- the tensor table (table.c) ---- */
+
+/* One tensor's dtypes, count, group, pointers and alignment; the moments too when state_given. */
+fadam_status fadam_check_tensor(const fadam_tensor *tensor, int64_t index, int n_groups, int state_given,
+                                const char *function);
+/* Every tensor, then that no two buffers overlap. */
+fadam_status fadam_table_check(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, const char *function);
+size_t fadam_table_size(int64_t n_tensors);
+/* Encodes an already checked list; tests pick a small chunk size to cross chunk boundaries. */
+void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, int32_t chunk_elems,
+                      void *host_table);
+
+/* Checks one group's hyperparameters; `function` and `group` name the culprit in the message. */
+fadam_status fadam_check_hparams(const fadam_hparams *hparams, const char *function, int group);
+
+/* Checks a step source and the lr table against the groups. */
+fadam_status fadam_check_step_source(const fadam_step_source *source, const char *function);
+
+/* ---- the CPU implementation (reference.c) ---- */
+
+/* One step of one tensor on host memory, scalars already computed. */
+void fadam_reference_update(const fadam_tensor *tensor, const fadam_group_scalars *scalars);
+
+/* fadam_cpu_step without the argument checks (the managed optimizer checked them at finalize). */
+fadam_status fadam_cpu_update_all(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
+                                  int n_groups, const fadam_step_source *source, const char *function);
+
+/* Round-to-nearest-even conversions written in plain C (the reference's own, not CUDA's). */
+uint16_t fadam_float_to_bf16_bits(float value);
+float fadam_bf16_bits_to_float(uint16_t bits);
+uint16_t fadam_float_to_fp16_bits(float value);
+float fadam_fp16_bits_to_float(uint16_t bits);
+
+
+#endif

@@ -1,0 +1,491 @@
+/* optimizer.c - the managed optimizer: owns master weights, moments and the device-resident tensor
+ * table; one kernel launch per step on the CUDA device, the reference implementation on the CPU. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime.h>
+
+#include "internal.h"
+#include "launchers.h"
+#include "nvtx_ranges.h"
+#include "optimizer_internal.h"
+
+/* Every state buffer starts on this boundary, so each tensor's master/m/v allow vector access. */
+#define STATE_ALIGNMENT 256
+
+static size_t round_up(size_t value, size_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
+/* ---- allocation through the caller's allocator or the default one ---- */
+
+void *fadam_optimizer_alloc(fadam_optimizer *opt, size_t bytes) {
+    void *pointer = NULL;
+    if (bytes == 0) bytes = STATE_ALIGNMENT;
+    if (opt->has_allocator) return opt->allocator.alloc(opt->allocator.context, bytes);
+    if (opt->device == FADAM_DEVICE_CUDA) {
+        if (cudaMalloc(&pointer, bytes) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return NULL;
+        }
+        return pointer;
+    }
+    return aligned_alloc(STATE_ALIGNMENT, round_up(bytes, STATE_ALIGNMENT));
+}
+
+void fadam_optimizer_free(fadam_optimizer *opt, void *pointer) {
+    if (!pointer) return;
+    if (opt->has_allocator) opt->allocator.free(opt->allocator.context, pointer);
+    else if (opt->device == FADAM_DEVICE_CUDA) (void)cudaFree(pointer);
+    else free(pointer);
+}
+
+/* ---- create / destroy ---- */
+
+fadam_status fadam_create(fadam_optimizer **out, fadam_device_kind device, int cuda_device,
+                          const fadam_hparams *defaults, const fadam_allocator *allocator) {
+    fadam_hparams group0 = defaults ? *defaults : fadam_hparams_default();
+    fadam_optimizer *opt;
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(out, "fadam_create");
+    *out = NULL;
+    if (device != FADAM_DEVICE_CPU && device != FADAM_DEVICE_CUDA)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_create: device=%d is neither FADAM_DEVICE_CPU nor FADAM_DEVICE_CUDA",
+                          (int)device);
+    status = fadam_check_hparams(&group0, "fadam_create", 0);
+    if (status != FADAM_SUCCESS) return status;
+    if (allocator && (!allocator->alloc || !allocator->free))
+        return fadam_fail(FADAM_ERR_NULL_POINTER, "fadam_create: allocator->alloc and allocator->free must both be set");
+    if (device == FADAM_DEVICE_CUDA) {
+        int count = fadam_cuda_device_count();
+        if (count == 0)
+            return fadam_fail(FADAM_ERR_NO_DEVICE, "fadam_create: FADAM_DEVICE_CUDA requested but no CUDA device is usable "
+                                                   "(use FADAM_DEVICE_CPU on this machine)");
+        if (cuda_device < 0 || cuda_device >= count)
+            return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_create: cuda_device=%d, but %d device(s) exist", cuda_device,
+                              count);
+    }
+    opt = (fadam_optimizer *)calloc(1, sizeof *opt);
+    if (!opt) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "fadam_create: no host memory for the optimizer");
+    opt->device = device;
+    opt->cuda_device = device == FADAM_DEVICE_CUDA ? cuda_device : -1;
+    if (allocator) {
+        opt->allocator = *allocator;
+        opt->has_allocator = 1;
+    }
+    opt->groups[0] = group0;
+    opt->n_groups = 1;
+    *out = opt;
+    return FADAM_SUCCESS;
+}
+
+static void free_state(fadam_optimizer *opt) {
+    fadam_optimizer_free(opt, opt->state_block);
+    fadam_optimizer_free(opt, opt->device_table);
+    opt->state_block = NULL;
+    opt->device_table = NULL;
+}
+
+void fadam_destroy(fadam_optimizer *opt) {
+    int64_t i;
+    if (!opt) return;
+    if (opt->device == FADAM_DEVICE_CUDA && opt->finalized) {
+        int previous = 0;
+        /* A queued step may still read what is freed below. */
+        if (fadam_cuda_enter_device(opt->cuda_device, &previous) == FADAM_SUCCESS) {
+            (void)cudaDeviceSynchronize();
+            free_state(opt);
+            fadam_cuda_leave_device(opt->cuda_device, previous);
+        }
+    } else {
+        free_state(opt);
+    }
+    for (i = 0; i < opt->n_tensors; i++) free(opt->names[i]);
+    free(opt->names);
+    free(opt->tensors);
+    free(opt);
+}
+
+/* ---- registration ---- */
+
+static fadam_status require_not_finalized(const fadam_optimizer *opt, const char *function) {
+    if (opt->finalized)
+        return fadam_fail(FADAM_ERR_BAD_STATE, "%s: the optimizer is already finalized; register everything before "
+                                               "fadam_finalize",
+                          function);
+    return FADAM_SUCCESS;
+}
+
+static fadam_status require_finalized(const fadam_optimizer *opt, const char *function) {
+    if (!opt->finalized)
+        return fadam_fail(FADAM_ERR_BAD_STATE, "%s: the optimizer is not finalized; call fadam_finalize first", function);
+    return FADAM_SUCCESS;
+}
+
+static fadam_status require_group(const fadam_optimizer *opt, int group, const char *function) {
+    if (group < 0 || group >= opt->n_groups)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group=%d, but the optimizer has %d group(s)", function, group,
+                          opt->n_groups);
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_add_group(fadam_optimizer *opt, const fadam_hparams *hparams, int *group_out) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_add_group");
+    FADAM_REQUIRE_NOT_NULL(hparams, "fadam_add_group");
+    if ((status = require_not_finalized(opt, "fadam_add_group")) != FADAM_SUCCESS) return status;
+    if (opt->n_groups == FADAM_MAX_GROUPS)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_add_group: at most %d groups", FADAM_MAX_GROUPS);
+    if ((status = fadam_check_hparams(hparams, "fadam_add_group", opt->n_groups)) != FADAM_SUCCESS) return status;
+    opt->groups[opt->n_groups] = *hparams;
+    if (group_out) *group_out = opt->n_groups;
+    opt->n_groups++;
+    return FADAM_SUCCESS;
+}
+
+static char *copy_name(const char *name, int64_t index) {
+    char fallback[32];
+    size_t length;
+    char *copy;
+    if (!name) {
+        snprintf(fallback, sizeof fallback, "%lld", (long long)index);
+        name = fallback;
+    }
+    length = strlen(name);
+    copy = (char *)malloc(length + 1);
+    if (copy) memcpy(copy, name, length + 1);
+    return copy;
+}
+
+fadam_status fadam_add_tensor(fadam_optimizer *opt, const char *name, void *param, const void *grad, int64_t numel,
+                              fadam_dtype param_dtype, fadam_dtype grad_dtype, int group, int64_t *index_out) {
+    fadam_tensor candidate;
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_add_tensor");
+    if ((status = require_not_finalized(opt, "fadam_add_tensor")) != FADAM_SUCCESS) return status;
+    if (name && (name[0] == '\0' || strlen(name) > FADAM_MAX_NAME_LENGTH))
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_add_tensor: tensor %lld: a name must have 1 to %d bytes",
+                          (long long)opt->n_tensors, FADAM_MAX_NAME_LENGTH);
+    memset(&candidate, 0, sizeof candidate);
+    candidate.param = param;
+    candidate.grad = grad;
+    candidate.numel = numel;
+    candidate.param_dtype = param_dtype;
+    candidate.grad_dtype = grad_dtype;
+    candidate.group = group;
+    /* The state buffers are ours and come at finalize; the caller's part is checked now. */
+    status = fadam_check_tensor(&candidate, opt->n_tensors, opt->n_groups, 0, "fadam_add_tensor");
+    if (status != FADAM_SUCCESS) return status;
+    if (opt->n_tensors == opt->capacity) {
+        int64_t capacity = opt->capacity ? opt->capacity * 2 : 64;
+        fadam_tensor *tensors = (fadam_tensor *)realloc(opt->tensors, (size_t)capacity * sizeof *tensors);
+        char **names;
+        if (!tensors) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "fadam_add_tensor: no host memory for the tensor list");
+        opt->tensors = tensors;
+        names = (char **)realloc(opt->names, (size_t)capacity * sizeof *names);
+        if (!names) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "fadam_add_tensor: no host memory for the tensor list");
+        opt->names = names;
+        opt->capacity = capacity;
+    }
+    opt->names[opt->n_tensors] = copy_name(name, opt->n_tensors);
+    if (!opt->names[opt->n_tensors])
+        return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "fadam_add_tensor: no host memory for the tensor's name");
+    opt->tensors[opt->n_tensors] = candidate;
+    if (index_out) *index_out = opt->n_tensors;
+    opt->n_tensors++;
+    return FADAM_SUCCESS;
+}
+
+/* ---- finalize ---- */
+
+static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static fadam_status check_unique_names(const fadam_optimizer *opt) {
+    char **sorted;
+    int64_t i;
+    fadam_status status = FADAM_SUCCESS;
+    if (opt->n_tensors < 2) return FADAM_SUCCESS;
+    sorted = (char **)malloc((size_t)opt->n_tensors * sizeof *sorted);
+    if (!sorted) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "fadam_finalize: no host memory to check names");
+    memcpy(sorted, opt->names, (size_t)opt->n_tensors * sizeof *sorted);
+    qsort(sorted, (size_t)opt->n_tensors, sizeof *sorted, compare_names);
+    for (i = 1; i < opt->n_tensors; i++) {
+        if (strcmp(sorted[i], sorted[i - 1]) == 0) {
+            status = fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_finalize: two tensors are named '%s'", sorted[i]);
+            break;
+        }
+    }
+    free(sorted);
+    return status;
+}
+
+/* Byte offsets of every tensor's master, m and v inside one state block; the total goes to *bytes. */
+static fadam_status plan_state(fadam_optimizer *opt, size_t *bytes) {
+    size_t offset = 0;
+    int64_t i;
+    for (i = 0; i < opt->n_tensors; i++) {
+        fadam_tensor *t = &opt->tensors[i];
+        size_t region = round_up((size_t)t->numel * sizeof(float), STATE_ALIGNMENT);
+        int regions = t->param_dtype == FADAM_FLOAT32 ? 2 : 3;
+        if ((size_t)t->numel > (SIZE_MAX / 4 - offset) / 4)
+            return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_finalize: the optimizer state does not fit in memory");
+        /* Offsets are stored in the pointer fields until the block exists. */
+        t->exp_avg = (float *)(uintptr_t)offset;
+        t->exp_avg_sq = (float *)(uintptr_t)(offset + region);
+        t->master = regions == 3 ? (float *)(uintptr_t)(offset + 2 * region) : NULL;
+        offset += (size_t)regions * region;
+    }
+    *bytes = offset;
+    return FADAM_SUCCESS;
+}
+
+static void rebase_state(fadam_optimizer *opt, uintptr_t base) {
+    int64_t i;
+    for (i = 0; i < opt->n_tensors; i++) {
+        fadam_tensor *t = &opt->tensors[i];
+        t->exp_avg = (float *)(base + (uintptr_t)t->exp_avg);
+        t->exp_avg_sq = (float *)(base + (uintptr_t)t->exp_avg_sq);
+        if (t->master) t->master = (float *)(base + (uintptr_t)t->master);
+    }
+}
+
+static void init_cpu_state(fadam_optimizer *opt) {
+    int64_t i, j;
+    for (i = 0; i < opt->n_tensors; i++) {
+        fadam_tensor *t = &opt->tensors[i];
+        memset(t->exp_avg, 0, (size_t)t->numel * sizeof(float));
+        memset(t->exp_avg_sq, 0, (size_t)t->numel * sizeof(float));
+        if (!t->master) continue;
+        for (j = 0; j < t->numel; j++) {
+            uint16_t bits = ((const uint16_t *)t->param)[j];
+            t->master[j] = t->param_dtype == FADAM_BFLOAT16 ? fadam_bf16_bits_to_float(bits) : fadam_fp16_bits_to_float(bits);
+        }
+    }
+}
+
+/* Queues zeroed moments, the table upload and master init on `stream`, then waits for them. */
+static fadam_status init_cuda_state(fadam_optimizer *opt, size_t state_bytes, const void *host_table,
+                                    size_t table_bytes, cudaStream_t stream) {
+    fadam_status status;
+    FADAM_CUDA_CHECK(cudaMemsetAsync(opt->state_block, 0, state_bytes, stream));
+    FADAM_CUDA_CHECK(cudaMemcpyAsync(opt->device_table, host_table, table_bytes, cudaMemcpyHostToDevice, stream));
+    status = fadam_cuda_grid_blocks(opt->n_chunks, opt->cuda_device, &opt->grid_blocks);
+    if (status != FADAM_SUCCESS) return status;
+    FADAM_CUDA_CHECK(fadam_launch_master_init((const fadam_table_header *)opt->device_table, opt->grid_blocks, FADAM_BLOCK_THREADS,
+                                              stream));
+    FADAM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_finalize(fadam_optimizer *opt, fadam_stream stream) {
+    size_t state_bytes = 0, table_bytes;
+    void *host_table = NULL;
+    fadam_status status;
+    int previous_device = 0;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_finalize");
+    if ((status = require_not_finalized(opt, "fadam_finalize")) != FADAM_SUCCESS) return status;
+    if ((status = check_unique_names(opt)) != FADAM_SUCCESS) return status;
+    if ((status = plan_state(opt, &state_bytes)) != FADAM_SUCCESS) return status;
+    if (opt->device == FADAM_DEVICE_CUDA &&
+        (status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS)
+        goto fail_offsets;
+    FADAM_RANGE_PUSH("finalize");
+
+    opt->state_block = fadam_optimizer_alloc(opt, state_bytes);
+    if (!opt->state_block) {
+        status = fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "fadam_finalize: cannot allocate %zu bytes of optimizer state",
+                            state_bytes);
+        goto fail;
+    }
+    if ((uintptr_t)opt->state_block % STATE_ALIGNMENT) {
+        status = fadam_fail(FADAM_ERR_MISALIGNED, "fadam_finalize: the allocator returned %p, not %d-byte aligned",
+                            opt->state_block, STATE_ALIGNMENT);
+        goto fail;
+    }
+    rebase_state(opt, (uintptr_t)opt->state_block);
+    /* The overlap check sees our buffers too, so a param inside a caller-allocator's block is caught. */
+    if ((status = fadam_table_check(opt->tensors, opt->n_tensors, opt->n_groups, "fadam_finalize")) != FADAM_SUCCESS)
+        goto fail;
+
+    table_bytes = fadam_table_size(opt->n_tensors);
+    host_table = aligned_alloc(16, round_up(table_bytes, 16));
+    if (!host_table) {
+        status = fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "fadam_finalize: no host memory for the tensor table");
+        goto fail;
+    }
+    fadam_table_fill(opt->tensors, opt->n_tensors, opt->n_groups, FADAM_CHUNK_ELEMS, host_table);
+    opt->n_chunks = ((const fadam_table_header *)host_table)->n_chunks;
+
+    if (opt->device == FADAM_DEVICE_CPU) {
+        init_cpu_state(opt);
+    } else {
+        opt->device_table = fadam_optimizer_alloc(opt, table_bytes);
+        if (!opt->device_table) {
+            status = fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "fadam_finalize: cannot allocate %zu bytes of device table",
+                                table_bytes);
+            goto fail;
+        }
+        status = init_cuda_state(opt, state_bytes, host_table, table_bytes, (cudaStream_t)stream);
+        if (status != FADAM_SUCCESS) goto fail;
+    }
+    free(host_table);
+    opt->finalized = 1;
+    FADAM_RANGE_POP();
+    if (opt->device == FADAM_DEVICE_CUDA) fadam_cuda_leave_device(opt->cuda_device, previous_device);
+    return FADAM_SUCCESS;
+
+fail:
+    /* Back to the registered-but-not-finalized state: the caller may fix things and try again. */
+    free(host_table);
+    if (opt->device == FADAM_DEVICE_CUDA && opt->state_block) (void)cudaStreamSynchronize((cudaStream_t)stream);
+    free_state(opt);
+    FADAM_RANGE_POP();
+    if (opt->device == FADAM_DEVICE_CUDA) fadam_cuda_leave_device(opt->cuda_device, previous_device);
+fail_offsets:
+    {
+        int64_t i;
+        for (i = 0; i < opt->n_tensors; i++) opt->tensors[i].master = opt->tensors[i].exp_avg = opt->tensors[i].exp_avg_sq = NULL;
+    }
+    return status;
+}
+
+/* ---- stepping ---- */
+
+static fadam_status run_step(fadam_optimizer *opt, const fadam_step_source *source, fadam_stream stream,
+                             const char *function) {
+    fadam_status status;
+    if (opt->device == FADAM_DEVICE_CPU) {
+        return fadam_cpu_update_all(opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, source, function);
+    } else {
+        fadam_step_kernel_args args;
+        int previous_device = 0;
+        cudaError_t launch;
+        if ((status = fadam_check_step_source(source, function)) != FADAM_SUCCESS) return status;
+        memset(&args, 0, sizeof args);
+        args.table = (const fadam_table_header *)opt->device_table;
+        args.device_step = source->device_step;
+        args.device_lr = source->device_lr;
+        args.step = source->step;
+        args.n_groups = opt->n_groups;
+        memcpy(args.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
+        if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
+        launch = fadam_launch_adam_step(&args, opt->grid_blocks, FADAM_BLOCK_THREADS, (cudaStream_t)stream);
+        status = launch == cudaSuccess ? FADAM_SUCCESS
+                                       : fadam_cuda_fail(launch, "adam_step_kernel launch", __FILE__, __LINE__);
+        fadam_cuda_leave_device(opt->cuda_device, previous_device);
+        return status;
+    }
+}
+
+fadam_status fadam_step(fadam_optimizer *opt, fadam_stream stream) {
+    fadam_step_source source;
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_step");
+    if ((status = require_finalized(opt, "fadam_step")) != FADAM_SUCCESS) return status;
+    memset(&source, 0, sizeof source);
+    source.step = opt->step + 1;
+    FADAM_RANGE_PUSH("step");
+    status = run_step(opt, &source, stream, "fadam_step");
+    FADAM_RANGE_POP();
+    if (status == FADAM_SUCCESS) opt->step++; /* a failed launch took no step */
+    return status;
+}
+
+fadam_status fadam_step_from(fadam_optimizer *opt, const fadam_step_source *source, fadam_stream stream) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_step_from");
+    FADAM_REQUIRE_NOT_NULL(source, "fadam_step_from");
+    if ((status = require_finalized(opt, "fadam_step_from")) != FADAM_SUCCESS) return status;
+    FADAM_RANGE_PUSH("step_from");
+    status = run_step(opt, source, stream, "fadam_step_from");
+    FADAM_RANGE_POP();
+    return status;
+}
+
+/* ---- hyperparameters and counters ---- */
+
+fadam_status fadam_set_lr(fadam_optimizer *opt, int group, float lr) {
+    fadam_hparams updated;
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_set_lr");
+    if ((status = require_group(opt, group, "fadam_set_lr")) != FADAM_SUCCESS) return status;
+    updated = opt->groups[group];
+    updated.lr = lr;
+    if ((status = fadam_check_hparams(&updated, "fadam_set_lr", group)) != FADAM_SUCCESS) return status;
+    opt->groups[group].lr = lr;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_set_hparams(fadam_optimizer *opt, int group, const fadam_hparams *hparams) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_set_hparams");
+    FADAM_REQUIRE_NOT_NULL(hparams, "fadam_set_hparams");
+    if ((status = require_group(opt, group, "fadam_set_hparams")) != FADAM_SUCCESS) return status;
+    if ((status = fadam_check_hparams(hparams, "fadam_set_hparams", group)) != FADAM_SUCCESS) return status;
+    opt->groups[group] = *hparams;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_get_hparams(const fadam_optimizer *opt, int group, fadam_hparams *out) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_get_hparams");
+    FADAM_REQUIRE_NOT_NULL(out, "fadam_get_hparams");
+    if ((status = require_group(opt, group, "fadam_get_hparams")) != FADAM_SUCCESS) return status;
+    *out = opt->groups[group];
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_get_step(const fadam_optimizer *opt, int64_t *step_out) {
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_get_step");
+    FADAM_REQUIRE_NOT_NULL(step_out, "fadam_get_step");
+    *step_out = opt->step;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_set_step(fadam_optimizer *opt, int64_t step) {
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_set_step");
+    if (step < 0) return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_set_step: step=%lld must be >= 0", (long long)step);
+    opt->step = step;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_num_tensors(const fadam_optimizer *opt, int64_t *count_out) {
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_num_tensors");
+    FADAM_REQUIRE_NOT_NULL(count_out, "fadam_num_tensors");
+    *count_out = opt->n_tensors;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_num_groups(const fadam_optimizer *opt, int *count_out) {
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_num_groups");
+    FADAM_REQUIRE_NOT_NULL(count_out, "fadam_num_groups");
+    *count_out = opt->n_groups;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_get_state(const fadam_optimizer *opt, int64_t index, float **master, float **exp_avg,
+                             float **exp_avg_sq) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_get_state");
+    if ((status = require_finalized(opt, "fadam_get_state")) != FADAM_SUCCESS) return status;
+    if (index < 0 || index >= opt->n_tensors)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_get_state: index=%lld, but %lld tensor(s) are registered",
+                          (long long)index, (long long)opt->n_tensors);
+    if (master) *master = opt->tensors[index].master;
+    if (exp_avg) *exp_avg = opt->tensors[index].exp_avg;
+    if (exp_avg_sq) *exp_avg_sq = opt->tensors[index].exp_avg_sq;
+    return FADAM_SUCCESS;
+}

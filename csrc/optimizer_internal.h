@@ -1,0 +1,37 @@
+/* optimizer_internal.h - the managed optimizer's fields, for the host files that work on it
+ * (optimizer.c, and the checkpoint code). */
+#ifndef FADAM_OPTIMIZER_INTERNAL_H
+#define FADAM_OPTIMIZER_INTERNAL_H
+
+#include "internal.h"
+
+/* Longest tensor name accepted, in bytes. */
+#define FADAM_MAX_NAME_LENGTH 1024
+
+struct fadam_optimizer {
+    fadam_device_kind device;
+    int cuda_device; /* -1 on the CPU */
+    fadam_allocator allocator;
+    int has_allocator;
+
+    fadam_hparams groups[FADAM_MAX_GROUPS];
+    int n_groups;
+
+    /* Registered tensors; after finalize their master/exp_avg/exp_avg_sq point into state_block. */
+    fadam_tensor *tensors;
+    char **names;
+    int64_t n_tensors, capacity;
+
+    int finalized;
+    int64_t step;            /* t of the last step taken */
+    void *state_block;       /* every master, m and v, one allocation */
+    void *device_table;      /* the tensor table on the CUDA device */
+    int64_t n_chunks;
+    unsigned grid_blocks;    /* persistent grid of the step launch */
+};
+
+/* Allocation through the caller's allocator, else cudaMalloc or aligned host memory. */
+void *fadam_optimizer_alloc(fadam_optimizer *opt, size_t bytes);
+void fadam_optimizer_free(fadam_optimizer *opt, void *pointer);
+
+#endif

@@ -1,0 +1,131 @@
+/* reference.c - the CPU implementation of the update: what the tests compare the kernels to, and the
+ * CPU device of the managed optimizer. Written to be read first: one element at a time, in exactly
+ * the order of ../shared/NUMERICS.md. Build it with -ffp-contract=off so no multiply-add is fused. */
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+static uint32_t float_bits(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+static float bits_float(uint32_t bits) {
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+uint16_t fadam_float_to_bf16_bits(float value) {
+    uint32_t bits = float_bits(value);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((bits >> 16) | 0x0040u); /* NaN stays NaN */
+    /* Add just under half an ulp of bf16, plus one when the kept part is odd: ties go to even. */
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+float fadam_bf16_bits_to_float(uint16_t bits) { return bits_float((uint32_t)bits << 16); }
+
+uint16_t fadam_float_to_fp16_bits(float value) {
+    uint32_t bits = float_bits(value);
+    uint32_t sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7FFFFFFFu;
+    uint32_t exponent, mantissa, shift, kept, dropped, halfway;
+    if (magnitude > 0x7F800000u) return (uint16_t)(sign | 0x7E00u);  /* NaN */
+    if (magnitude >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); /* >= 65520 rounds to infinity */
+    if (magnitude >= 0x38800000u) {                                  /* normal in fp16 */
+        uint32_t rebiased = magnitude - (112u << 23);                /* exponent bias 127 -> 15 */
+        kept = rebiased >> 13;
+        dropped = rebiased & 0x1FFFu;
+        if (dropped > 0x1000u || (dropped == 0x1000u && (kept & 1u))) kept++; /* a carry bumps the exponent */
+        return (uint16_t)(sign | kept);
+    }
+    /* Subnormal in fp16: count units of 2^-24. */
+    exponent = magnitude >> 23;
+    if (exponent < 102) return (uint16_t)sign; /* below 2^-25: rounds to zero */
+    mantissa = (magnitude & 0x7FFFFFu) | 0x800000u;
+    shift = 126 - exponent; /* 14..24 */
+    kept = mantissa >> shift;
+    dropped = mantissa & ((1u << shift) - 1u);
+    halfway = 1u << (shift - 1);
+    if (dropped > halfway || (dropped == halfway && (kept & 1u))) kept++;
+    return (uint16_t)(sign | kept);
+}
+
+float fadam_fp16_bits_to_float(uint16_t half) {
+    uint32_t sign = (uint32_t)(half & 0x8000u) << 16, exponent = (half >> 10) & 0x1Fu, mantissa = half & 0x3FFu;
+    if (exponent == 0x1F) return bits_float(sign | 0x7F800000u | (mantissa << 13)); /* Inf or NaN */
+    if (exponent != 0) return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+    /* Subnormal: mantissa * 2^-24, exact in float. */
+    return sign ? -(float)mantissa * 0x1p-24f : (float)mantissa * 0x1p-24f;
+}
+
+static float load_as_float(const void *buffer, fadam_dtype dtype, int64_t i) {
+    switch (dtype) {
+    case FADAM_BFLOAT16: return fadam_bf16_bits_to_float(((const uint16_t *)buffer)[i]);
+    case FADAM_FLOAT16: return fadam_fp16_bits_to_float(((const uint16_t *)buffer)[i]);
+    default: return ((const float *)buffer)[i];
+    }
+}
+
+static void store_from_float(void *buffer, fadam_dtype dtype, int64_t i, float value) {
+    switch (dtype) {
+    case FADAM_BFLOAT16: ((uint16_t *)buffer)[i] = fadam_float_to_bf16_bits(value); break;
+    case FADAM_FLOAT16: ((uint16_t *)buffer)[i] = fadam_float_to_fp16_bits(value); break;
+    default: ((float *)buffer)[i] = value; break;
+    }
+}
+
+void fadam_reference_update(const fadam_tensor *t, const fadam_group_scalars *s) {
+    int64_t i;
+    for (i = 0; i < t->numel; i++) {
+        float p = t->master ? t->master[i] : load_as_float(t->param, t->param_dtype, i);
+        float g = load_as_float(t->grad, t->grad_dtype, i);
+        float m = t->exp_avg[i], v = t->exp_avg_sq[i];
+        float denom;
+        if (s->maximize) g = -g;
+        if (s->coupled_decay) g = g + s->weight_decay * p;  /* Adam + L2: decay enters the moments */
+        if (s->decoupled_decay) p = p * s->decay_factor;    /* AdamW: decay outside the adaptive term */
+        m = s->beta1 * m + s->one_minus_beta1 * g;
+        v = s->beta2 * v + s->one_minus_beta2 * g * g;
+        denom = sqrtf(v) / s->bias_correction2_sqrt + s->eps;
+        p = p - s->step_size * m / denom;
+        t->exp_avg[i] = m;
+        t->exp_avg_sq[i] = v;
+        if (t->master) t->master[i] = p;
+        store_from_float(t->param, t->param_dtype, i, p);
+    }
+}
+
+fadam_status fadam_cpu_update_all(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
+                                  int n_groups, const fadam_step_source *source, const char *function) {
+    fadam_group_scalars scalars[FADAM_MAX_GROUPS];
+    int64_t i, step = source->device_step ? *source->device_step : source->step;
+    int g;
+    if (step < 1)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: step=%lld must be >= 1 (1 is the first step)", function,
+                          (long long)step);
+    for (g = 0; g < n_groups; g++) {
+        float lr = source->device_lr ? source->device_lr[g] : groups[g].lr;
+        scalars[g] = fadam_compute_group_scalars(&groups[g], lr, step);
+    }
+    for (i = 0; i < n_tensors; i++) fadam_reference_update(&tensors[i], &scalars[tensors[i].group]);
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups, int n_groups,
+                            const fadam_step_source *source) {
+    fadam_status status;
+    int g;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(groups, "fadam_cpu_step");
+    FADAM_REQUIRE_NOT_NULL(source, "fadam_cpu_step");
+    status = fadam_table_check(tensors, n_tensors, n_groups, "fadam_cpu_step");
+    if (status != FADAM_SUCCESS) return status;
+    for (g = 0; g < n_groups; g++) {
+        status = fadam_check_hparams(&groups[g], "fadam_cpu_step", g);
+        if (status != FADAM_SUCCESS) return status;
+    }
+    return fadam_cpu_update_all(tensors, n_tensors, groups, n_groups, source, "fadam_cpu_step");
+}

@@ -1,0 +1,243 @@
+/* table.c - hyperparameter checks, and the tensor table: validated on the host, encoded once, read by
+ * every multi-tensor kernel (layout in kernels/adam_math.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+fadam_hparams fadam_hparams_default(void) {
+    fadam_hparams hparams;
+    hparams.lr = 1e-3f;
+    hparams.beta1 = 0.9f;
+    hparams.beta2 = 0.999f;
+    hparams.eps = 1e-8f;
+    hparams.weight_decay = 1e-2f;
+    hparams.mode = FADAM_ADAMW;
+    hparams.bias_correction = 1;
+    hparams.maximize = 0;
+    return hparams;
+}
+
+/* isfinite on a float without relying on C99 macros under every compiler. */
+static int is_finite_float(float x) { return x == x && x - x == 0.0f; }
+
+fadam_status fadam_check_hparams(const fadam_hparams *h, const char *function, int group) {
+    if (!is_finite_float(h->lr) || h->lr < 0.0f)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: lr=%g must be finite and >= 0", function, group, h->lr);
+    if (!(h->beta1 >= 0.0f && h->beta1 < 1.0f))
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta1=%g must be in [0, 1)", function, group, h->beta1);
+    if (!(h->beta2 >= 0.0f && h->beta2 < 1.0f))
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta2=%g must be in [0, 1)", function, group, h->beta2);
+    if (!is_finite_float(h->eps) || h->eps < 0.0f)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: eps=%g must be finite and >= 0", function, group, h->eps);
+    if (!is_finite_float(h->weight_decay) || h->weight_decay < 0.0f)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: weight_decay=%g must be finite and >= 0", function,
+                          group, h->weight_decay);
+    if (h->mode != FADAM_ADAMW && h->mode != FADAM_ADAM_L2)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: mode=%d is neither FADAM_ADAMW nor FADAM_ADAM_L2",
+                          function, group, (int)h->mode);
+    if (h->bias_correction != 0 && h->bias_correction != 1)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: bias_correction=%d must be 0 or 1", function, group,
+                          h->bias_correction);
+    if (h->maximize != 0 && h->maximize != 1)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: maximize=%d must be 0 or 1", function, group,
+                          h->maximize);
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_hparams_validate(const fadam_hparams *hparams) {
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(hparams, "fadam_hparams_validate");
+    return fadam_check_hparams(hparams, "fadam_hparams_validate", 0);
+}
+
+fadam_status fadam_check_step_source(const fadam_step_source *source, const char *function) {
+    if (source->device_step == NULL && source->step < 1)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: step=%lld must be >= 1 (1 is the first step)", function,
+                          (long long)source->step);
+    return FADAM_SUCCESS;
+}
+
+static int is_known_dtype(fadam_dtype dtype) { return fadam_dtype_size(dtype) != 0; }
+
+/* One buffer of one tensor, for the overlap check. */
+typedef struct buffer_span {
+    uintptr_t begin, end;
+    int64_t tensor;
+    const char *what;
+} buffer_span;
+
+static int compare_spans(const void *a, const void *b) {
+    const buffer_span *x = (const buffer_span *)a, *y = (const buffer_span *)b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+/* Every written buffer must be disjoint from every other buffer (a grad may be read by one tensor
+ * only too: aliasing it with a written buffer would make the result depend on thread order). */
+static fadam_status check_no_overlap(const fadam_tensor *tensors, int64_t n_tensors, const char *function) {
+    int64_t n_spans = 0, i;
+    buffer_span *spans;
+    if (n_tensors == 0) return FADAM_SUCCESS;
+    if ((uint64_t)n_tensors > SIZE_MAX / (5 * sizeof(buffer_span)))
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_tensors=%lld is too large", function, (long long)n_tensors);
+    spans = (buffer_span *)malloc((size_t)n_tensors * 5 * sizeof(buffer_span));
+    if (!spans) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the overlap check", function);
+    for (i = 0; i < n_tensors; i++) {
+        const fadam_tensor *t = &tensors[i];
+        uintptr_t n = (uintptr_t)t->numel;
+        if (n == 0) continue;
+#define ADD_SPAN(pointer, element_bytes, label)                                                   \
+    do {                                                                                          \
+        if (pointer) {                                                                            \
+            spans[n_spans].begin = (uintptr_t)(pointer);                                          \
+            spans[n_spans].end = (uintptr_t)(pointer) + n * (element_bytes);                      \
+            spans[n_spans].tensor = i;                                                            \
+            spans[n_spans].what = label;                                                          \
+            n_spans++;                                                                            \
+        }                                                                                         \
+    } while (0)
+        ADD_SPAN(t->param, fadam_dtype_size(t->param_dtype), "param");
+        ADD_SPAN(t->grad, fadam_dtype_size(t->grad_dtype), "grad");
+        ADD_SPAN(t->master, 4, "master");
+        ADD_SPAN(t->exp_avg, 4, "exp_avg");
+        ADD_SPAN(t->exp_avg_sq, 4, "exp_avg_sq");
+#undef ADD_SPAN
+    }
+    qsort(spans, (size_t)n_spans, sizeof(buffer_span), compare_spans);
+    for (i = 1; i < n_spans; i++) {
+        if (spans[i].begin < spans[i - 1].end) {
+            fadam_status status = fadam_fail(FADAM_ERR_OVERLAP, "%s: tensor %lld %s overlaps tensor %lld %s", function,
+                                             (long long)spans[i].tensor, spans[i].what,
+                                             (long long)spans[i - 1].tensor, spans[i - 1].what);
+            free(spans);
+            return status;
+        }
+    }
+    free(spans);
+    return FADAM_SUCCESS;
+}
+
+/* Elements of the largest tensor whose five buffers fit in a 64-bit address space. */
+#define FADAM_MAX_NUMEL ((int64_t)1 << 60)
+
+fadam_status fadam_check_tensor(const fadam_tensor *t, int64_t index, int n_groups, int state_given,
+                                const char *function) {
+    size_t param_bytes = fadam_dtype_size(t->param_dtype), grad_bytes = fadam_dtype_size(t->grad_dtype);
+    long long i = (long long)index;
+    if (!is_known_dtype(t->param_dtype))
+        return fadam_fail(FADAM_ERR_UNSUPPORTED_DTYPE, "%s: tensor %lld: param_dtype=%d is not a fadam_dtype", function,
+                          i, (int)t->param_dtype);
+    if (!is_known_dtype(t->grad_dtype))
+        return fadam_fail(FADAM_ERR_UNSUPPORTED_DTYPE, "%s: tensor %lld: grad_dtype=%d is not a fadam_dtype", function,
+                          i, (int)t->grad_dtype);
+    if (t->numel < 0 || t->numel > FADAM_MAX_NUMEL)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: numel=%lld must be in [0, 2^60]", function, i,
+                          (long long)t->numel);
+    if (t->group < 0 || t->group >= n_groups)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: group=%d must be in [0, %d)", function, i, t->group,
+                          n_groups);
+    if (t->param_dtype == FADAM_FLOAT32 && t->master != NULL)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: an fp32 param is its own master; master must be NULL",
+                          function, i);
+    if (t->numel == 0) return FADAM_SUCCESS; /* an empty tensor's pointers are never touched */
+    if (!t->param) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: param is NULL", function, i);
+    if (!t->grad) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: grad is NULL", function, i);
+    if ((uintptr_t)t->param % param_bytes)
+        return fadam_fail(FADAM_ERR_MISALIGNED, "%s: tensor %lld: param %p is not %zu-byte aligned", function, i,
+                          t->param, param_bytes);
+    if ((uintptr_t)t->grad % grad_bytes)
+        return fadam_fail(FADAM_ERR_MISALIGNED, "%s: tensor %lld: grad %p is not %zu-byte aligned", function, i,
+                          (const void *)t->grad, grad_bytes);
+    if (t->param == (const void *)t->grad)
+        return fadam_fail(FADAM_ERR_OVERLAP, "%s: tensor %lld: param and grad are the same buffer", function, i);
+    if (!state_given) return FADAM_SUCCESS;
+    if (!t->exp_avg) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: exp_avg is NULL", function, i);
+    if (!t->exp_avg_sq) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: exp_avg_sq is NULL", function, i);
+    if ((uintptr_t)t->master % 4 || (uintptr_t)t->exp_avg % 4 || (uintptr_t)t->exp_avg_sq % 4)
+        return fadam_fail(FADAM_ERR_MISALIGNED, "%s: tensor %lld: master/exp_avg/exp_avg_sq must be 4-byte aligned",
+                          function, i);
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_table_check(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, const char *function) {
+    int64_t i;
+    if (n_tensors < 0)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_tensors=%lld must be >= 0", function, (long long)n_tensors);
+    if (n_tensors > 0 && tensors == NULL)
+        return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: argument 'tensors' is NULL", function);
+    if (n_groups < 1 || n_groups > FADAM_MAX_GROUPS)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_groups=%d must be in [1, %d]", function, n_groups,
+                          FADAM_MAX_GROUPS);
+    for (i = 0; i < n_tensors; i++) {
+        fadam_status status = fadam_check_tensor(&tensors[i], i, n_groups, 1, function);
+        if (status != FADAM_SUCCESS) return status;
+    }
+    return check_no_overlap(tensors, n_tensors, function);
+}
+
+size_t fadam_table_size(int64_t n_tensors) {
+    return sizeof(fadam_table_header) + (size_t)n_tensors * sizeof(fadam_table_entry);
+}
+
+static int vector_aligned(const void *pointer, size_t element_bytes) {
+    return pointer == NULL || (uintptr_t)pointer % (4 * element_bytes) == 0;
+}
+
+void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, int32_t chunk_elems,
+                      void *host_table) {
+    fadam_table_header *header = (fadam_table_header *)host_table;
+    fadam_table_entry *entries = (fadam_table_entry *)(header + 1);
+    int64_t i, chunks = 0;
+    for (i = 0; i < n_tensors; i++) {
+        const fadam_tensor *t = &tensors[i];
+        fadam_table_entry *e = &entries[i];
+        memset(e, 0, sizeof *e);
+        e->param = t->param;
+        e->grad = t->grad;
+        e->master = t->master;
+        e->exp_avg = t->exp_avg;
+        e->exp_avg_sq = t->exp_avg_sq;
+        e->numel = t->numel;
+        e->first_chunk = chunks;
+        e->group = t->group;
+        e->param_dtype = (uint8_t)t->param_dtype;
+        e->grad_dtype = (uint8_t)t->grad_dtype;
+        e->vector_ok = (uint8_t)(vector_aligned(t->param, fadam_dtype_size(t->param_dtype)) &&
+                                 vector_aligned(t->grad, fadam_dtype_size(t->grad_dtype)) &&
+                                 vector_aligned(t->master, 4) && vector_aligned(t->exp_avg, 4) &&
+                                 vector_aligned(t->exp_avg_sq, 4));
+        chunks += (t->numel + chunk_elems - 1) / chunk_elems;
+    }
+    header->magic = FADAM_TABLE_MAGIC;
+    header->n_tensors = n_tensors;
+    header->n_chunks = chunks;
+    header->chunk_elems = chunk_elems;
+    header->n_groups = n_groups;
+}
+
+fadam_status fadam_table_bytes(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, size_t *bytes_out) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(bytes_out, "fadam_table_bytes");
+    status = fadam_table_check(tensors, n_tensors, n_groups, "fadam_table_bytes");
+    if (status != FADAM_SUCCESS) return status;
+    *bytes_out = fadam_table_size(n_tensors);
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_table_encode(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, void *host_table,
+                                size_t table_bytes) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(host_table, "fadam_table_encode");
+    status = fadam_table_check(tensors, n_tensors, n_groups, "fadam_table_encode");
+    if (status != FADAM_SUCCESS) return status;
+    if ((uintptr_t)host_table % 16)
+        return fadam_fail(FADAM_ERR_MISALIGNED, "fadam_table_encode: host_table %p is not 16-byte aligned", host_table);
+    if (table_bytes < fadam_table_size(n_tensors))
+        return fadam_fail(FADAM_ERR_WORKSPACE_TOO_SMALL, "fadam_table_encode: table_bytes=%zu, %zu needed", table_bytes,
+                          fadam_table_size(n_tensors));
+    fadam_table_fill(tensors, n_tensors, n_groups, FADAM_CHUNK_ELEMS, host_table);
+    return FADAM_SUCCESS;
+}

@@ -1,0 +1,263 @@
+/*
+ * fusedadam.h - fused multi-tensor Adam/AdamW for training large language models.
+ *
+ * One public header, plain C99. Two ways in:
+ *   - the managed optimizer (fadam_optimizer): register parameter tensors once, then one call per
+ *     training step updates all of them with one kernel launch; it owns the fp32 master weights and
+ *     both moments.
+ *   - the functional call (fadam_table_* / fadam_step_table): the caller owns every buffer and the
+ *     workspace; nothing is allocated. This is what framework bindings use.
+ *
+ * Conventions (all functions):
+ *   - Every function returns FADAM_SUCCESS (0) or a negative fadam_status; fadam_last_error_message()
+ *     then says what was wrong (which argument, which tensor, which CUDA call) for the calling thread.
+ *   - On failure nothing the caller can see has been modified.
+ *   - The stream is the last argument of every call that launches work. No call synchronizes the
+ *     device except where its doc block says so (fadam_finalize and fadam_destroy).
+ *   - fadam_stream is ABI-compatible with cudaStream_t: pass a cudaStream_t, or NULL for the legacy
+ *     default stream. It is ignored on the CPU device.
+ *
+ * The update is PyTorch's torch.optim.AdamW (mode FADAM_ADAMW) and torch.optim.Adam with L2 weight
+ * decay (mode FADAM_ADAM_L2); see README.md for the formula.
+ */
+#ifndef FUSEDADAM_H
+#define FUSEDADAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define FADAM_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define FADAM_API __attribute__((visibility("default")))
+#else
+#define FADAM_API
+#endif
+
+#define FADAM_VERSION_MAJOR 0
+#define FADAM_VERSION_MINOR 1
+#define FADAM_VERSION_PATCH 0
+
+/* Most parameter groups one optimizer or one functional step may have. Group hyperparameters
+ * travel by value in the kernel's arguments, so changing lr every step copies nothing. */
+#define FADAM_MAX_GROUPS 64
+
+/* ABI-compatible with cudaStream_t; declared here so this header needs no CUDA header. */
+struct CUstream_st;
+typedef struct CUstream_st *fadam_stream;
+
+/* ---------------------------------------------------------------------------------------------
+ * Status codes
+ * ------------------------------------------------------------------------------------------- */
+typedef enum fadam_status {
+    FADAM_SUCCESS = 0,
+    FADAM_ERR_NULL_POINTER = -1,      /* a required pointer argument was NULL */
+    FADAM_ERR_INVALID_VALUE = -2,     /* an out-of-range number: count, index, hyperparameter */
+    FADAM_ERR_MISALIGNED = -3,        /* a pointer lacks the alignment of its dtype */
+    FADAM_ERR_UNSUPPORTED_DTYPE = -4, /* unknown dtype, or a combination the kernels do not have */
+    FADAM_ERR_BAD_STATE = -5,         /* call out of order: step before finalize, add after it */
+    FADAM_ERR_OUT_OF_MEMORY = -6,     /* host or device allocation failed */
+    FADAM_ERR_NO_DEVICE = -7,         /* CUDA device requested but none is usable */
+    FADAM_ERR_CUDA = -8,              /* a CUDA runtime call failed; the message names it */
+    FADAM_ERR_WORKSPACE_TOO_SMALL = -9,
+    FADAM_ERR_OVERLAP = -10,          /* two tensors' buffers overlap */
+    FADAM_ERR_IO = -11,               /* reading or writing a file failed */
+    FADAM_ERR_CORRUPT = -12,          /* a file or buffer is malformed or fails its checksum */
+    FADAM_ERR_MISMATCH = -13          /* a checkpoint does not match the registered tensors */
+} fadam_status;
+
+/* Static name of a status, e.g. "FADAM_ERR_NULL_POINTER: a required pointer was NULL". */
+FADAM_API const char *fadam_status_string(fadam_status status);
+
+/* Detail message of the last failed call on this thread ("" if none). Valid until the next
+ * fusedadam call on this thread. */
+FADAM_API const char *fadam_last_error_message(void);
+
+/* Library version as "major.minor.patch". */
+FADAM_API const char *fadam_version_string(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Types
+ * ------------------------------------------------------------------------------------------- */
+typedef enum fadam_dtype {
+    FADAM_FLOAT32 = 0,
+    FADAM_BFLOAT16 = 1,
+    FADAM_FLOAT16 = 2
+} fadam_dtype;
+
+typedef enum fadam_mode {
+    FADAM_ADAMW = 0,  /* decoupled weight decay: p *= 1 - lr*wd, outside the adaptive term */
+    FADAM_ADAM_L2 = 1 /* classic Adam: g += wd*p, so the decay is divided by sqrt(v) */
+} fadam_mode;
+
+typedef enum fadam_device_kind {
+    FADAM_DEVICE_CPU = 0, /* host memory, stepped by the CPU implementation */
+    FADAM_DEVICE_CUDA = 1 /* device memory, stepped by the fused kernel */
+} fadam_device_kind;
+
+/* Hyperparameters of one parameter group. Start from fadam_hparams_default(). */
+typedef struct fadam_hparams {
+    float lr;            /* learning rate, >= 0 */
+    float beta1;         /* in [0, 1) */
+    float beta2;         /* in [0, 1) */
+    float eps;           /* >= 0 */
+    float weight_decay;  /* >= 0; 0 for biases and norm weights in LLM recipes */
+    fadam_mode mode;
+    int bias_correction; /* 1: divide by 1 - beta^t as PyTorch does; 0: textbook form */
+    int maximize;        /* 1: ascend instead of descend */
+} fadam_hparams;
+
+/* PyTorch's AdamW defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+ * mode AdamW, bias correction on, maximize off. */
+FADAM_API fadam_hparams fadam_hparams_default(void);
+
+/* Checks ranges; FADAM_ERR_INVALID_VALUE names the first bad field. */
+FADAM_API fadam_status fadam_hparams_validate(const fadam_hparams *hparams);
+
+/* Bytes of one element of a dtype (0 for an unknown dtype). */
+FADAM_API size_t fadam_dtype_size(fadam_dtype dtype);
+
+/* Where a step's step number t and learning rates come from. Zero-initialise it for the usual case:
+ * the host value `step`. For a step that is captured in a CUDA graph and replayed, point
+ * device_step at an int64 in device memory holding t (the number of this step, 1 for the first),
+ * advanced by the caller's own kernels between replays, and device_lr at one float per group
+ * (device memory) that replaces the groups' lr. The kernel reads them when it runs. */
+typedef struct fadam_step_source {
+    int64_t step;               /* t for this step, >= 1; used when device_step is NULL */
+    const int64_t *device_step; /* optional, device memory (host memory on the CPU device) */
+    const float *device_lr;     /* optional, one per group, same memory rules */
+} fadam_step_source;
+
+/* ---------------------------------------------------------------------------------------------
+ * Managed optimizer
+ *
+ * Life cycle: create -> add_group* -> add_tensor* -> finalize -> (set_lr*, step)* -> destroy.
+ * Group 0 exists from create, with the hyperparameters given there.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct fadam_optimizer fadam_optimizer;
+
+/* Optional replacement for the managed optimizer's allocations of master weights, moments and
+ * tables (device memory on the CUDA device, host memory on the CPU device). alloc returns NULL on
+ * failure; memory must be at least 256-byte aligned. */
+typedef struct fadam_allocator {
+    void *(*alloc)(void *context, size_t bytes);
+    void (*free)(void *context, void *pointer);
+    void *context;
+} fadam_allocator;
+
+/* Creates an optimizer on the CPU or on CUDA device `cuda_device` (ignored for the CPU).
+ * `defaults` (NULL: fadam_hparams_default()) become group 0. `allocator` may be NULL (cudaMalloc /
+ * aligned host malloc); it is copied. FADAM_ERR_NO_DEVICE when CUDA is asked for and not usable. */
+FADAM_API fadam_status fadam_create(fadam_optimizer **out, fadam_device_kind device, int cuda_device,
+                                    const fadam_hparams *defaults, const fadam_allocator *allocator);
+
+/* Frees everything the optimizer allocated. Synchronizes the optimizer's device first, because
+ * a step may still be reading the buffers it frees. NULL is a no-op. */
+FADAM_API void fadam_destroy(fadam_optimizer *opt);
+
+/* Adds a parameter group; its index goes to *group_out (optional). Before finalize only. */
+FADAM_API fadam_status fadam_add_group(fadam_optimizer *opt, const fadam_hparams *hparams, int *group_out);
+
+/* Registers one parameter tensor. `param` and `grad` are device pointers on the CUDA device, host
+ * pointers on the CPU device, and must stay valid until destroy; grad may alias nothing else.
+ * numel may be 0 (the tensor is skipped). `name` (may be NULL: the index is used) is copied; it
+ * names the tensor in checkpoints. Its index goes to *index_out (optional). Before finalize only. */
+FADAM_API fadam_status fadam_add_tensor(fadam_optimizer *opt, const char *name, void *param, const void *grad,
+                                        int64_t numel, fadam_dtype param_dtype, fadam_dtype grad_dtype,
+                                        int group, int64_t *index_out);
+
+/* Allocates fp32 master weights (for 16-bit params, initialised from the params; fp32 params are
+ * their own master), zeroed moments, and the device-resident tensor table, built once. Work is
+ * queued on `stream` and finalize waits for it to finish before returning. */
+FADAM_API fadam_status fadam_finalize(fadam_optimizer *opt, fadam_stream stream);
+
+/* Updates every registered tensor from its gradient: one kernel launch on `stream`. Advances the
+ * step counter (t = 1 on the first call). Asynchronous: returns once the launch is queued. */
+FADAM_API fadam_status fadam_step(fadam_optimizer *opt, fadam_stream stream);
+
+/* Reads t and the groups' lr from device memory instead (see fadam_step_source) and does not touch
+ * the host step counter: the form to capture in a CUDA graph. */
+FADAM_API fadam_status fadam_step_from(fadam_optimizer *opt, const fadam_step_source *source,
+                                       fadam_stream stream);
+
+/* Sets one group's learning rate for the following steps; rebuilds nothing, copies nothing. */
+FADAM_API fadam_status fadam_set_lr(fadam_optimizer *opt, int group, float lr);
+
+/* Replaces all hyperparameters of a group (validated first). Allowed after finalize. */
+FADAM_API fadam_status fadam_set_hparams(fadam_optimizer *opt, int group, const fadam_hparams *hparams);
+FADAM_API fadam_status fadam_get_hparams(const fadam_optimizer *opt, int group, fadam_hparams *out);
+
+/* Steps taken so far (the t of the last step), and a way to set it when resuming. */
+FADAM_API fadam_status fadam_get_step(const fadam_optimizer *opt, int64_t *step_out);
+FADAM_API fadam_status fadam_set_step(fadam_optimizer *opt, int64_t step);
+
+FADAM_API fadam_status fadam_num_tensors(const fadam_optimizer *opt, int64_t *count_out);
+FADAM_API fadam_status fadam_num_groups(const fadam_optimizer *opt, int *count_out);
+
+/* Pointers to a tensor's optimizer state (device memory on the CUDA device): master (NULL for an
+ * fp32 param, which is its own master), exp_avg (m) and exp_avg_sq (v). After finalize only. */
+FADAM_API fadam_status fadam_get_state(const fadam_optimizer *opt, int64_t index, float **master,
+                                       float **exp_avg, float **exp_avg_sq);
+
+/* ---------------------------------------------------------------------------------------------
+ * Functional call: the caller owns every buffer.
+ *
+ * 1. fadam_table_bytes()  - size of the tensor table for a list of tensors.
+ * 2. fadam_table_encode() - writes the table into caller memory on the host (pinned memory lets the
+ *                           copy in step 3 be asynchronous). Pure host function, no CUDA call.
+ * 3. the caller copies the table to device memory (any 16-byte aligned address).
+ * 4. fadam_step_table()   - one kernel launch over the table, on the caller's stream.
+ * The table holds pointers, sizes and dtypes only, so it can be reused for as long as the buffers
+ * stay where they are; hyperparameters and the step travel with each call.
+ * fadam_cpu_step() does the same update on host memory, with no table.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct fadam_tensor {
+    void *param;        /* fp32, bf16 or fp16 */
+    const void *grad;   /* fp32, bf16 or fp16, independent of the param */
+    float *master;      /* fp32 master for a 16-bit param, or NULL to update the 16-bit param in
+                           place; must be NULL for an fp32 param (it is its own master) */
+    float *exp_avg;     /* m, fp32 */
+    float *exp_avg_sq;  /* v, fp32 */
+    int64_t numel;      /* >= 0 */
+    fadam_dtype param_dtype;
+    fadam_dtype grad_dtype;
+    int group;          /* index into the groups array of the step call */
+} fadam_tensor;
+
+/* Checks the tensors (pointers, alignment of each dtype, dtypes, counts, group < n_groups, no two
+ * tensors sharing a buffer) and reports the table size in bytes. */
+FADAM_API fadam_status fadam_table_bytes(const fadam_tensor *tensors, int64_t n_tensors, int n_groups,
+                                         size_t *bytes_out);
+
+/* Checks as fadam_table_bytes() does, then encodes the table into `host_table` (at least
+ * fadam_table_bytes() bytes, 16-byte aligned). */
+FADAM_API fadam_status fadam_table_encode(const fadam_tensor *tensors, int64_t n_tensors, int n_groups,
+                                          void *host_table, size_t table_bytes);
+
+/* One fused step over a table in device memory: one kernel launch on `stream`, no allocation, no
+ * synchronization. groups[g] are the hyperparameters of group g; n_groups must be at least the
+ * n_groups the table was encoded with (the kernel leaves a tensor whose group has no entry
+ * untouched). The current CUDA device must be the one holding the buffers. */
+FADAM_API fadam_status fadam_step_table(const void *device_table, const fadam_hparams *groups, int n_groups,
+                                        const fadam_step_source *source, fadam_stream stream);
+
+/* The same update on host memory, tensor by tensor (the CPU implementation). */
+FADAM_API fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_tensors,
+                                      const fadam_hparams *groups, int n_groups,
+                                      const fadam_step_source *source);
+
+/* ---------------------------------------------------------------------------------------------
+ * Devices
+ * ------------------------------------------------------------------------------------------- */
+/* Number of usable CUDA devices (0 without a GPU or driver; never an error). */
+FADAM_API int fadam_cuda_device_count(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FUSEDADAM_H */

@@ -1,0 +1,109 @@
+/* adam_math.h - what the host and the device must compute identically: the tensor table layout and
+ * the per-step scalars of each group. Plain C that nvcc and g++ also accept. */
+#ifndef FADAM_ADAM_MATH_H
+#define FADAM_ADAM_MATH_H
+
+#include <math.h>
+#include <stdint.h>
+
+#include "fusedadam.h"
+
+#if defined(__CUDACC__)
+#define FADAM_HOST_DEVICE __host__ __device__
+#else
+#define FADAM_HOST_DEVICE
+#endif
+
+/* Elements per chunk: one block updates one chunk at a time. A multiple of every vector width. */
+#define FADAM_CHUNK_ELEMS (64 * 1024)
+#define FADAM_TABLE_MAGIC 0x31424154414441ull /* "ADATAB1" */
+
+/* The device-resident tensor table: a header, then one entry per tensor. Chunks are numbered
+ * across tensors; entry.first_chunk is a prefix sum, so a block finds its tensor by binary search
+ * and the table stays O(tensors), whatever their sizes. */
+typedef struct fadam_table_header {
+    uint64_t magic;
+    int64_t n_tensors;
+    int64_t n_chunks;
+    int32_t chunk_elems;
+    int32_t n_groups;
+} fadam_table_header;
+
+typedef struct fadam_table_entry {
+    void *param;
+    const void *grad;
+    float *master; /* NULL: the param is updated in place (fp32 param, or a 16-bit one by choice) */
+    float *exp_avg;
+    float *exp_avg_sq;
+    int64_t numel;
+    int64_t first_chunk;
+    int32_t group;
+    uint8_t param_dtype;
+    uint8_t grad_dtype;
+    uint8_t vector_ok; /* every pointer allows 4-element vector access */
+    uint8_t reserved;
+} fadam_table_entry;
+
+/* What every element of a group needs for step t, computed once per step per group. */
+typedef struct fadam_group_scalars {
+    float beta1, one_minus_beta1;
+    float beta2, one_minus_beta2;
+    float eps;
+    float weight_decay;
+    float decay_factor;           /* 1 - lr*wd: the decoupled decay of ADAMW */
+    float step_size;              /* lr / (1 - beta1^t), or lr without bias correction */
+    float bias_correction2_sqrt;  /* sqrt(1 - beta2^t), or 1 */
+    int32_t coupled_decay;        /* ADAM_L2 with wd != 0: g += wd*p (PyTorch skips it for wd == 0) */
+    int32_t decoupled_decay;      /* ADAMW: p *= decay_factor */
+    int32_t maximize;
+} fadam_group_scalars;
+
+/* Arguments of the step kernel, passed by value (about 2.2 KB, under the 4 KB launch limit). */
+typedef struct fadam_step_kernel_args {
+    const fadam_table_header *table; /* device memory; the entries follow the header */
+    const int64_t *device_step;      /* optional: t read at run time */
+    const float *device_lr;          /* optional: one lr per group read at run time */
+    int64_t step;
+    int32_t n_groups;
+    int32_t reserved;
+    fadam_hparams groups[FADAM_MAX_GROUPS];
+} fadam_step_kernel_args;
+
+/* beta^t by repeated squaring in double: only IEEE multiplications, so the host and the device
+ * get the same bits (pow() implementations differ in their last ulp). */
+static inline FADAM_HOST_DEVICE double fadam_pow_int(double base, int64_t exponent) {
+    double result = 1.0;
+    while (exponent > 0) {
+        if (exponent & 1) result *= base;
+        base *= base;
+        exponent >>= 1;
+    }
+    return result;
+}
+
+/* NUMERICS.md: scalars in double, rounded to float once; sqrt and division are correctly rounded
+ * on both sides, so every field is bit-identical on the CPU and the GPU. */
+static inline FADAM_HOST_DEVICE fadam_group_scalars fadam_compute_group_scalars(const fadam_hparams *hp, float lr,
+                                                                               int64_t step) {
+    fadam_group_scalars s;
+    double bias_correction1 = 1.0, bias_correction2 = 1.0;
+    if (hp->bias_correction) {
+        bias_correction1 = 1.0 - fadam_pow_int((double)hp->beta1, step);
+        bias_correction2 = 1.0 - fadam_pow_int((double)hp->beta2, step);
+    }
+    s.beta1 = hp->beta1;
+    s.one_minus_beta1 = (float)(1.0 - (double)hp->beta1);
+    s.beta2 = hp->beta2;
+    s.one_minus_beta2 = (float)(1.0 - (double)hp->beta2);
+    s.eps = hp->eps;
+    s.weight_decay = hp->weight_decay;
+    s.decay_factor = (float)(1.0 - (double)lr * (double)hp->weight_decay);
+    s.step_size = (float)((double)lr / bias_correction1);
+    s.bias_correction2_sqrt = (float)sqrt(bias_correction2);
+    s.coupled_decay = hp->mode == FADAM_ADAM_L2 && hp->weight_decay != 0.0f;
+    s.decoupled_decay = hp->mode == FADAM_ADAMW;
+    s.maximize = hp->maximize != 0;
+    return s;
+}
+
+#endif

@@ -1,0 +1,29 @@
+/* launchers.h - the extern "C" entry points of the kernel files, called by the host code in csrc/.
+ * Each launches one kernel on `stream` and returns the launch's CUDA error. */
+#ifndef FADAM_LAUNCHERS_H
+#define FADAM_LAUNCHERS_H
+
+#include <cuda_runtime.h>
+
+#include "adam_math.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Threads per block of every multi-tensor launch in production. */
+#define FADAM_BLOCK_THREADS 256
+
+/* kernels/adam_step.cu: one Adam/AdamW step over every tensor of args->table. */
+cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args, unsigned grid_blocks,
+                                   unsigned block_threads, cudaStream_t stream);
+
+/* kernels/master_init.cu: master = float(param) for every tensor of the table that has a master. */
+cudaError_t fadam_launch_master_init(const fadam_table_header *table, unsigned grid_blocks,
+                                     unsigned block_threads, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
