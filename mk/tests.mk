@@ -1,0 +1,12 @@
+# Core tests: the reference against float64, the kernel source emulated on the CPU, the public API's
+# error paths (under ASan/UBSan), the managed optimizer, and the same cases on a GPU when present.
+TEST_BIN := $(BUILD)/tests
+TEST_CFLAGS := $(CFLAGS_COMMON) -Itests -Wno-unused-function
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+$(TEST_BIN)/test_reference: tests/test_reference.c tests/check.h $(STATIC_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
+
+TEST_PROGRAMS += $(TEST_BIN)/test_reference
+TEST_RUN += $(TEST_BIN)/test_reference
