@@ -10,3 +10,20 @@ $(TEST_BIN)/test_reference: tests/test_reference.c tests/check.h $(STATIC_LIB)
 
 TEST_PROGRAMS += $(TEST_BIN)/test_reference
 TEST_RUN += $(TEST_BIN)/test_reference
+
+# The host library again, with AddressSanitizer/UBSan: error paths must not leak or overflow.
+ASAN_OBJECTS := $(patsubst csrc/%.c,$(BUILD)/asan/%.o,$(LIB_C_SOURCES)) \
+                $(patsubst kernels/%.cu,$(BUILD)/obj/%.cu.o,$(KERNEL_SOURCES))
+$(BUILD)/asan/%.o: csrc/%.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) $(SANITIZE) -c $< -o $@
+
+$(TEST_BIN)/test_api_errors: tests/test_api_errors.c tests/check.h $(ASAN_OBJECTS)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_CFLAGS) $(SANITIZE) $< -o $@ $(ASAN_OBJECTS) $(LIBS_CUDA) -lstdc++
+
+TEST_PROGRAMS += $(TEST_BIN)/test_api_errors
+TEST_RUN += $(TEST_BIN)/test_api_errors
+
+asan: $(TEST_BIN)/test_api_errors
+	./$(TEST_BIN)/test_api_errors
