@@ -10,6 +10,10 @@
 #include "adam_math.h"
 #include "fusedadam.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---- errors (status.c) ---- */
 
 /* Records `status` and a printf-style detail message for this thread; returns `status`. */
@@ -84,5 +88,9 @@ float fadam_bf16_bits_to_float(uint16_t bits);
 uint16_t fadam_float_to_fp16_bits(float value);
 float fadam_fp16_bits_to_float(uint16_t bits);
 
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,7 +7,7 @@
 
 #if defined(FADAM_EMULATION)
 #define FADAM_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
-    emul_launch(kernel, grid, block, shared_bytes, __VA_ARGS__)
+    ((void)(stream), emul_launch(kernel, grid, block, shared_bytes, __VA_ARGS__))
 #define FADAM_LAUNCH_ERROR() emul_take_launch_error()
 #else
 #define FADAM_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
