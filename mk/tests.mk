@@ -46,3 +46,12 @@ $(TEST_BIN)/test_kernel_emulated: tests/test_kernel_emulated.cpp tests/emul/cuda
 
 TEST_PROGRAMS += $(TEST_BIN)/test_emul $(TEST_BIN)/test_kernel_emulated
 TEST_RUN += $(TEST_BIN)/test_emul $(TEST_BIN)/test_kernel_emulated
+
+$(TEST_BIN)/test_managed: tests/test_managed.c tests/check.h $(STATIC_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
+
+TEST_PROGRAMS += $(TEST_BIN)/test_managed
+TEST_RUN += $(TEST_BIN)/test_managed
+
+TEST_RUN += tests/test_source_rules.sh
