@@ -55,3 +55,4 @@ TEST_PROGRAMS += $(TEST_BIN)/test_managed
 TEST_RUN += $(TEST_BIN)/test_managed
 
 TEST_RUN += tests/test_source_rules.sh
+TEST_RUN += tests/test_install.sh
