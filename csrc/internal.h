@@ -78,9 +78,14 @@ fadam_status fadam_check_step_source(const fadam_step_source *source, const char
 /* One step of one tensor on host memory, scalars already computed. */
 void fadam_reference_update(const fadam_tensor *tensor, const fadam_group_scalars *scalars);
 
-/* fadam_cpu_step without the argument checks (the managed optimizer checked them at finalize). */
+/* fadam_cpu_step without the argument checks (the managed optimizer checked them at finalize);
+ * `state`, when not NULL, is a fused step's decision: skip, t, lr factor, gradient scale. */
 fadam_status fadam_cpu_update_all(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
-                                  int n_groups, const fadam_step_source *source, const char *function);
+                                  int n_groups, const fadam_step_source *source, const fadam_device_state *state,
+                                  const char *function);
+
+/* The fused step's norm pass on host memory: the sum of squares of every gradient, in double. */
+double fadam_cpu_sum_of_squares(const fadam_tensor *tensors, int64_t n_tensors);
 
 /* Round-to-nearest-even conversions written in plain C (the reference's own, not CUDA's). */
 uint16_t fadam_float_to_bf16_bits(float value);

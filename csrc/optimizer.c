@@ -80,6 +80,7 @@ fadam_status fadam_create(fadam_optimizer **out, fadam_device_kind device, int c
 }
 
 static void free_state(fadam_optimizer *opt) {
+    fadam_fused_state_free(opt);
     fadam_optimizer_free(opt, opt->state_block);
     fadam_optimizer_free(opt, opt->device_table);
     opt->state_block = NULL;
@@ -319,6 +320,7 @@ fadam_status fadam_finalize(fadam_optimizer *opt, fadam_stream stream) {
     fadam_table_fill(opt->tensors, opt->n_tensors, opt->n_groups, FADAM_CHUNK_ELEMS, host_table);
     opt->n_chunks = ((const fadam_table_header *)host_table)->n_chunks;
 
+    if ((status = fadam_fused_state_create(opt, (cudaStream_t)stream)) != FADAM_SUCCESS) goto fail;
     if (opt->device == FADAM_DEVICE_CPU) {
         init_cpu_state(opt);
     } else {
@@ -358,7 +360,7 @@ static fadam_status run_step(fadam_optimizer *opt, const fadam_step_source *sour
                              const char *function) {
     fadam_status status;
     if (opt->device == FADAM_DEVICE_CPU) {
-        return fadam_cpu_update_all(opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, source, function);
+        return fadam_cpu_update_all(opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, source, NULL, function);
     } else {
         fadam_step_kernel_args args;
         int previous_device = 0;

@@ -28,7 +28,18 @@ struct fadam_optimizer {
     void *device_table;      /* the tensor table on the CUDA device */
     int64_t n_chunks;
     unsigned grid_blocks;    /* persistent grid of the step launch */
+
+    /* The fused step (fused_step.c): configured before finalize, state allocated by it. */
+    int fused_configured;
+    fadam_fused_step_config fused_config;
+    fadam_device_state *fused_state; /* device memory on the CUDA device */
+    double *chunk_partials;          /* one per chunk, for the norm pass */
 };
+
+/* fused_step.c: allocates and initialises the fused step's state during finalize (queued on
+ * `stream`, which finalize then waits for), and frees it. */
+fadam_status fadam_fused_state_create(fadam_optimizer *opt, struct CUstream_st *stream);
+void fadam_fused_state_free(fadam_optimizer *opt);
 
 /* Allocation through the caller's allocator, else cudaMalloc or aligned host memory. */
 void *fadam_optimizer_alloc(fadam_optimizer *opt, size_t bytes);

@@ -84,6 +84,7 @@ void fadam_reference_update(const fadam_tensor *t, const fadam_group_scalars *s)
         float g = load_as_float(t->grad, t->grad_dtype, i);
         float m = t->exp_avg[i], v = t->exp_avg_sq[i];
         float denom;
+        g = g * s->grad_scale;                              /* unscale and clip; 1 in a plain step */
         if (s->maximize) g = -g;
         if (s->coupled_decay) g = g + s->weight_decay * p;  /* Adam + L2: decay enters the moments */
         if (s->decoupled_decay) p = p * s->decay_factor;    /* AdamW: decay outside the adaptive term */
@@ -99,17 +100,20 @@ void fadam_reference_update(const fadam_tensor *t, const fadam_group_scalars *s)
 }
 
 fadam_status fadam_cpu_update_all(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
-                                  int n_groups, const fadam_step_source *source, const char *function) {
+                                  int n_groups, const fadam_step_source *source, const fadam_device_state *state,
+                                  const char *function) {
     fadam_group_scalars scalars[FADAM_MAX_GROUPS];
     int64_t i, step = source->device_step ? *source->device_step : source->step;
     int g;
+    if (state) {
+        if (state->counters.skipped) return FADAM_SUCCESS;
+        step = state->counters.step;
+    }
     if (step < 1)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: step=%lld must be >= 1 (1 is the first step)", function,
                           (long long)step);
-    for (g = 0; g < n_groups; g++) {
-        float lr = source->device_lr ? source->device_lr[g] : groups[g].lr;
-        scalars[g] = fadam_compute_group_scalars(&groups[g], lr, step);
-    }
+    for (g = 0; g < n_groups; g++)
+        scalars[g] = fadam_scalars_for_step(&groups[g], g, source->step, source->device_step, source->device_lr, state);
     for (i = 0; i < n_tensors; i++) fadam_reference_update(&tensors[i], &scalars[tensors[i].group]);
     return FADAM_SUCCESS;
 }
@@ -127,5 +131,17 @@ fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_tensors, cons
         status = fadam_check_hparams(&groups[g], "fadam_cpu_step", g);
         if (status != FADAM_SUCCESS) return status;
     }
-    return fadam_cpu_update_all(tensors, n_tensors, groups, n_groups, source, "fadam_cpu_step");
+    return fadam_cpu_update_all(tensors, n_tensors, groups, n_groups, source, NULL, "fadam_cpu_step");
+}
+
+double fadam_cpu_sum_of_squares(const fadam_tensor *tensors, int64_t n_tensors) {
+    double sum = 0.0;
+    int64_t i, k;
+    /* In double: squares of fp32 gradients neither overflow nor underflow there. */
+    for (i = 0; i < n_tensors; i++)
+        for (k = 0; k < tensors[i].numel; k++) {
+            double g = load_as_float(tensors[i].grad, tensors[i].grad_dtype, k);
+            sum += g * g;
+        }
+    return sum;
 }

@@ -19,6 +19,22 @@ fadam_hparams fadam_hparams_default(void) {
     return hparams;
 }
 
+fadam_fused_step_config fadam_fused_step_config_default(void) {
+    fadam_fused_step_config c;
+    memset(&c, 0, sizeof c);
+    c.max_grad_norm = 0.0f;
+    c.dynamic_loss_scaling = 0;
+    c.initial_loss_scale = 65536.0f;
+    c.growth_factor = 2.0f;
+    c.backoff_factor = 0.5f;
+    c.growth_interval = 2000;
+    c.schedule = FADAM_SCHEDULE_CONSTANT;
+    c.warmup_steps = 0;
+    c.total_steps = 0;
+    c.min_lr_ratio = 0.0f;
+    return c;
+}
+
 /* isfinite on a float without relying on C99 macros under every compiler. */
 static int is_finite_float(float x) { return x == x && x - x == 0.0f; }
 

@@ -251,10 +251,120 @@ FADAM_API fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_ten
                                       const fadam_step_source *source);
 
 /* ---------------------------------------------------------------------------------------------
+ * The whole step on the device: global gradient norm, clipping, loss-scale unscaling with overflow
+ * skip, and the learning-rate schedule, with no host synchronization, so fadam_fused_step can be
+ * captured once in a CUDA graph and replayed.
+ *
+ * fadam_fused_step queues two launches: a pass over every gradient (the global L2 norm, accumulated
+ * in double per chunk and summed in a fixed order, so the same bits on every run; any Inf/NaN is
+ * found here), whose last block decides the step on the device; then the update, which multiplies
+ * each gradient by 1/loss_scale * min(1, max_norm / (norm + 1e-6)) as it reads it (the gradient
+ * buffers are never written) and uses lr = group lr * the schedule's factor. When the gradients hold
+ * an Inf or NaN, the step is skipped: no parameter, master or moment changes, the step counter does
+ * not advance, and with dynamic loss scaling the scale is multiplied by backoff_factor; after
+ * growth_interval clean steps in a row it is multiplied by growth_factor.
+ * ------------------------------------------------------------------------------------------- */
+typedef enum fadam_schedule_kind {
+    FADAM_SCHEDULE_CONSTANT = 0,     /* factor 1 */
+    FADAM_SCHEDULE_WARMUP_COSINE = 1 /* t/warmup for t <= warmup, then cosine from 1 to min_lr_ratio at
+                                        total_steps, then min_lr_ratio */
+} fadam_schedule_kind;
+
+typedef struct fadam_fused_step_config {
+    float max_grad_norm;          /* > 0: clip the global norm to it (after unscaling); 0: no clipping */
+    int dynamic_loss_scaling;     /* 1: gradients arrive multiplied by the loss scale */
+    float initial_loss_scale;     /* 65536 */
+    float growth_factor;          /* 2 */
+    float backoff_factor;         /* 0.5 */
+    int64_t growth_interval;      /* 2000 clean steps */
+    fadam_schedule_kind schedule; /* the factor multiplies every group's lr */
+    int64_t warmup_steps;
+    int64_t total_steps;
+    float min_lr_ratio;           /* the cosine's floor, as a fraction of each group's lr */
+} fadam_fused_step_config;
+
+/* No clipping, no loss scaling (its parameters at PyTorch GradScaler's defaults), constant lr. */
+FADAM_API fadam_fused_step_config fadam_fused_step_config_default(void);
+
+/* What a training loop logs, as it sits in memory (device memory on the CUDA device). */
+typedef struct fadam_step_counters {
+    int64_t step;          /* steps applied; skipped steps do not count */
+    int64_t skipped_total; /* steps skipped for Inf/NaN gradients */
+    float grad_norm;       /* global L2 norm of the unscaled gradients in the last step, before clipping */
+    float clip_coef;       /* what the gradients were multiplied by for clipping (1: not clipped) */
+    float lr_scale;        /* the schedule's factor in the last applied step */
+    float loss_scale;      /* the scale for the next backward pass */
+    int32_t skipped;       /* 1: the last step found Inf/NaN and changed nothing */
+    int32_t good_steps;    /* clean steps in a row since the loss scale last changed */
+} fadam_step_counters;
+
+/* Sets the fused step up; before finalize, which allocates its device state (and one double per
+ * chunk for the norm). The step counter starts at the optimizer's (fadam_set_step). */
+FADAM_API fadam_status fadam_configure_fused_step(fadam_optimizer *opt, const fadam_fused_step_config *config);
+
+/* One whole step on `stream`: norm pass, then update. Asynchronous, no host synchronization, no
+ * host-side state read or written: capture it in a graph and replay it. The host step counter is
+ * not advanced (the device's is: read it from the counters). */
+FADAM_API fadam_status fadam_fused_step(fadam_optimizer *opt, fadam_stream stream);
+
+/* Where the counters live (device memory on the CUDA device, host memory on the CPU), to read them
+ * with a copy of the caller's own, or from the caller's kernels (the loss scale, for the backward). */
+FADAM_API fadam_status fadam_step_counters_pointer(const fadam_optimizer *opt, const fadam_step_counters **counters);
+
+/* Queues a copy of the counters into `host_out` on `stream` (pinned memory keeps it asynchronous);
+ * read them once the stream has passed that point, e.g. a step later, so logging never stalls a step. */
+FADAM_API fadam_status fadam_read_step_counters(const fadam_optimizer *opt, fadam_step_counters *host_out,
+                                                fadam_stream stream);
+
+/* ---------------------------------------------------------------------------------------------
  * Devices
  * ------------------------------------------------------------------------------------------- */
 /* Number of usable CUDA devices (0 without a GPU or driver; never an error). */
 FADAM_API int fadam_cuda_device_count(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Checkpoints of the managed optimizer: safetensors files
+ *
+ * A checkpoint is a safetensors file (8-byte little-endian header length, JSON header, raw data)
+ * that the Python `safetensors` package opens. Per registered tensor NAME (fadam_add_tensor's name,
+ * default its index) it holds F32 entries NAME.exp_avg, NAME.exp_avg_sq and, for a bf16/fp16
+ * param only, NAME.master (an fp32 param is its own master and stays the caller's to save, as do
+ * all params). The __metadata__ block (string values) holds format "fusedadam.optimizer",
+ * format_version, step, n_groups, every group's hyperparameters (group.G.lr, ...), each tensor's
+ * NAME.param_dtype and NAME.group, and checksum "sha256:<hex>" over the metadata and the data
+ * (README.md gives the exact definition).
+ *
+ * These are not per-step calls: they synchronize `stream`. Device state is copied in bounded pieces
+ * through a small pinned buffer on `stream`, after the work already queued on it.
+ * ------------------------------------------------------------------------------------------- */
+#define FADAM_CHECKPOINT_FORMAT_VERSION 1
+
+/* Writes the optimizer's step, hyperparameters and state to `path`, atomically: the data goes to a
+ * temporary file beside it ("<path>.tmp.<pid>.<n>") that is flushed, fsynced and renamed over
+ * `path`, then the directory is fsynced. On failure the temporary file is removed and a previous
+ * file at `path` is left whole. Requires a finalized optimizer; FADAM_ERR_INVALID_VALUE when a
+ * tensor name is not valid UTF-8 (safetensors headers are UTF-8). */
+FADAM_API fadam_status fadam_save(const fadam_optimizer *opt, const char *path, fadam_stream stream);
+
+/* The same checkpoint into caller memory. With buffer NULL only *size_out is set (the exact size,
+ * no device work). Otherwise `capacity` must be at least that size (else
+ * FADAM_ERR_WORKSPACE_TOO_SMALL, *size_out still set) and the checkpoint is written to buffer. */
+FADAM_API fadam_status fadam_save_bytes(const fadam_optimizer *opt, size_t *size_out, void *buffer,
+                                        size_t capacity, fadam_stream stream);
+
+/* Restores step, every group's hyperparameters and every tensor's exp_avg, exp_avg_sq and master
+ * from a checkpoint written for the same registration (names, element counts, param dtypes,
+ * groups; the order of registration may differ). Everything is checked first: header bounds, JSON,
+ * dtypes, shapes, byte ranges, names, version, checksum. On any such error (FADAM_ERR_IO,
+ * FADAM_ERR_CORRUPT, FADAM_ERR_MISMATCH, ...) the optimizer is exactly as before the call and the
+ * message names the first problem. Only a read or CUDA failure during the final copy, after every
+ * check passed, can leave the state partly loaded; its message says so. The file must not be
+ * modified in place while it loads (fadam_save replaces files by rename, which is safe). */
+FADAM_API fadam_status fadam_load(fadam_optimizer *opt, const char *path, fadam_stream stream);
+
+/* fadam_load from `size` bytes of caller memory (host memory). */
+FADAM_API fadam_status fadam_load_bytes(fadam_optimizer *opt, const void *buffer, size_t size,
+                                        fadam_stream stream);
 
 #ifdef __cplusplus
 }

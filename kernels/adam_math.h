@@ -53,14 +53,23 @@ typedef struct fadam_group_scalars {
     float decay_factor;           /* 1 - lr*wd: the decoupled decay of ADAMW */
     float step_size;              /* lr / (1 - beta1^t), or lr without bias correction */
     float bias_correction2_sqrt;  /* sqrt(1 - beta2^t), or 1 */
+    float grad_scale;             /* 1/loss_scale * clip coefficient; exactly 1 in a plain step */
     int32_t coupled_decay;        /* ADAM_L2 with wd != 0: g += wd*p (PyTorch skips it for wd == 0) */
     int32_t decoupled_decay;      /* ADAMW: p *= decay_factor */
     int32_t maximize;
 } fadam_group_scalars;
 
+/* The fused step's state in device memory: what the caller sees, then what the kernels pass on. */
+typedef struct fadam_device_state {
+    fadam_step_counters counters;
+    float grad_scale;      /* for the update: 1/loss_scale * clip coefficient */
+    uint32_t blocks_done;  /* the norm pass's arrival counter; its last block resets it */
+} fadam_device_state;
+
 /* Arguments of the step kernel, passed by value (about 2.2 KB, under the 4 KB launch limit). */
 typedef struct fadam_step_kernel_args {
     const fadam_table_header *table; /* device memory; the entries follow the header */
+    const fadam_device_state *state; /* optional (the fused step): skip flag, t, lr factor, grad scale */
     const int64_t *device_step;      /* optional: t read at run time */
     const float *device_lr;          /* optional: one lr per group read at run time */
     int64_t step;
@@ -103,7 +112,69 @@ static inline FADAM_HOST_DEVICE fadam_group_scalars fadam_compute_group_scalars(
     s.coupled_decay = hp->mode == FADAM_ADAM_L2 && hp->weight_decay != 0.0f;
     s.decoupled_decay = hp->mode == FADAM_ADAMW;
     s.maximize = hp->maximize != 0;
+    s.grad_scale = 1.0f;
     return s;
+}
+
+/* A group's scalars for one step, from the by-value arguments, the optional t/lr in memory, and the
+ * optional fused-step state (which wins: its t, lr factor and gradient scale). */
+static inline FADAM_HOST_DEVICE fadam_group_scalars fadam_scalars_for_step(const fadam_hparams *group, int g,
+                                                                         int64_t step, const int64_t *memory_step,
+                                                                         const float *memory_lr,
+                                                                         const fadam_device_state *state) {
+    fadam_group_scalars s;
+    float lr = memory_lr ? memory_lr[g] : group->lr;
+    if (memory_step) step = *memory_step;
+    if (state) {
+        step = state->counters.step;
+        lr = (float)((double)lr * (double)state->counters.lr_scale);
+    }
+    s = fadam_compute_group_scalars(group, lr, step);
+    if (state) s.grad_scale = state->grad_scale;
+    return s;
+}
+
+/* The schedule's lr factor for step t (1-based), in double then rounded once. */
+static inline FADAM_HOST_DEVICE float fadam_schedule_factor(const fadam_fused_step_config *c, int64_t t) {
+    double progress;
+    if (c->schedule != FADAM_SCHEDULE_WARMUP_COSINE) return 1.0f;
+    if (t <= c->warmup_steps) return (float)((double)t / (double)c->warmup_steps);
+    if (t >= c->total_steps) return c->min_lr_ratio;
+    progress = (double)(t - c->warmup_steps) / (double)(c->total_steps - c->warmup_steps);
+    return (float)((double)c->min_lr_ratio +
+                   (1.0 - (double)c->min_lr_ratio) * 0.5 * (1.0 + cos(3.14159265358979323846 * progress)));
+}
+
+/* Decides one fused step from the gradients' sum of squares (the same code on the CPU and in the
+ * norm kernel's last block): skip on Inf/NaN, else advance t, set the schedule's factor, the clip
+ * coefficient and the gradient scale; adjust a dynamic loss scale. */
+static inline FADAM_HOST_DEVICE void fadam_decide_step(fadam_device_state *state, const fadam_fused_step_config *c,
+                                                       double sum_of_squares) {
+    fadam_step_counters *k = &state->counters;
+    float inv_scale = c->dynamic_loss_scaling ? (float)(1.0 / (double)k->loss_scale) : 1.0f;
+    double norm = sqrt(sum_of_squares) * (double)inv_scale;
+    k->grad_norm = (float)norm;
+    if (!(norm <= 1.0e308)) { /* Inf or NaN somewhere in the gradients */
+        k->skipped = 1;
+        k->skipped_total++;
+        if (c->dynamic_loss_scaling) {
+            k->loss_scale = (float)((double)k->loss_scale * (double)c->backoff_factor);
+            k->good_steps = 0;
+        }
+        return;
+    }
+    k->skipped = 0;
+    k->clip_coef = 1.0f;
+    if (c->max_grad_norm > 0.0f && norm + 1e-6 > (double)c->max_grad_norm)
+        k->clip_coef = (float)((double)c->max_grad_norm / (norm + 1e-6));
+    state->grad_scale = (float)((double)inv_scale * (double)k->clip_coef);
+    k->step++;
+    k->lr_scale = fadam_schedule_factor(c, k->step);
+    if (c->dynamic_loss_scaling && ++k->good_steps >= c->growth_interval) {
+        double grown = (double)k->loss_scale * (double)c->growth_factor;
+        if (grown <= 3.0e38) k->loss_scale = (float)grown; /* never grow into infinity */
+        k->good_steps = 0;
+    }
 }
 
 #endif

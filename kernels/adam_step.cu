@@ -1,7 +1,7 @@
 /* adam_step.cu - one fused Adam/AdamW step over every tensor of a model, in one launch.
  *
  * Computes, per element (../shared/NUMERICS.md, the same order as csrc/reference.c):
- *   g = float(grad); if maximize g = -g
+ *   g = float(grad) * grad_scale (1/loss_scale * clip coefficient, 1 in a plain step); if maximize g = -g
  *   ADAM_L2: g += wd*p            ADAMW: p *= 1 - lr*wd
  *   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
  *   p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps);  16-bit param = round_to_nearest_even(p)
@@ -31,6 +31,7 @@
 /* One element: the update itself, shared by the vector and the scalar paths. */
 static __device__ __forceinline__ void adam_update_element(float &param, float grad, float &exp_avg,
                                                            float &exp_avg_sq, const fadam_group_scalars &s) {
+    grad = grad * s.grad_scale; /* unscale and clip (exactly 1 in a plain step) */
     if (s.maximize) grad = -grad;
     if (s.coupled_decay) grad = grad + s.weight_decay * param;
     if (s.decoupled_decay) param = param * s.decay_factor;
@@ -105,12 +106,12 @@ __global__ void adam_step_kernel(const fadam_step_kernel_args args) {
     __shared__ fadam_group_scalars group_scalars[FADAM_MAX_GROUPS];
     const fadam_table_header *table = args.table;
 
+    /* A fused step whose gradients held Inf/NaN changes nothing (the whole block leaves together). */
+    if (args.state && args.state->counters.skipped) return;
     /* t and lr may live in device memory (a replayed CUDA graph): read them here, once per block. */
-    for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x) {
-        int64_t step = args.device_step ? *args.device_step : args.step;
-        float lr = args.device_lr ? args.device_lr[g] : args.groups[g].lr;
-        group_scalars[g] = fadam_compute_group_scalars(&args.groups[g], lr, step);
-    }
+    for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x)
+        group_scalars[g] = fadam_scalars_for_step(&args.groups[g], g, args.step, args.device_step, args.device_lr,
+                                                  args.state);
     __syncthreads();
 
     const fadam_table_entry *entries = fadam_table_entries(table);

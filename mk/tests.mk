@@ -56,3 +56,18 @@ TEST_RUN += $(TEST_BIN)/test_managed
 
 TEST_RUN += tests/test_source_rules.sh
 TEST_RUN += tests/test_install.sh
+
+$(TEST_BIN)/test_fused_step: tests/test_fused_step.cpp tests/emul/cuda_emul.h tests/check.h \
+                             $(KERNEL_SOURCES) $(HEADERS) $(HOST_CORE_OBJECTS)
+	@mkdir -p $(@D)
+	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ $(HOST_CORE_OBJECTS) -lm -lpthread
+
+TEST_PROGRAMS += $(TEST_BIN)/test_fused_step
+TEST_RUN += $(TEST_BIN)/test_fused_step
+
+$(TEST_BIN)/test_fused_managed: tests/test_fused_managed.c tests/check.h $(STATIC_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
+
+TEST_PROGRAMS += $(TEST_BIN)/test_fused_managed
+TEST_RUN += $(TEST_BIN)/test_fused_managed

@@ -1,0 +1,174 @@
+/* fused_step.c - the whole step on the device (or the CPU): global gradient norm, clipping,
+ * loss-scale unscaling with overflow skip, schedule; no host synchronization, capturable in a graph. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime.h>
+
+#include "internal.h"
+#include "launchers.h"
+#include "nvtx_ranges.h"
+#include "optimizer_internal.h"
+
+static int finite_float(float x) { return x == x && x - x == 0.0f; }
+
+static fadam_status check_config(const fadam_fused_step_config *c) {
+    const char *f = "fadam_configure_fused_step";
+    if (!finite_float(c->max_grad_norm) || c->max_grad_norm < 0.0f)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: max_grad_norm=%g must be finite and >= 0 (0: no clipping)", f,
+                          c->max_grad_norm);
+    if (c->dynamic_loss_scaling != 0 && c->dynamic_loss_scaling != 1)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: dynamic_loss_scaling=%d must be 0 or 1", f,
+                          c->dynamic_loss_scaling);
+    if (c->dynamic_loss_scaling) {
+        if (!finite_float(c->initial_loss_scale) || c->initial_loss_scale <= 0.0f)
+            return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: initial_loss_scale=%g must be finite and > 0", f,
+                              c->initial_loss_scale);
+        if (!finite_float(c->growth_factor) || c->growth_factor <= 1.0f)
+            return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: growth_factor=%g must be > 1", f, c->growth_factor);
+        if (!(c->backoff_factor > 0.0f && c->backoff_factor < 1.0f))
+            return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: backoff_factor=%g must be in (0, 1)", f, c->backoff_factor);
+        if (c->growth_interval < 1)
+            return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: growth_interval=%lld must be >= 1", f,
+                              (long long)c->growth_interval);
+    }
+    if (c->schedule != FADAM_SCHEDULE_CONSTANT && c->schedule != FADAM_SCHEDULE_WARMUP_COSINE)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: schedule=%d is not a fadam_schedule_kind", f, (int)c->schedule);
+    if (c->schedule == FADAM_SCHEDULE_WARMUP_COSINE) {
+        if (c->warmup_steps < 0 || c->total_steps <= c->warmup_steps)
+            return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: need 0 <= warmup_steps (%lld) < total_steps (%lld)", f,
+                              (long long)c->warmup_steps, (long long)c->total_steps);
+        if (!(c->min_lr_ratio >= 0.0f && c->min_lr_ratio <= 1.0f))
+            return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: min_lr_ratio=%g must be in [0, 1]", f, c->min_lr_ratio);
+    }
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_configure_fused_step(fadam_optimizer *opt, const fadam_fused_step_config *config) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_configure_fused_step");
+    FADAM_REQUIRE_NOT_NULL(config, "fadam_configure_fused_step");
+    if (opt->finalized)
+        return fadam_fail(FADAM_ERR_BAD_STATE, "fadam_configure_fused_step: call it before fadam_finalize, which "
+                                               "allocates the fused step's state");
+    if ((status = check_config(config)) != FADAM_SUCCESS) return status;
+    opt->fused_config = *config;
+    opt->fused_configured = 1;
+    return FADAM_SUCCESS;
+}
+
+static int needs_norm_pass(const fadam_fused_step_config *c) { return c->max_grad_norm > 0.0f || c->dynamic_loss_scaling; }
+
+fadam_status fadam_fused_state_create(fadam_optimizer *opt, cudaStream_t stream) {
+    fadam_device_state initial;
+    size_t partial_bytes;
+    if (!opt->fused_configured) return FADAM_SUCCESS;
+    memset(&initial, 0, sizeof initial);
+    initial.counters.step = opt->step;
+    initial.counters.clip_coef = 1.0f;
+    initial.counters.lr_scale = 1.0f;
+    initial.counters.loss_scale = opt->fused_config.dynamic_loss_scaling ? opt->fused_config.initial_loss_scale : 1.0f;
+    initial.grad_scale = 1.0f;
+    partial_bytes = (size_t)(opt->n_chunks > 0 ? opt->n_chunks : 1) * sizeof(double);
+    opt->fused_state = (fadam_device_state *)fadam_optimizer_alloc(opt, sizeof initial);
+    opt->chunk_partials = needs_norm_pass(&opt->fused_config) ? (double *)fadam_optimizer_alloc(opt, partial_bytes) : NULL;
+    if (!opt->fused_state || (needs_norm_pass(&opt->fused_config) && !opt->chunk_partials)) {
+        fadam_fused_state_free(opt);
+        return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "fadam_finalize: cannot allocate the fused step's state");
+    }
+    if (opt->device == FADAM_DEVICE_CPU) {
+        *opt->fused_state = initial;
+        return FADAM_SUCCESS;
+    }
+    /* finalize waits for the stream before `initial` goes out of scope. */
+    FADAM_CUDA_CHECK(cudaMemcpyAsync(opt->fused_state, &initial, sizeof initial, cudaMemcpyHostToDevice, stream));
+    FADAM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return FADAM_SUCCESS;
+}
+
+void fadam_fused_state_free(fadam_optimizer *opt) {
+    fadam_optimizer_free(opt, opt->fused_state);
+    fadam_optimizer_free(opt, opt->chunk_partials);
+    opt->fused_state = NULL;
+    opt->chunk_partials = NULL;
+}
+
+static fadam_status require_fused(const fadam_optimizer *opt, const char *function) {
+    if (!opt->finalized || !opt->fused_configured)
+        return fadam_fail(FADAM_ERR_BAD_STATE, "%s: needs fadam_configure_fused_step, then fadam_finalize", function);
+    return FADAM_SUCCESS;
+}
+
+static fadam_status fused_step_cuda(fadam_optimizer *opt, cudaStream_t stream) {
+    fadam_step_kernel_args args;
+    cudaError_t error;
+    int compute_norm = needs_norm_pass(&opt->fused_config);
+    error = fadam_launch_grad_norm((const fadam_table_header *)opt->device_table, opt->chunk_partials, opt->fused_state,
+                                   &opt->fused_config, compute_norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1,
+                                   FADAM_BLOCK_THREADS, stream);
+    if (error != cudaSuccess) return fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
+    memset(&args, 0, sizeof args);
+    args.table = (const fadam_table_header *)opt->device_table;
+    args.state = opt->fused_state;
+    args.step = 1; /* unused: the state's step wins */
+    args.n_groups = opt->n_groups;
+    memcpy(args.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
+    error = fadam_launch_adam_step(&args, opt->grid_blocks, FADAM_BLOCK_THREADS, stream);
+    if (error != cudaSuccess) return fadam_cuda_fail(error, "adam_step_kernel launch", __FILE__, __LINE__);
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_fused_step(fadam_optimizer *opt, fadam_stream stream) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step");
+    if ((status = require_fused(opt, "fadam_fused_step")) != FADAM_SUCCESS) return status;
+    FADAM_RANGE_PUSH("fused_step");
+    if (opt->device == FADAM_DEVICE_CPU) {
+        double sum = needs_norm_pass(&opt->fused_config) ? fadam_cpu_sum_of_squares(opt->tensors, opt->n_tensors) : 0.0;
+        fadam_step_source source = {1, NULL, NULL};
+        fadam_decide_step(opt->fused_state, &opt->fused_config, sum);
+        status = fadam_cpu_update_all(opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, &source,
+                                      opt->fused_state, "fadam_fused_step");
+    } else {
+        int previous_device = 0;
+        status = fadam_cuda_enter_device(opt->cuda_device, &previous_device);
+        if (status == FADAM_SUCCESS) {
+            status = fused_step_cuda(opt, (cudaStream_t)stream);
+            fadam_cuda_leave_device(opt->cuda_device, previous_device);
+        }
+    }
+    FADAM_RANGE_POP();
+    return status;
+}
+
+fadam_status fadam_step_counters_pointer(const fadam_optimizer *opt, const fadam_step_counters **counters) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_step_counters_pointer");
+    FADAM_REQUIRE_NOT_NULL(counters, "fadam_step_counters_pointer");
+    if ((status = require_fused(opt, "fadam_step_counters_pointer")) != FADAM_SUCCESS) return status;
+    *counters = &opt->fused_state->counters;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_read_step_counters(const fadam_optimizer *opt, fadam_step_counters *host_out, fadam_stream stream) {
+    fadam_status status;
+    int previous_device = 0;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_read_step_counters");
+    FADAM_REQUIRE_NOT_NULL(host_out, "fadam_read_step_counters");
+    if ((status = require_fused(opt, "fadam_read_step_counters")) != FADAM_SUCCESS) return status;
+    if (opt->device == FADAM_DEVICE_CPU) {
+        *host_out = opt->fused_state->counters;
+        return FADAM_SUCCESS;
+    }
+    if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
+    if (cudaMemcpyAsync(host_out, &opt->fused_state->counters, sizeof *host_out, cudaMemcpyDeviceToHost,
+                        (cudaStream_t)stream) != cudaSuccess)
+        status = fadam_cuda_fail(cudaGetLastError(), "cudaMemcpyAsync(counters)", __FILE__, __LINE__);
+    fadam_cuda_leave_device(opt->cuda_device, previous_device);
+    return status;
+}
