@@ -78,6 +78,10 @@ fadam_status fadam_check_step_source(const fadam_step_source *source, const char
 /* One step of one tensor on host memory, scalars already computed. */
 void fadam_reference_update(const fadam_tensor *tensor, const fadam_group_scalars *scalars);
 
+/* The CPU device's fast path (cpu_step.c): fadam_reference_update's arithmetic, vectorized and
+ * threaded, bit for bit the same. scalars[g] belong to group g. */
+void fadam_cpu_update_tensors(const fadam_tensor *tensors, int64_t n_tensors, const fadam_group_scalars *scalars);
+
 /* fadam_cpu_step without the argument checks (the managed optimizer checked them at finalize);
  * `state`, when not NULL, is a fused step's decision: skip, t, lr factor, gradient scale. */
 fadam_status fadam_cpu_update_all(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,

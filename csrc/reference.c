@@ -103,7 +103,7 @@ fadam_status fadam_cpu_update_all(const fadam_tensor *tensors, int64_t n_tensors
                                   int n_groups, const fadam_step_source *source, const fadam_device_state *state,
                                   const char *function) {
     fadam_group_scalars scalars[FADAM_MAX_GROUPS];
-    int64_t i, step = source->device_step ? *source->device_step : source->step;
+    int64_t step = source->device_step ? *source->device_step : source->step;
     int g;
     if (state) {
         if (state->counters.skipped) return FADAM_SUCCESS;
@@ -114,7 +114,7 @@ fadam_status fadam_cpu_update_all(const fadam_tensor *tensors, int64_t n_tensors
                           (long long)step);
     for (g = 0; g < n_groups; g++)
         scalars[g] = fadam_scalars_for_step(&groups[g], g, source->step, source->device_step, source->device_lr, state);
-    for (i = 0; i < n_tensors; i++) fadam_reference_update(&tensors[i], &scalars[tensors[i].group]);
+    fadam_cpu_update_tensors(tensors, n_tensors, scalars);
     return FADAM_SUCCESS;
 }
 

@@ -33,7 +33,7 @@ asan: $(TEST_BIN)/test_api_errors
 EMUL_CXXFLAGS := -std=c++17 -O1 -g -ffp-contract=off -fno-strict-aliasing -Wall -Wextra -Werror \
                  -Wno-unused-function -Wno-unknown-pragmas -Wno-format-truncation -fsanitize=alignment,undefined -fno-sanitize-recover=all \
                  -DFADAM_EMULATION -Iinclude -Ikernels -Icsrc -Itests -I$(CUDA_INC) -include tests/emul/cuda_emul.h
-HOST_CORE_OBJECTS := $(BUILD)/obj/table.o $(BUILD)/obj/reference.o $(BUILD)/obj/status.o
+HOST_CORE_OBJECTS := $(BUILD)/obj/table.o $(BUILD)/obj/reference.o $(BUILD)/obj/cpu_step.o $(BUILD)/obj/status.o
 
 $(TEST_BIN)/test_emul: tests/test_emul.cpp tests/emul/cuda_emul.h tests/check.h
 	@mkdir -p $(@D)
@@ -71,3 +71,10 @@ $(TEST_BIN)/test_fused_managed: tests/test_fused_managed.c tests/check.h $(STATI
 
 TEST_PROGRAMS += $(TEST_BIN)/test_fused_managed
 TEST_RUN += $(TEST_BIN)/test_fused_managed
+
+$(TEST_BIN)/test_cpu_fast: tests/test_cpu_fast.c tests/check.h $(STATIC_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
+
+TEST_PROGRAMS += $(TEST_BIN)/test_cpu_fast
+TEST_RUN += $(TEST_BIN)/test_cpu_fast
