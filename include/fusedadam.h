@@ -331,8 +331,9 @@ FADAM_API int fadam_cuda_device_count(void);
  * param only, NAME.master (an fp32 param is its own master and stays the caller's to save, as do
  * all params). The __metadata__ block (string values) holds format "fusedadam.optimizer",
  * format_version, step, n_groups, every group's hyperparameters (group.G.lr, ...), each tensor's
- * NAME.param_dtype and NAME.group, and checksum "sha256:<hex>" over the metadata and the data
- * (README.md gives the exact definition).
+ * NAME.param_dtype and NAME.group, the fused step's counters (fused.step, fused.loss_scale, ...)
+ * when it is configured, and checksum "sha256:<hex>" over the metadata and the data (README.md
+ * gives the exact definition).
  *
  * These are not per-step calls: they synchronize `stream`. Device state is copied in bounded pieces
  * through a small pinned buffer on `stream`, after the work already queued on it.
@@ -346,20 +347,25 @@ FADAM_API int fadam_cuda_device_count(void);
  * tensor name is not valid UTF-8 (safetensors headers are UTF-8). */
 FADAM_API fadam_status fadam_save(const fadam_optimizer *opt, const char *path, fadam_stream stream);
 
-/* The same checkpoint into caller memory. With buffer NULL only *size_out is set (the exact size,
- * no device work). Otherwise `capacity` must be at least that size (else
- * FADAM_ERR_WORKSPACE_TOO_SMALL, *size_out still set) and the checkpoint is written to buffer. */
+/* The same checkpoint into caller memory. With buffer NULL only *size_out is set, with no device
+ * work: the exact size, which depends only on what is registered (not on the step, hyperparameters
+ * or counters), so a buffer sized once fits every later save. Otherwise `capacity` must be at least
+ * that size (else FADAM_ERR_WORKSPACE_TOO_SMALL, *size_out still set) and the checkpoint is
+ * written to buffer. */
 FADAM_API fadam_status fadam_save_bytes(const fadam_optimizer *opt, size_t *size_out, void *buffer,
                                         size_t capacity, fadam_stream stream);
 
-/* Restores step, every group's hyperparameters and every tensor's exp_avg, exp_avg_sq and master
- * from a checkpoint written for the same registration (names, element counts, param dtypes,
- * groups; the order of registration may differ). Everything is checked first: header bounds, JSON,
- * dtypes, shapes, byte ranges, names, version, checksum. On any such error (FADAM_ERR_IO,
- * FADAM_ERR_CORRUPT, FADAM_ERR_MISMATCH, ...) the optimizer is exactly as before the call and the
- * message names the first problem. Only a read or CUDA failure during the final copy, after every
- * check passed, can leave the state partly loaded; its message says so. The file must not be
- * modified in place while it loads (fadam_save replaces files by rename, which is safe). */
+/* Restores step, every group's hyperparameters, every tensor's exp_avg, exp_avg_sq and master, and
+ * the fused step's counters when both sides have the fused step (without them in the checkpoint,
+ * its step counter starts at the checkpoint's step; without the fused step here, fused.step
+ * becomes the step), from a checkpoint written for the same registration (names, element counts,
+ * param dtypes, groups; the order of registration may differ). Params stay the caller's to restore.
+ * Everything is checked first: header bounds, JSON, dtypes, shapes, byte ranges, names, version,
+ * checksum. On any such error (FADAM_ERR_IO, FADAM_ERR_CORRUPT, FADAM_ERR_MISMATCH, ...) the
+ * optimizer is exactly as before the call and the message names the first problem. Only a read or
+ * CUDA failure during the final copy, after every check passed, can leave the state partly loaded;
+ * its message says so. The file must not be modified in place while it loads (fadam_save replaces
+ * files by rename, which is safe). */
 FADAM_API fadam_status fadam_load(fadam_optimizer *opt, const char *path, fadam_stream stream);
 
 /* fadam_load from `size` bytes of caller memory (host memory). */
