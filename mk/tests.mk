@@ -1,10 +1,11 @@
 # Core tests: the reference against float64, the kernel source emulated on the CPU, the public API's
 # error paths (under ASan/UBSan), the managed optimizer, and the same cases on a GPU when present.
 TEST_BIN := $(BUILD)/tests
+TEST_HEADERS := tests/check.h tests/dtype_values.h
 TEST_CFLAGS := $(CFLAGS_COMMON) -Itests -Wno-unused-function
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-$(TEST_BIN)/test_reference: tests/test_reference.c tests/check.h $(STATIC_LIB)
+$(TEST_BIN)/test_reference: tests/test_reference.c $(TEST_HEADERS) $(STATIC_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
 
@@ -18,7 +19,7 @@ $(BUILD)/asan/%.o: csrc/%.c $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_COMMON) $(SANITIZE) -c $< -o $@
 
-$(TEST_BIN)/test_api_errors: tests/test_api_errors.c tests/check.h $(ASAN_OBJECTS)
+$(TEST_BIN)/test_api_errors: tests/test_api_errors.c $(TEST_HEADERS) $(ASAN_OBJECTS)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_CFLAGS) $(SANITIZE) $< -o $@ $(ASAN_OBJECTS) $(LIBS_CUDA) -lstdc++
 
@@ -35,11 +36,11 @@ EMUL_CXXFLAGS := -std=c++17 -O1 -g -ffp-contract=off -fno-strict-aliasing -Wall 
                  -DFADAM_EMULATION -Iinclude -Ikernels -Icsrc -Itests -I$(CUDA_INC) -include tests/emul/cuda_emul.h
 HOST_CORE_OBJECTS := $(BUILD)/obj/table.o $(BUILD)/obj/reference.o $(BUILD)/obj/cpu_step.o $(BUILD)/obj/status.o
 
-$(TEST_BIN)/test_emul: tests/test_emul.cpp tests/emul/cuda_emul.h tests/check.h
+$(TEST_BIN)/test_emul: tests/test_emul.cpp tests/emul/cuda_emul.h $(TEST_HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ -lpthread
 
-$(TEST_BIN)/test_kernel_emulated: tests/test_kernel_emulated.cpp tests/emul/cuda_emul.h tests/check.h \
+$(TEST_BIN)/test_kernel_emulated: tests/test_kernel_emulated.cpp tests/emul/cuda_emul.h $(TEST_HEADERS) \
                                   $(KERNEL_SOURCES) $(HEADERS) $(HOST_CORE_OBJECTS)
 	@mkdir -p $(@D)
 	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ $(HOST_CORE_OBJECTS) -lm -lpthread
@@ -47,7 +48,7 @@ $(TEST_BIN)/test_kernel_emulated: tests/test_kernel_emulated.cpp tests/emul/cuda
 TEST_PROGRAMS += $(TEST_BIN)/test_emul $(TEST_BIN)/test_kernel_emulated
 TEST_RUN += $(TEST_BIN)/test_emul $(TEST_BIN)/test_kernel_emulated
 
-$(TEST_BIN)/test_managed: tests/test_managed.c tests/check.h $(STATIC_LIB)
+$(TEST_BIN)/test_managed: tests/test_managed.c $(TEST_HEADERS) $(STATIC_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
 
@@ -57,7 +58,7 @@ TEST_RUN += $(TEST_BIN)/test_managed
 TEST_RUN += tests/test_source_rules.sh
 TEST_RUN += tests/test_install.sh
 
-$(TEST_BIN)/test_fused_step: tests/test_fused_step.cpp tests/emul/cuda_emul.h tests/check.h \
+$(TEST_BIN)/test_fused_step: tests/test_fused_step.cpp tests/emul/cuda_emul.h $(TEST_HEADERS) \
                              $(KERNEL_SOURCES) $(HEADERS) $(HOST_CORE_OBJECTS)
 	@mkdir -p $(@D)
 	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ $(HOST_CORE_OBJECTS) -lm -lpthread
@@ -65,14 +66,14 @@ $(TEST_BIN)/test_fused_step: tests/test_fused_step.cpp tests/emul/cuda_emul.h te
 TEST_PROGRAMS += $(TEST_BIN)/test_fused_step
 TEST_RUN += $(TEST_BIN)/test_fused_step
 
-$(TEST_BIN)/test_fused_managed: tests/test_fused_managed.c tests/check.h $(STATIC_LIB)
+$(TEST_BIN)/test_fused_managed: tests/test_fused_managed.c $(TEST_HEADERS) $(STATIC_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
 
 TEST_PROGRAMS += $(TEST_BIN)/test_fused_managed
 TEST_RUN += $(TEST_BIN)/test_fused_managed
 
-$(TEST_BIN)/test_cpu_fast: tests/test_cpu_fast.c tests/check.h $(STATIC_LIB)
+$(TEST_BIN)/test_cpu_fast: tests/test_cpu_fast.c $(TEST_HEADERS) $(STATIC_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
 

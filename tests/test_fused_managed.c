@@ -8,6 +8,7 @@
 
 #include "check.h"
 #include "fusedadam.h"
+#include "dtype_values.h"
 #include "internal.h"
 
 static uint64_t rng;
@@ -21,17 +22,7 @@ typedef struct tensor_data {
     int group;
 } tensor_data;
 
-static void store(fadam_dtype dtype, void *base, int64_t i, float x) {
-    if (dtype == FADAM_FLOAT32) ((float *)base)[i] = x;
-    else if (dtype == FADAM_BFLOAT16) ((uint16_t *)base)[i] = fadam_float_to_bf16_bits(x);
-    else ((uint16_t *)base)[i] = fadam_float_to_fp16_bits(x);
-}
 
-static float load(fadam_dtype dtype, const void *base, int64_t i) {
-    if (dtype == FADAM_FLOAT32) return ((const float *)base)[i];
-    if (dtype == FADAM_BFLOAT16) return fadam_bf16_bits_to_float(((const uint16_t *)base)[i]);
-    return fadam_fp16_bits_to_float(((const uint16_t *)base)[i]);
-}
 
 static fadam_fused_step_config test_config(void) {
     fadam_fused_step_config c = fadam_fused_step_config_default();
@@ -85,9 +76,9 @@ static void test_cpu_fused_step(void) {
         mirror[i].exp_avg = (float *)calloc((size_t)shape[i].numel, 4);
         mirror[i].exp_avg_sq = (float *)calloc((size_t)shape[i].numel, 4);
         for (k = 0; k < shape[i].numel; k++) {
-            store(shape[i].param_dtype, params[i], k, (float)check_rng_normal(&rng));
-            store(shape[i].param_dtype, mirror[i].param, k, load(shape[i].param_dtype, params[i], k));
-            if (mirror[i].master) mirror[i].master[k] = load(shape[i].param_dtype, params[i], k);
+            store_as(shape[i].param_dtype, params[i], k, (float)check_rng_normal(&rng));
+            store_as(shape[i].param_dtype, mirror[i].param, k, load_as(shape[i].param_dtype, params[i], k));
+            if (mirror[i].master) mirror[i].master[k] = load_as(shape[i].param_dtype, params[i], k);
         }
         CHECK(fadam_add_tensor(opt, NULL, params[i], grads[i], shape[i].numel, shape[i].param_dtype,
                                shape[i].grad_dtype, shape[i].group, NULL) == FADAM_SUCCESS,
@@ -108,11 +99,11 @@ static void test_cpu_fused_step(void) {
         for (i = 0; i < N_TENSORS; i++)
             for (k = 0; k < shape[i].numel; k++) {
                 float g = (float)(1e-2 * loss_scale * check_rng_normal(&rng));
-                store(shape[i].grad_dtype, grads[i], k, g);
-                g = load(shape[i].grad_dtype, grads[i], k);
+                store_as(shape[i].grad_dtype, grads[i], k, g);
+                g = load_as(shape[i].grad_dtype, grads[i], k);
                 sum += (long double)g * g;
             }
-        if (overflow) store(shape[3].grad_dtype, grads[3], 0, step == 5 ? NAN : -INFINITY);
+        if (overflow) store_as(shape[3].grad_dtype, grads[3], 0, step == 5 ? NAN : -INFINITY);
         CHECK(fadam_fused_step(opt, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
         CHECK(fadam_read_step_counters(opt, &counters, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
         CHECK(memcmp(&counters, live, sizeof counters) == 0, "the counters pointer and the copy disagree");
@@ -148,7 +139,7 @@ static void test_cpu_fused_step(void) {
             grad_scale = (float)((double)inv_scale * (double)counters.clip_coef);
             for (i = 0; i < N_TENSORS; i++)
                 for (k = 0; k < shape[i].numel; k++)
-                    ((float *)mirror[i].grad)[k] = load(shape[i].grad_dtype, grads[i], k) * grad_scale;
+                    ((float *)mirror[i].grad)[k] = load_as(shape[i].grad_dtype, grads[i], k) * grad_scale;
             {
                 float lrs[2];
                 fadam_step_source source = {0, NULL, NULL};
@@ -265,7 +256,7 @@ static void test_graph_capture_gpu(void) {
         {
             void *host = malloc((size_t)numel[i] * 4);
             int64_t k;
-            for (k = 0; k < numel[i]; k++) store(pdt[i], host, k, (float)check_rng_normal(&rng));
+            for (k = 0; k < numel[i]; k++) store_as(pdt[i], host, k, (float)check_rng_normal(&rng));
             for (side = 0; side < 2; side++) {
                 CUDA_OK(cudaMalloc(&params[side][i], (size_t)numel[i] * 4));
                 CUDA_OK(cudaMalloc(&grads[side][i], (size_t)numel[i] * 4));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "check.h"
+#include "dtype_values.h"
 #include "internal.h"
 
 static uint64_t rng;
@@ -28,17 +29,7 @@ static void *buffer(model &m, size_t floats) {
     return m.storage.back().data();
 }
 
-static void store(fadam_dtype dtype, void *base, int64_t i, float x) {
-    if (dtype == FADAM_FLOAT32) static_cast<float *>(base)[i] = x;
-    else if (dtype == FADAM_BFLOAT16) static_cast<uint16_t *>(base)[i] = fadam_float_to_bf16_bits(x);
-    else static_cast<uint16_t *>(base)[i] = fadam_float_to_fp16_bits(x);
-}
 
-static float load(fadam_dtype dtype, const void *base, int64_t i) {
-    if (dtype == FADAM_FLOAT32) return static_cast<const float *>(base)[i];
-    uint16_t bits = static_cast<const uint16_t *>(base)[i];
-    return dtype == FADAM_BFLOAT16 ? fadam_bf16_bits_to_float(bits) : fadam_fp16_bits_to_float(bits);
-}
 
 static model make_model(int n_tensors, int32_t chunk_elems) {
     static const fadam_dtype dtypes[3] = {FADAM_FLOAT32, FADAM_BFLOAT16, FADAM_FLOAT16};
@@ -63,8 +54,8 @@ static model make_model(int n_tensors, int32_t chunk_elems) {
         t.exp_avg = static_cast<float *>(buffer(m, (size_t)t.numel));
         t.exp_avg_sq = static_cast<float *>(buffer(m, (size_t)t.numel));
         for (int64_t k = 0; k < t.numel; k++) {
-            store(t.param_dtype, t.param, k, (float)check_rng_normal(&rng));
-            if (t.master) t.master[k] = load(t.param_dtype, t.param, k);
+            store_as(t.param_dtype, t.param, k, (float)check_rng_normal(&rng));
+            if (t.master) t.master[k] = load_as(t.param_dtype, t.param, k);
         }
         m.tensors.push_back(t);
     }
@@ -74,7 +65,7 @@ static model make_model(int n_tensors, int32_t chunk_elems) {
 static void fill_gradients(model &m, double scale) {
     for (auto &t : m.tensors)
         for (int64_t k = 0; k < t.numel; k++)
-            store(t.grad_dtype, const_cast<void *>(t.grad), k, (float)(scale * check_rng_normal(&rng)));
+            store_as(t.grad_dtype, const_cast<void *>(t.grad), k, (float)(scale * check_rng_normal(&rng)));
 }
 
 static std::vector<unsigned char> encode(const model &m, int32_t chunk_elems) {
@@ -148,7 +139,7 @@ static double oracle_norm(const model &m) {
     long double sum = 0.0L;
     for (auto &t : m.tensors)
         for (int64_t k = 0; k < t.numel; k++) {
-            long double g = load(t.grad_dtype, t.grad, k);
+            long double g = load_as(t.grad_dtype, t.grad, k);
             sum += g * g;
         }
     return (double)sqrtl(sum);
@@ -239,7 +230,7 @@ static void test_clipping(bool active) {
               "tensor %zu differs from the reference", i);
         /* float64: first moment after one step from zero is (1-beta1) * clip * g. */
         for (int64_t k = 0; k < t.numel; k++) {
-            double want = (1.0 - (double)m.groups[t.group].beta1) * want_coef * load(t.grad_dtype, t.grad, k);
+            double want = (1.0 - (double)m.groups[t.group].beta1) * want_coef * load_as(t.grad_dtype, t.grad, k);
             if (t.group == 1 && m.groups[1].weight_decay != 0.0f) break; /* L2 adds wd*p: skip the check */
             if (std::fabs(t.exp_avg[k] - want) > 1e-6 * std::fabs(want) + 1e-12) {
                 CHECK(false, "tensor %zu m[%lld]=%.9g, float64 %.9g", i, (long long)k, t.exp_avg[k], want);
@@ -269,7 +260,7 @@ static void test_overflow_skip(bool use_nan) {
     /* Poison one element of one non-empty tensor. */
     size_t victim = 0;
     while (m.tensors[victim].numel == 0) victim++;
-    store(m.tensors[victim].grad_dtype, const_cast<void *>(m.tensors[victim].grad), m.tensors[victim].numel / 2,
+    store_as(m.tensors[victim].grad_dtype, const_cast<void *>(m.tensors[victim].grad), m.tensors[victim].numel / 2,
           use_nan ? NAN : INFINITY);
     std::vector<std::vector<float>> before = m.storage;
     run(c);
@@ -376,7 +367,7 @@ static void test_graph_replay() {
         for (model *mm : {&replayed, &eager}) {
             rng = step_seed;
             fill_gradients(*mm, 1e-2 * 256.0);
-            if (s == 3) store(mm->tensors[1].grad_dtype, const_cast<void *>(mm->tensors[1].grad), 0, INFINITY);
+            if (s == 3) store_as(mm->tensors[1].grad_dtype, const_cast<void *>(mm->tensors[1].grad), 0, INFINITY);
         }
         emul_set_thread_order(s % 2 ? EMUL_ORDER_REVERSE : EMUL_ORDER_SHUFFLED, step_seed);
         run(graph);                                                                  /* replay */

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "check.h"
+#include "dtype_values.h"
 #include "internal.h"
 
 static uint64_t rng;
@@ -30,11 +31,6 @@ static float random_value(fadam_dtype dtype, double scale) {
     return x;
 }
 
-static void store(fadam_dtype dtype, void *base, int64_t i, float x) {
-    if (dtype == FADAM_FLOAT32) static_cast<float *>(base)[i] = x;
-    else if (dtype == FADAM_BFLOAT16) static_cast<uint16_t *>(base)[i] = fadam_float_to_bf16_bits(x);
-    else static_cast<uint16_t *>(base)[i] = fadam_float_to_fp16_bits(x);
-}
 
 /* Equal bits, or both NaN (a NaN's payload is not part of the contract). */
 static bool same_float(float a, float b) {
@@ -116,8 +112,8 @@ static model make_model(int n_tensors, int n_groups, int32_t chunk_elems, bool a
         }
         for (size_t k = 0; k < n; k++) {
             float p = random_value(t.param_dtype, 1.0);
-            store(t.param_dtype, t.param, (int64_t)k, p);
-            store(t.param_dtype, r.param, (int64_t)k, p);
+            store_as(t.param_dtype, t.param, (int64_t)k, p);
+            store_as(t.param_dtype, r.param, (int64_t)k, p);
             if (with_master) t.master[k] = r.master[k] = p;
             t.exp_avg[k] = r.exp_avg[k] = (float)(0.01 * check_rng_normal(&rng));
             t.exp_avg_sq[k] = r.exp_avg_sq[k] = (float)(1e-4 * check_rng_uniform(&rng));
@@ -135,8 +131,8 @@ static void fill_gradients(model &m, bool with_nonfinite) {
         for (int64_t k = 0; k < t.numel; k++) {
             float g = random_value(t.grad_dtype, 1e-2);
             if (with_nonfinite && pick(5000) == 0) g = pick(2) ? NAN : -INFINITY;
-            store(t.grad_dtype, const_cast<void *>(t.grad), k, g);
-            store(t.grad_dtype, const_cast<void *>(r.grad), k, g);
+            store_as(t.grad_dtype, const_cast<void *>(t.grad), k, g);
+            store_as(t.grad_dtype, const_cast<void *>(r.grad), k, g);
         }
     }
 }

@@ -7,6 +7,7 @@
 
 #include "check.h"
 #include "fusedadam.h"
+#include "dtype_values.h"
 #include "internal.h"
 
 static uint64_t rng;
@@ -22,17 +23,7 @@ typedef struct host_model {
     int n_groups;
 } host_model;
 
-static void store(fadam_dtype dtype, void *base, int64_t i, float x) {
-    if (dtype == FADAM_FLOAT32) ((float *)base)[i] = x;
-    else if (dtype == FADAM_BFLOAT16) ((uint16_t *)base)[i] = fadam_float_to_bf16_bits(x);
-    else ((uint16_t *)base)[i] = fadam_float_to_fp16_bits(x);
-}
 
-static float load(fadam_dtype dtype, const void *base, int64_t i) {
-    if (dtype == FADAM_FLOAT32) return ((const float *)base)[i];
-    if (dtype == FADAM_BFLOAT16) return fadam_bf16_bits_to_float(((const uint16_t *)base)[i]);
-    return fadam_fp16_bits_to_float(((const uint16_t *)base)[i]);
-}
 
 static int same_bits(const void *a, const void *b, size_t bytes) { return memcmp(a, b, bytes) == 0; }
 
@@ -70,8 +61,8 @@ static host_model make_model(int64_t n_tensors, int64_t max_numel) {
         m.params[i] = malloc(n * 4);
         m.grads[i] = malloc(n * 4);
         for (k = 0; k < t->numel; k++) {
-            store(t->param_dtype, t->param, k, (float)check_rng_normal(&rng));
-            if (t->master) t->master[k] = load(t->param_dtype, t->param, k);
+            store_as(t->param_dtype, t->param, k, (float)check_rng_normal(&rng));
+            if (t->master) t->master[k] = load_as(t->param_dtype, t->param, k);
         }
         memcpy(m.params[i], t->param, n * 4);
     }
@@ -98,7 +89,7 @@ static void new_gradients(host_model *m) {
     int64_t i, k;
     for (i = 0; i < m->n; i++) {
         fadam_tensor *t = &m->mirror[i];
-        for (k = 0; k < t->numel; k++) store(t->grad_dtype, (void *)t->grad, k, (float)(1e-2 * check_rng_normal(&rng)));
+        for (k = 0; k < t->numel; k++) store_as(t->grad_dtype, (void *)t->grad, k, (float)(1e-2 * check_rng_normal(&rng)));
         memcpy(m->grads[i], t->grad, (size_t)t->numel * fadam_dtype_size(t->grad_dtype));
     }
 }

@@ -4,6 +4,7 @@
 
 #include "check.h"
 #include "fusedadam.h"
+#include "dtype_values.h"
 #include "internal.h"
 
 static uint64_t rng;
@@ -12,17 +13,7 @@ static const char *dtype_name(fadam_dtype dtype) {
     return dtype == FADAM_FLOAT32 ? "f32" : dtype == FADAM_BFLOAT16 ? "bf16" : "f16";
 }
 
-static float decode(fadam_dtype dtype, const void *buffer, int64_t i) {
-    if (dtype == FADAM_FLOAT32) return ((const float *)buffer)[i];
-    if (dtype == FADAM_BFLOAT16) return fadam_bf16_bits_to_float(((const uint16_t *)buffer)[i]);
-    return fadam_fp16_bits_to_float(((const uint16_t *)buffer)[i]);
-}
 
-static void encode(fadam_dtype dtype, void *buffer, int64_t i, float value) {
-    if (dtype == FADAM_FLOAT32) ((float *)buffer)[i] = value;
-    else if (dtype == FADAM_BFLOAT16) ((uint16_t *)buffer)[i] = fadam_float_to_bf16_bits(value);
-    else ((uint16_t *)buffer)[i] = fadam_float_to_fp16_bits(value);
-}
 
 /* ---------------- the oracle: NUMERICS.md in double, written from the spec ---------------- */
 
@@ -115,8 +106,8 @@ static void case_alloc(case_buffers *c, int64_t n, fadam_dtype param_dtype, fada
     c->magnitude_m = (double *)malloc((size_t)n * 8);
     for (i = 0; i < n; i++) {
         float p = (float)check_rng_normal(&rng);
-        encode(param_dtype, c->param, i, p);
-        p = decode(param_dtype, c->param, i); /* the stored value is the starting point */
+        store_as(param_dtype, c->param, i, p);
+        p = load_as(param_dtype, c->param, i); /* the stored value is the starting point */
         if (with_master) c->master[i] = p;
         c->oracle[i].p = p;
         c->oracle[i].p_magnitude = fabs(p);
@@ -156,7 +147,7 @@ static void unpack_oracle(case_buffers *c) {
 
 static void fill_grads(case_buffers *c, double scale) {
     int64_t i;
-    for (i = 0; i < c->n; i++) encode(c->grad_dtype, c->grad, i, (float)(scale * check_rng_normal(&rng)));
+    for (i = 0; i < c->n; i++) store_as(c->grad_dtype, c->grad, i, (float)(scale * check_rng_normal(&rng)));
 }
 
 static fadam_tensor case_tensor(const case_buffers *c) {
@@ -196,10 +187,10 @@ static void run_oracle_case(const char *name, fadam_hparams h, fadam_dtype param
         status = fadam_cpu_step(&t, 1, &h, 1, &source);
         CHECK(status == FADAM_SUCCESS, "fadam_cpu_step: %s", fadam_last_error_message());
         for (i = 0; i < n; i++) {
-            oracle_step(&c.oracle[i], decode(grad_dtype, c.grad, i), &h, step);
+            oracle_step(&c.oracle[i], load_as(grad_dtype, c.grad, i), &h, step);
             /* A param updated in place is rounded to its dtype every step: so is the oracle's copy. */
             if (!with_master && param_dtype != FADAM_FLOAT32) {
-                float rounded_as_reference = decode(param_dtype, c.param, i);
+                float rounded_as_reference = load_as(param_dtype, c.param, i);
                 double ulp_relative = param_dtype == FADAM_BFLOAT16 ? 0x1p-7 : 0x1p-10;
                 if (fabs(rounded_as_reference - c.oracle[i].p) > ulp_relative * c.oracle[i].p_magnitude + 1e-7) {
                     CHECK(0, "in-place %s param[%lld]=%g, oracle %g: more than one ulp apart", dtype_name(param_dtype),
@@ -209,7 +200,7 @@ static void run_oracle_case(const char *name, fadam_hparams h, fadam_dtype param
             }
         }
     }
-    for (i = 0; i < n; i++) got_p[i] = with_master ? c.master[i] : decode(param_dtype, c.param, i);
+    for (i = 0; i < n; i++) got_p[i] = with_master ? c.master[i] : load_as(param_dtype, c.param, i);
     unpack_oracle(&c);
     if (with_master || param_dtype == FADAM_FLOAT32) {
         error = worst_error(got_p, c.want_p, c.magnitude_p, n, &where);
@@ -416,7 +407,7 @@ static void test_rounding(const char *name, fadam_dtype dtype) {
             float decoded = dtype == FADAM_BFLOAT16 ? fadam_bf16_bits_to_float((uint16_t)k)
                                                     : fadam_fp16_bits_to_float((uint16_t)k);
             if ((double)decoded != value((uint16_t)k)) {
-                CHECK(0, "decode(0x%04x)=%a, want %a", k, decoded, value((uint16_t)k));
+                CHECK(0, "load_as(0x%04x)=%a, want %a", k, decoded, value((uint16_t)k));
                 bad++;
             }
         }
