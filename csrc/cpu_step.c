@@ -1,13 +1,10 @@
 /* cpu_step.c - the CPU device's fast path: the arithmetic of fadam_reference_update, element for
  * element in the same order (so bit for bit the same results), in loops the compiler vectorizes
- * (one per dtype combination, flags turned into selects), split into chunks across threads.
+ * (one per dtype combination; the usual AdamW flags as constants, others as selects).
  * tests/test_cpu_fast.c holds it to the reference bit for bit. */
 #include <string.h>
 
 #include "internal.h"
-
-/* Elements per work item: large enough to amortize scheduling, small enough to balance threads. */
-#define CPU_CHUNK_ELEMS 16384
 
 /* Every instruction set this compiles for gets its own copy of the hot loops; the loader picks the
  * best one for the machine (no -march needed, nothing to configure). */
@@ -47,10 +44,12 @@ static inline void store_kind(void *base, int kind, int64_t i, float value) {
     else ((uint16_t *)base)[i] = fadam_float_to_fp16_bits(value);
 }
 
-/* The update of elements [begin, end); with constant kinds and master flag after inlining. */
+/* The update of elements [begin, end). Kinds, master and (for the usual AdamW) the flags are
+ * constants after inlining: a select left in the loop keeps gcc from vectorizing the 16-bit loops. */
 static inline __attribute__((always_inline)) void update_range(const fadam_tensor *t, int64_t begin, int64_t end,
                                                                const fadam_group_scalars *s, int param_kind,
-                                                               int grad_kind, int has_master) {
+                                                               int grad_kind, int has_master, int maximize,
+                                                               int coupled, int decoupled) {
     float *restrict master = t->master;
     float *restrict exp_avg = t->exp_avg;
     float *restrict exp_avg_sq = t->exp_avg_sq;
@@ -58,7 +57,6 @@ static inline __attribute__((always_inline)) void update_range(const fadam_tenso
     const float beta1 = s->beta1, one_minus_beta1 = s->one_minus_beta1, beta2 = s->beta2,
                 one_minus_beta2 = s->one_minus_beta2, eps = s->eps, step_size = s->step_size,
                 bias_correction2_sqrt = s->bias_correction2_sqrt;
-    const int maximize = s->maximize, coupled = s->coupled_decay, decoupled = s->decoupled_decay;
     int64_t i;
     for (i = begin; i < end; i++) {
         float p = has_master ? master[i] : load_kind(t->param, param_kind, i);
@@ -78,11 +76,16 @@ static inline __attribute__((always_inline)) void update_range(const fadam_tenso
     }
 }
 
-/* One function per dtype combination, so each loop is compiled with its kinds known. */
+/* Per dtype combination, two loops: AdamW without maximize (nearly every LLM group) with its flags
+ * as constants, and any flags read at run time. */
 #define DEFINE_RANGE(name, param_kind, grad_kind, has_master)                                               \
     FADAM_CPU_CLONES static void name(const fadam_tensor *t, int64_t begin, int64_t end,                   \
                                       const fadam_group_scalars *s) {                                      \
-        update_range(t, begin, end, s, param_kind, grad_kind, has_master);                                 \
+        if (!s->maximize && !s->coupled_decay && s->decoupled_decay)                                       \
+            update_range(t, begin, end, s, param_kind, grad_kind, has_master, 0, 0, 1);                    \
+        else                                                                                               \
+            update_range(t, begin, end, s, param_kind, grad_kind, has_master, s->maximize, s->coupled_decay, \
+                         s->decoupled_decay);                                                              \
     }
 DEFINE_RANGE(range_f32_f32, KIND_F32, KIND_F32, 0)
 DEFINE_RANGE(range_f32_bf16, KIND_F32, KIND_BF16, 0)
@@ -119,21 +122,6 @@ static range_function pick_range(const fadam_tensor *t) {
 
 void fadam_cpu_update_tensors(const fadam_tensor *tensors, int64_t n_tensors, const fadam_group_scalars *scalars) {
     int64_t i;
-    /* Whole tensors go to threads when they are small; large ones are split into chunks. */
-#if defined(_OPENMP)
-#pragma omp parallel
-#pragma omp single
-#endif
-    for (i = 0; i < n_tensors; i++) {
-        const fadam_tensor *t = &tensors[i];
-        range_function update = pick_range(t);
-        int64_t begin;
-        for (begin = 0; begin < t->numel; begin += CPU_CHUNK_ELEMS) {
-            int64_t end = begin + CPU_CHUNK_ELEMS < t->numel ? begin + CPU_CHUNK_ELEMS : t->numel;
-#if defined(_OPENMP)
-#pragma omp task firstprivate(t, update, begin, end)
-#endif
-            update(t, begin, end, &scalars[t->group]);
-        }
-    }
+    /* One thread: on the 2-core machines measured (bench/RESULTS.md) threads did not pay. */
+    for (i = 0; i < n_tensors; i++) pick_range(&tensors[i])(&tensors[i], 0, tensors[i].numel, &scalars[tensors[i].group]);
 }

@@ -1,6 +1,7 @@
 /* test_cpu_fast.c - the CPU device's vectorized, threaded path (csrc/cpu_step.c) equals the readable
  * reference (fadam_reference_update) bit for bit: every param/grad dtype pair with and without a
- * master, every flag, a gradient scale, sizes across chunk and vector boundaries, unaligned starts,
+ * master, both specializations (AdamW constants and run-time flags), every flag, a gradient scale,
+ * odd sizes, unaligned starts,
  * and special values (NaN, Inf, subnormals, values that round to Inf in 16 bits). */
 #include <math.h>
 
@@ -62,7 +63,7 @@ int main(void) {
                          master ? "_master" : "");
                 check_case_begin();
                 for (flags = 0; flags < 8 && !check_case_failed; flags++) {
-                    /* 3 chunks and a tail, starting at an odd element so no vector lane lines up. */
+                    /* An odd size, starting at an odd element so no vector lane lines up. */
                     int64_t n = 3 * 16384 + 1 + (int64_t)(check_rng_next(&rng) % 100), offset = 1, i;
                     fadam_hparams h = fadam_hparams_default();
                     fadam_group_scalars s;
