@@ -1,8 +1,7 @@
-/* test_cpu_fast.c - the CPU device's vectorized, threaded path (csrc/cpu_step.c) equals the readable
- * reference (fadam_reference_update) bit for bit: every param/grad dtype pair with and without a
- * master, both specializations (AdamW constants and run-time flags), every flag, a gradient scale,
- * odd sizes, unaligned starts,
- * and special values (NaN, Inf, subnormals, values that round to Inf in 16 bits). */
+/* test_cpu_fast.c - the CPU device's vectorized path (csrc/cpu_step.c) equals the readable reference
+ * (fadam_reference_update) bit for bit: every param/grad dtype pair with and without a master, both
+ * specializations (AdamW constants and run-time flags), every flag, a gradient scale, odd sizes,
+ * unaligned starts, and special values (NaN, Inf, subnormals, values that round to Inf in 16 bits). */
 #include <math.h>
 
 #include "check.h"
