@@ -35,3 +35,7 @@ torch-ext: $(TORCH_EXT_STAMP)
 
 TEST_PROGRAMS += $(TORCH_EXT_STAMP)
 TEST_RUN += tests/torch/run_torch_tests.sh
+
+# The PyTorch comparison times the extension: rebuild it first when the venv is there (never install
+# torch just to benchmark).
+bench-torch bench-record: $(if $(wildcard $(TORCH_PYTHON)),$(TORCH_EXT_STAMP))
