@@ -520,6 +520,29 @@ static fadam_status sink_patch(sink *out, uint64_t position, const void *bytes, 
 }
 
 /* Writes one entry's data, hashing it on the way; device data comes through `staging` in pieces. */
+/* On the CUDA device: enters the optimizer's device and allocates the pinned buffer through which
+ * state moves in PIECE_BYTES pieces. Nothing to do on the CPU. */
+static fadam_status begin_staging(const fadam_optimizer *opt, unsigned char **staging, int *previous_device,
+                                  const char *function) {
+    fadam_status status;
+    *staging = NULL;
+    if (opt->device != FADAM_DEVICE_CUDA) return FADAM_SUCCESS;
+    if ((status = fadam_cuda_enter_device(opt->cuda_device, previous_device)) != FADAM_SUCCESS) return status;
+    if (cudaHostAlloc((void **)staging, PIECE_BYTES, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError();
+        fadam_cuda_leave_device(opt->cuda_device, *previous_device);
+        return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes of pinned host memory", function,
+                          PIECE_BYTES);
+    }
+    return FADAM_SUCCESS;
+}
+
+static void end_staging(const fadam_optimizer *opt, unsigned char *staging, int previous_device) {
+    if (opt->device != FADAM_DEVICE_CUDA) return;
+    (void)cudaFreeHost(staging);
+    fadam_cuda_leave_device(opt->cuda_device, previous_device);
+}
+
 static fadam_status write_entry(const fadam_optimizer *opt, const save_entry *entry, sink *out, fadam_sha256 *hash,
                                 unsigned char *staging, cudaStream_t stream, const char *function) {
     const unsigned char *state = (const unsigned char *)state_pointer(entry->tensor, entry->kind);
@@ -554,21 +577,10 @@ static fadam_status write_checkpoint(const fadam_optimizer *opt, const save_plan
     if ((status = sink_write(out, plan->header.data, plan->header.length, function)) != FADAM_SUCCESS) return status;
     fadam_sha256_init(&hash);
     hash_metadata(&hash, plan->metadata, plan->n_metadata);
-    if (opt->device == FADAM_DEVICE_CUDA) {
-        if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
-        if (cudaHostAlloc((void **)&staging, PIECE_BYTES, cudaHostAllocDefault) != cudaSuccess) {
-            (void)cudaGetLastError();
-            fadam_cuda_leave_device(opt->cuda_device, previous_device);
-            return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes of pinned host memory", function,
-                              PIECE_BYTES);
-        }
-    }
+    if ((status = begin_staging(opt, &staging, &previous_device, function)) != FADAM_SUCCESS) return status;
     for (e = 0; e < plan->n_entries && status == FADAM_SUCCESS; e++)
         status = write_entry(opt, &plan->entries[e], out, &hash, staging, (cudaStream_t)stream, function);
-    if (opt->device == FADAM_DEVICE_CUDA) {
-        (void)cudaFreeHost(staging);
-        fadam_cuda_leave_device(opt->cuda_device, previous_device);
-    }
+    end_staging(opt, staging, previous_device);
     if (status != FADAM_SUCCESS) return status;
     fadam_sha256_final(&hash, digest);
     digest_to_hex(digest, hex);
@@ -1472,15 +1484,7 @@ static fadam_status commit_state(fadam_optimizer *opt, load_plan *plan, const so
     fadam_status status = FADAM_SUCCESS;
     int previous_device = 0;
     size_t i;
-    if (opt->device == FADAM_DEVICE_CUDA) {
-        if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
-        if (cudaHostAlloc((void **)&staging, PIECE_BYTES, cudaHostAllocDefault) != cudaSuccess) {
-            (void)cudaGetLastError();
-            fadam_cuda_leave_device(opt->cuda_device, previous_device);
-            return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes of pinned host memory", function,
-                              PIECE_BYTES);
-        }
-    }
+    if ((status = begin_staging(opt, &staging, &previous_device, function)) != FADAM_SUCCESS) return status;
     for (i = 0; i < plan->parsed.n_entries && status == FADAM_SUCCESS; i++) {
         const load_entry *entry = plan->by_name[i];
         unsigned char *state = (unsigned char *)state_pointer(&opt->tensors[plan->entry_tensor[i]], plan->entry_kind[i]);
@@ -1516,10 +1520,7 @@ static fadam_status commit_state(fadam_optimizer *opt, load_plan *plan, const so
             if (error != cudaSuccess) status = fadam_cuda_fail(error, "cudaMemcpyAsync(step counters)", __FILE__, __LINE__);
         }
     }
-    if (opt->device == FADAM_DEVICE_CUDA) {
-        (void)cudaFreeHost(staging);
-        fadam_cuda_leave_device(opt->cuda_device, previous_device);
-    }
+    end_staging(opt, staging, previous_device);
     if (status != FADAM_SUCCESS) {
         char message[512];
         snprintf(message, sizeof message, "%s", fadam_last_error_message());
