@@ -21,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include "internal.h"
+#include "nvtx_ranges.h"
 #include "optimizer_internal.h"
 #include "sha256.h"
 
@@ -610,8 +611,8 @@ static fadam_status read_fused_counters(const fadam_optimizer *opt, fadam_step_c
     return status;
 }
 
-fadam_status fadam_save_bytes(const fadam_optimizer *opt, size_t *size_out, void *buffer, size_t capacity,
-                              fadam_stream stream) {
+static fadam_status save_to_bytes(const fadam_optimizer *opt, size_t *size_out, void *buffer, size_t capacity,
+                                  fadam_stream stream) {
     const char *function = "fadam_save_bytes";
     fadam_step_counters counters;
     save_plan plan;
@@ -677,7 +678,7 @@ static fadam_status sync_directory(const char *path, const char *function) {
     return FADAM_SUCCESS;
 }
 
-fadam_status fadam_save(const fadam_optimizer *opt, const char *path, fadam_stream stream) {
+static fadam_status save_to_file(const fadam_optimizer *opt, const char *path, fadam_stream stream) {
     static atomic_uint temporary_counter;
     const char *function = "fadam_save";
     fadam_step_counters counters;
@@ -1595,7 +1596,7 @@ static fadam_status load_checkpoint(fadam_optimizer *opt, source *in, fadam_stre
     return status;
 }
 
-fadam_status fadam_load_bytes(fadam_optimizer *opt, const void *buffer, size_t size, fadam_stream stream) {
+static fadam_status load_from_bytes(fadam_optimizer *opt, const void *buffer, size_t size, fadam_stream stream) {
     source in;
     fadam_status status;
     fadam_clear_error();
@@ -1610,7 +1611,7 @@ fadam_status fadam_load_bytes(fadam_optimizer *opt, const void *buffer, size_t s
     return load_checkpoint(opt, &in, stream, "fadam_load_bytes");
 }
 
-fadam_status fadam_load(fadam_optimizer *opt, const char *path, fadam_stream stream) {
+static fadam_status load_from_file(fadam_optimizer *opt, const char *path, fadam_stream stream) {
     const char *function = "fadam_load";
     struct stat file_status;
     source in;
@@ -1641,5 +1642,39 @@ fadam_status fadam_load(fadam_optimizer *opt, const char *path, fadam_stream str
     status = load_checkpoint(opt, &in, stream, function);
     free(in.bounce);
     close(in.fd);
+    return status;
+}
+
+/* The public entry points: each an NVTX range around the work. */
+fadam_status fadam_save(const fadam_optimizer *opt, const char *path, fadam_stream stream) {
+    fadam_status status;
+    FADAM_RANGE_PUSH("save");
+    status = save_to_file(opt, path, stream);
+    FADAM_RANGE_POP();
+    return status;
+}
+
+fadam_status fadam_save_bytes(const fadam_optimizer *opt, size_t *size_out, void *buffer, size_t capacity,
+                              fadam_stream stream) {
+    fadam_status status;
+    FADAM_RANGE_PUSH("save");
+    status = save_to_bytes(opt, size_out, buffer, capacity, stream);
+    FADAM_RANGE_POP();
+    return status;
+}
+
+fadam_status fadam_load(fadam_optimizer *opt, const char *path, fadam_stream stream) {
+    fadam_status status;
+    FADAM_RANGE_PUSH("load");
+    status = load_from_file(opt, path, stream);
+    FADAM_RANGE_POP();
+    return status;
+}
+
+fadam_status fadam_load_bytes(fadam_optimizer *opt, const void *buffer, size_t size, fadam_stream stream) {
+    fadam_status status;
+    FADAM_RANGE_PUSH("load");
+    status = load_from_bytes(opt, buffer, size, stream);
+    FADAM_RANGE_POP();
     return status;
 }

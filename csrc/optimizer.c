@@ -457,6 +457,9 @@ fadam_status fadam_set_step(fadam_optimizer *opt, int64_t step) {
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_set_step");
     if (step < 0) return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_set_step: step=%lld must be >= 0", (long long)step);
+    if (opt->finalized && opt->fused_configured)
+        return fadam_fail(FADAM_ERR_BAD_STATE, "fadam_set_step: the fused step counts on the device from finalize on; "
+                                               "set the step before fadam_finalize, or load a checkpoint");
     opt->step = step;
     return FADAM_SUCCESS;
 }

@@ -191,7 +191,9 @@ FADAM_API fadam_status fadam_set_lr(fadam_optimizer *opt, int group, float lr);
 FADAM_API fadam_status fadam_set_hparams(fadam_optimizer *opt, int group, const fadam_hparams *hparams);
 FADAM_API fadam_status fadam_get_hparams(const fadam_optimizer *opt, int group, fadam_hparams *out);
 
-/* Steps taken so far (the t of the last step), and a way to set it when resuming. */
+/* Steps taken so far (the t of the last step), and a way to set it when resuming. With the fused
+ * step configured, the counter it starts from is set before finalize (after it, the device counts:
+ * read fadam_step_counters; fadam_set_step then fails with FADAM_ERR_BAD_STATE). */
 FADAM_API fadam_status fadam_get_step(const fadam_optimizer *opt, int64_t *step_out);
 FADAM_API fadam_status fadam_set_step(fadam_optimizer *opt, int64_t step);
 

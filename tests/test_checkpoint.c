@@ -1188,7 +1188,19 @@ static void test_size_query(uint64_t seed) {
     odd.mode = FADAM_ADAM_L2;
     odd.bias_correction = 0;
     CHECK(fadam_set_hparams(a.opt, 0, &odd) == FADAM_SUCCESS, "set_hparams");
-    CHECK(fadam_set_step(a.opt, INT64_MAX) == FADAM_SUCCESS, "set_step");
+    /* The fused step counts on the device; its host counter cannot be moved after finalize. */
+    CHECK(fadam_set_step(a.opt, INT64_MAX) == FADAM_ERR_BAD_STATE, "set_step after finalize with the fused step");
+    {
+        /* Without the fused step the host counter is the step: its digits must not change the size. */
+        model plain;
+        size_t plain_before = 0, plain_after = 0;
+        CHECK(model_create(&plain, &spec, FADAM_DEVICE_CPU, seed) == FADAM_SUCCESS, "create plain");
+        CHECK(fadam_save_bytes(plain.opt, &plain_before, NULL, 0, NULL) == FADAM_SUCCESS, "query plain");
+        CHECK(fadam_set_step(plain.opt, INT64_MAX) == FADAM_SUCCESS, "set_step: %s", fadam_last_error_message());
+        CHECK(fadam_save_bytes(plain.opt, &plain_after, NULL, 0, NULL) == FADAM_SUCCESS, "query plain");
+        CHECK(plain_before == plain_after, "plain: size %zu at step 0, %zu at step INT64_MAX", plain_before, plain_after);
+        model_destroy(&plain);
+    }
     CHECK(fadam_save_bytes(a.opt, &size_after, NULL, 0, NULL) == FADAM_SUCCESS, "query");
     CHECK(size_before == size_after, "size %zu before training, %zu after", size_before, size_after);
     buffer = (unsigned char *)malloc(size_before);

@@ -88,6 +88,8 @@ static void test_cpu_fused_step(void) {
     CHECK(fadam_finalize(opt, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
     CHECK(fadam_step_counters_pointer(opt, &live) == FADAM_SUCCESS && live, "%s", fadam_last_error_message());
     for (i = 0; i < N_TENSORS; i++) CHECK(fadam_get_state(opt, i, &masters[i], &ms[i], &vs[i]) == FADAM_SUCCESS, "state");
+    CHECK(fadam_set_step(opt, 5) == FADAM_ERR_BAD_STATE && strstr(fadam_last_error_message(), "fused"),
+          "set_step after finalize with the fused step must be refused: %s", fadam_last_error_message());
 
     for (step = 1; step <= STEPS && !check_case_failed; step++) {
         int overflow = step == 5 || step == 6; /* two bad steps in a row */
@@ -218,6 +220,7 @@ static void test_fused_errors(void) {
     CHECK(fadam_step_counters_pointer(opt, &pointer) == FADAM_ERR_BAD_STATE, "pointer without configuration");
     c = fadam_fused_step_config_default();
     CHECK(fadam_configure_fused_step(opt, &c) == FADAM_ERR_BAD_STATE, "configure after finalize accepted");
+    CHECK(fadam_set_step(opt, 3) == FADAM_SUCCESS, "set_step without the fused step: %s", fadam_last_error_message());
     CHECK(p[0] == 0.0f, "a failed call changed a param");
     fadam_destroy(opt);
     check_case_end("fused_step_errors");
