@@ -44,6 +44,16 @@ typedef struct fadam_table_entry {
     uint8_t reserved;
 } fadam_table_entry;
 
+/* The host (gcc) and the device (nvcc) must lay these out alike: the table is built by one and read
+ * by the other. */
+#if defined(__cplusplus)
+#define FADAM_STATIC_ASSERT(condition, message) static_assert(condition, message)
+#else
+#define FADAM_STATIC_ASSERT(condition, message) _Static_assert(condition, message)
+#endif
+FADAM_STATIC_ASSERT(sizeof(fadam_table_header) == 32, "fadam_table_header layout");
+FADAM_STATIC_ASSERT(sizeof(fadam_table_entry) == 64, "fadam_table_entry layout");
+
 /* What every element of a group needs for step t, computed once per step per group. */
 typedef struct fadam_group_scalars {
     float beta1, one_minus_beta1;
@@ -65,6 +75,7 @@ typedef struct fadam_device_state {
     float grad_scale;      /* for the update: 1/loss_scale * clip coefficient */
     uint32_t blocks_done;  /* the norm pass's arrival counter; its last block resets it */
 } fadam_device_state;
+FADAM_STATIC_ASSERT(sizeof(fadam_device_state) == 48, "fadam_device_state layout");
 
 /* Arguments of the step kernel, passed by value (about 2.2 KB, under the 4 KB launch limit). */
 typedef struct fadam_step_kernel_args {
