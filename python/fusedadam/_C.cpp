@@ -1,5 +1,7 @@
-// _C.cpp - the PyTorch binding of fusedadam: a thin layer that turns lists of torch tensors into
-// fadam_tensor entries and steps them through the C library. CUDA tensors go through the functional
+// _C.cpp - the PyTorch binding of fusedadam: a thin layer that turns an optimizer's parameters, their
+// grads and state into fadam_tensor entries and steps them through the C library. The parameters and
+// state tensors come from a ParamCache, checked against the optimizer at every step, so that a step
+// costs Python nothing per parameter (FusedAdamW.step). CUDA tensors go through the functional
 // call (one fadam_step_table launch per device on PyTorch's current stream, with the device table
 // cached while no pointer changes); CPU tensors go through fadam_cpu_step. Everything is checked
 // before anything is written, so a raised error leaves parameters, state and step counts as they were.
@@ -9,6 +11,7 @@
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
@@ -16,6 +19,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <regex>
 #include <set>
 #include <string>
@@ -71,9 +75,10 @@ bool to_fadam_dtype(at::ScalarType type, fadam_dtype *out) {
 // Two dense tensors hold their elements in the same order when sizes match and every dimension
 // longer than one has the same stride; the kernels then update the flat buffers element by element.
 bool same_layout(const at::Tensor &a, const at::Tensor &b) {
-    if (a.sizes() != b.sizes()) return false;
-    for (int64_t d = 0; d < a.dim(); d++)
-        if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+    at::IntArrayRef sizes = a.sizes(), a_strides = a.strides(), b_strides = b.strides();
+    if (sizes != b.sizes()) return false;
+    for (size_t d = 0; d < sizes.size(); d++)
+        if (sizes[d] > 1 && a_strides[d] != b_strides[d]) return false;
     return true;
 }
 
@@ -134,14 +139,23 @@ class TableCache {
     void clear() { tables_.clear(); }
     size_t size() const { return tables_.size(); }
 
-    // The device table for `bucket`, encoded and copied on `stream` when it differs from the cached one.
+    // Whether the table cached for `bucket` is the one it needs (it was checked when it was encoded).
+    bool holds(const Bucket &bucket, int ordinal, int n_groups) const {
+        auto found = tables_.find({bucket.device, ordinal});
+        if (found == tables_.end()) return false;
+        const CachedTable &cached = found->second;
+        return cached.device_table.defined() && cached.n_groups == n_groups &&
+               cached.tensors.size() == bucket.tensors.size() &&
+               std::equal(cached.tensors.begin(), cached.tensors.end(), bucket.tensors.begin(), same_entry);
+    }
+
+    // The device table for `bucket`, encoded and copied on `stream` when it differs from the cached
+    // one (table_bytes: what fadam_table_bytes gave for it; unused when the cached table is reused).
     const at::Tensor &table_for(const Bucket &bucket, int ordinal, int n_groups, size_t table_bytes,
                                 const c10::cuda::CUDAStream &stream) {
+        bool unchanged = holds(bucket, ordinal, n_groups);
         CachedTable &cached = tables_[{bucket.device, ordinal}];
         cached.used = true;
-        bool unchanged = cached.device_table.defined() && cached.n_groups == n_groups &&
-                         cached.tensors.size() == bucket.tensors.size() &&
-                         std::equal(cached.tensors.begin(), cached.tensors.end(), bucket.tensors.begin(), same_entry);
         if (unchanged) {
             // The caching allocator must not hand the table out again while another stream reads it.
             if (stream.stream() != cached.allocated_on) cached.device_table.record_stream(stream);
@@ -195,8 +209,8 @@ fadam_hparams to_fadam_hparams(const GroupHparams &h) {
 
 // The number of steps taken so far, from PyTorch's state['step'] (a CPU float32 scalar tensor).
 int64_t read_step(int64_t group, const at::Tensor &param, const at::Tensor &step) {
-    if (!step.defined() || step.device().type() != at::kCPU || step.scalar_type() != at::kFloat ||
-        step.numel() != 1)
+    if (!step.defined() || step.layout() != at::kStrided || step.device().type() != at::kCPU ||
+        step.scalar_type() != at::kFloat || step.numel() != 1)
         throw std::runtime_error("fusedadam: " + describe_parameter(group, param) +
                                  ": state['step'] must be a one-element float32 tensor on the CPU");
     float taken = *step.data_ptr<float>();
@@ -206,17 +220,278 @@ int64_t read_step(int64_t group, const at::Tensor &param, const at::Tensor &step
     return (int64_t)taken;
 }
 
-// One optimizer step over parallel lists (one entry per parameter that has a gradient). masters[i]
-// is None where the parameter is its own master. group_of[i] indexes hparams. steps[i] is the
-// parameter's state['step'], advanced by one once every update is queued.
-void fused_step(TableCache &cache, const std::vector<at::Tensor> &params, const std::vector<at::Tensor> &grads,
-                const std::vector<c10::optional<at::Tensor>> &masters, const std::vector<at::Tensor> &exp_avgs,
-                const std::vector<at::Tensor> &exp_avg_sqs, const std::vector<int64_t> &group_of,
-                const std::vector<GroupHparams> &hparams, const std::vector<at::Tensor> &steps) {
-    const size_t n = params.size();
-    if (grads.size() != n || masters.size() != n || exp_avgs.size() != n || exp_avg_sqs.size() != n ||
-        group_of.size() != n || steps.size() != n)
-        throw pybind11::value_error("fusedadam: step: the per-parameter lists differ in length");
+// Interned keys, made once at import (never freed: they live as long as the module).
+PyObject *key_params, *key_step, *key_exp_avg, *key_exp_avg_sq, *key_master_param;
+
+bool is_16bit(at::ScalarType type) { return type == at::kBFloat16 || type == at::kHalf; }
+
+// d[key] as a borrowed reference, nullptr when absent; d is a dict (or a subclass: defaultdict).
+PyObject *dict_item(PyObject *d, PyObject *key) {
+    PyObject *value = PyDict_GetItemWithError(d, key);
+    if (!value && PyErr_Occurred()) throw pybind11::error_already_set();
+    return value;
+}
+
+// A list or tuple as is, anything else iterable copied to a list (PySequence_Fast).
+pybind11::object as_sequence(pybind11::handle obj, const char *what) {
+    PyObject *sequence = PySequence_Fast(obj.ptr(), what);
+    if (!sequence) throw pybind11::error_already_set();
+    return pybind11::reinterpret_steal<pybind11::object>(sequence);
+}
+
+// The per-parameter loops below are bound by memory latency, not work: each parameter brings two
+// dozen small heap objects (Python objects, TensorImpls, their storage and autograd metadata) that
+// the previous update has evicted from the caches. So each loop asks for the objects of the
+// parameters some iterations ahead, chained objects in stages (an object's address is in the one
+// before it): kAhead iterations apart, deep enough to cover a miss, short enough to stay cached.
+constexpr size_t kAhead = 4;
+
+inline void prefetch_lines(const void *object, int lines) {
+    for (int line = 0; line < lines; line++) __builtin_prefetch(static_cast<const char *>(object) + 64 * line);
+}
+
+// A TensorImpl: storage, sizes and strides, dtype, device and flags span three cache lines.
+inline void prefetch_impl(const at::Tensor &tensor) { prefetch_lines(tensor.unsafeGetTensorImpl(), 3); }
+
+// The StorageImpl (data pointer) of a tensor whose TensorImpl is loaded.
+inline void prefetch_storage(const at::Tensor &tensor) {
+    prefetch_lines(tensor.unsafeGetTensorImpl()->unsafe_storage().unsafeGetStorageImpl(), 1);
+}
+
+// The data of a tensor whose StorageImpl is loaded (for state['step'], which is read and written).
+// It runs before the tensor is checked: a tensor without storage (sparse) has none to fetch.
+inline void prefetch_data(const at::Tensor &tensor) {
+    const c10::StorageImpl *storage = tensor.unsafeGetTensorImpl()->unsafe_storage().unsafeGetStorageImpl();
+    if (storage) prefetch_lines(storage->data_ptr().get(), 1);
+}
+
+// One parameter of the optimizer's groups, with the Python objects its step reads. Holding them
+// keeps their addresses from being reused, so pointer equality below means "the same object".
+struct CachedParam {
+    pybind11::object param;
+    int64_t group = 0;
+    bool ready = false;        // state holds step, exp_avg, exp_avg_sq (and master_param if wanted)
+    bool wants_master = false; // a 16-bit parameter of a group with master_weights=True
+    pybind11::object state, step, exp_avg, exp_avg_sq, master; // null when not captured
+};
+
+// One parameter stepped by this call. Its tensors are borrowed (no reference count touched) from the
+// Python objects the cache holds, its grad is owned: the GIL is released during the CPU update, and
+// another thread may drop the grad meanwhile.
+struct StepItem {
+    int64_t group;
+    c10::MaybeOwned<at::Tensor> param, exp_avg, exp_avg_sq, step;
+    c10::MaybeOwned<at::Tensor> master; // undefined when the parameter is its own master
+    at::Tensor grad;
+};
+
+c10::MaybeOwned<at::Tensor> borrow(const pybind11::object &tensor) {
+    return c10::MaybeOwned<at::Tensor>::borrowed(THPVariable_Unpack(tensor.ptr()));
+}
+
+// What FusedAdamW.step() would otherwise rebuild from Python every step: every parameter of every
+// group, in group order, with its state tensors, plus a snapshot of the structures they came from
+// (optimizer.param_groups, each group's params, optimizer.state). collect() compares that snapshot
+// with the live objects, pointer by pointer, so a cache that no longer describes the optimizer is
+// never used: the step reports it stale and the Python side rebuilds it.
+class ParamCache {
+  public:
+    int64_t loads = 0; // load() calls, which the tests read: steady steps make none
+
+    void clear() {
+        int64_t kept = loads;
+        *this = ParamCache();
+        loads = kept;
+    }
+    size_t size() const { return params_ ? params_->size() : 0; }
+
+    // Snapshots param_groups and state (optimizer.param_groups and optimizer.state, after the state
+    // of every parameter with a gradient was created); master_flags[g] is group g's master_weights.
+    void load(pybind11::handle param_groups, pybind11::handle state, const std::vector<bool> &master_flags) {
+        clear();
+        if (!PyDict_Check(state.ptr())) throw pybind11::type_error("fusedadam: optimizer.state must be a dict");
+        ParamCache next;
+        next.param_groups_ = pybind11::reinterpret_borrow<pybind11::object>(param_groups);
+        next.state_ = pybind11::reinterpret_borrow<pybind11::object>(state);
+        pybind11::object groups = as_sequence(param_groups, "fusedadam: param_groups must be a sequence");
+        Py_ssize_t n_groups = PySequence_Fast_GET_SIZE(groups.ptr());
+        if ((size_t)n_groups != master_flags.size())
+            throw pybind11::value_error("fusedadam: master_weights flags differ in number from the groups");
+        for (Py_ssize_t g = 0; g < n_groups; g++) {
+            PyObject *group = PySequence_Fast_GET_ITEM(groups.ptr(), g);
+            if (!PyDict_Check(group)) throw pybind11::type_error("fusedadam: a parameter group must be a dict");
+            PyObject *params = dict_item(group, key_params);
+            if (!params) throw pybind11::key_error("fusedadam: a parameter group has no 'params'");
+            next.groups_.push_back(pybind11::reinterpret_borrow<pybind11::object>(group));
+            next.group_params_.push_back(pybind11::reinterpret_borrow<pybind11::object>(params));
+            pybind11::object members = as_sequence(params, "fusedadam: a group's params must be a sequence");
+            for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(members.ptr()); i++)
+                next.add(g, PySequence_Fast_GET_ITEM(members.ptr(), i), master_flags[g]);
+            next.group_ends_.push_back(next.building_.size());
+        }
+        // The state's entries in order: a replaced, added or removed entry changes the sequence.
+        PyObject *key, *value;
+        Py_ssize_t position = 0;
+        while (PyDict_Next(state.ptr(), &position, &key, &value)) {
+            next.state_keys_.push_back(pybind11::reinterpret_borrow<pybind11::object>(key));
+            next.state_values_.push_back(pybind11::reinterpret_borrow<pybind11::object>(value));
+        }
+        next.params_ = std::make_shared<const std::vector<CachedParam>>(std::move(next.building_));
+        next.loads = loads + 1;
+        *this = std::move(next);
+    }
+
+    // The parameters that have a gradient, as StepItems, when the cache still describes param_groups
+    // and state; false (and items left incomplete) when it does not. `keep` holds the cached objects
+    // the items point into until the step is over, whatever happens to the cache meanwhile (the GIL
+    // is released during the CPU update).
+    bool collect(pybind11::handle param_groups, pybind11::handle state, const std::vector<bool> &master_flags,
+                 std::vector<StepItem> &items, std::shared_ptr<const std::vector<CachedParam>> &keep) const {
+        if (!params_ || param_groups.ptr() != param_groups_.ptr() || state.ptr() != state_.ptr() ||
+            master_flags.size() != groups_.size() || !structure_unchanged())
+            return false;
+        keep = params_;
+        const std::vector<CachedParam> &params = *params_;
+        const size_t count = params.size();
+        items.reserve(count);
+        for (size_t j = 0; j < count; j++) {
+            // Ahead: the cached Python objects, the parameter's TensorImpl, its autograd metadata, its grad.
+            if (j + 4 * kAhead < count) {
+                const CachedParam &ahead = params[j + 4 * kAhead];
+                for (const pybind11::object *object : {&ahead.param, &ahead.state, &ahead.step, &ahead.exp_avg,
+                                                       &ahead.exp_avg_sq, &ahead.master})
+                    prefetch_lines(object->ptr(), 1);
+            }
+            if (j + 3 * kAhead < count) {
+                const CachedParam &ahead = params[j + 3 * kAhead];
+                prefetch_impl(THPVariable_Unpack(ahead.param.ptr()));
+                // The state dict itself, which the lookups below read.
+                if (ahead.ready) prefetch_lines(ahead.state.ptr(), 1);
+            }
+            if (j + 2 * kAhead < count)
+                prefetch_lines(THPVariable_Unpack(params[j + 2 * kAhead].param.ptr()).unsafeGetTensorImpl()->autograd_meta(), 2);
+            if (j + kAhead < count) {
+                const at::Tensor &grad = THPVariable_Unpack(params[j + kAhead].param.ptr()).unsafeGetTensorImpl()->grad();
+                if (grad.defined()) prefetch_lines(grad.unsafeGetTensorImpl(), 1);
+            }
+            const CachedParam &cached = params[j];
+            const at::Tensor &param = THPVariable_Unpack(cached.param.ptr());
+            // TensorImpl::grad, not Tensor::grad: the latter asks the dispatcher whether param is a leaf.
+            const at::Tensor &grad = param.unsafeGetTensorImpl()->grad();
+            if (!grad.defined()) continue; // skipped: its step count stays
+            if (!cached.ready) return false;
+            bool wants_master = master_flags[cached.group] && is_16bit(param.scalar_type());
+            PyObject *state_dict = cached.state.ptr();
+            if (wants_master != cached.wants_master || dict_item(state_dict, key_step) != cached.step.ptr() ||
+                dict_item(state_dict, key_exp_avg) != cached.exp_avg.ptr() ||
+                dict_item(state_dict, key_exp_avg_sq) != cached.exp_avg_sq.ptr() ||
+                (wants_master && dict_item(state_dict, key_master_param) != cached.master.ptr()))
+                return false;
+            items.push_back({cached.group, borrow(cached.param), borrow(cached.exp_avg), borrow(cached.exp_avg_sq),
+                             borrow(cached.step),
+                             wants_master ? borrow(cached.master) : c10::MaybeOwned<at::Tensor>::owned(std::in_place),
+                             grad});
+        }
+        return true;
+    }
+
+    // Python's cycle collector must see the objects held here: a group that refers back to the
+    // optimizer (which holds this cache) would otherwise make a cycle it can never free.
+    int traverse(visitproc visit, void *arg) const {
+        for (const pybind11::object *held : {&param_groups_, &state_}) Py_VISIT(held->ptr());
+        for (const auto *objects : {&groups_, &group_params_, &state_keys_, &state_values_})
+            for (const pybind11::object &held : *objects) Py_VISIT(held.ptr());
+        if (params_)
+            for (const CachedParam &cached : *params_)
+                for (const pybind11::object *held : {&cached.param, &cached.state, &cached.step, &cached.exp_avg,
+                                                     &cached.exp_avg_sq, &cached.master})
+                    Py_VISIT(held->ptr());
+        return 0;
+    }
+
+  private:
+    void add(int64_t group, PyObject *param, bool master_weights) {
+        if (!THPVariable_Check(param)) throw pybind11::type_error("fusedadam: a parameter is not a tensor");
+        CachedParam cached;
+        cached.param = pybind11::reinterpret_borrow<pybind11::object>(param);
+        cached.group = group;
+        const at::Tensor &tensor = THPVariable_Unpack(param);
+        cached.wants_master = master_weights && is_16bit(tensor.scalar_type());
+        bool stepped = tensor.unsafeGetTensorImpl()->grad().defined();
+        PyObject *state = dict_item(state_.ptr(), param);
+        if (state && PyDict_Check(state)) {
+            cached.state = pybind11::reinterpret_borrow<pybind11::object>(state);
+            cached.ready = capture(group, tensor, state, key_step, "step", stepped, cached.step) &
+                           capture(group, tensor, state, key_exp_avg, "exp_avg", stepped, cached.exp_avg) &
+                           capture(group, tensor, state, key_exp_avg_sq, "exp_avg_sq", stepped, cached.exp_avg_sq);
+            if (cached.wants_master)
+                cached.ready &= capture(group, tensor, state, key_master_param, "master_param", stepped, cached.master);
+        } else if (stepped) {
+            throw pybind11::type_error("fusedadam: " + describe_parameter(group, tensor) +
+                                       ": optimizer.state holds no dict for it");
+        }
+        building_.push_back(std::move(cached));
+    }
+
+    // Takes state[key] into out when it is a tensor. A parameter about to be stepped must have it
+    // (the error torch.optim.AdamW gives for state it did not make); any other is merely not ready.
+    static bool capture(int64_t group, const at::Tensor &param, PyObject *state, PyObject *key, const char *name,
+                        bool stepped, pybind11::object &out) {
+        PyObject *value = dict_item(state, key);
+        if (value && THPVariable_Check(value)) {
+            out = pybind11::reinterpret_borrow<pybind11::object>(value);
+            return true;
+        }
+        if (!stepped) return false;
+        if (!value)
+            throw pybind11::key_error("fusedadam: " + describe_parameter(group, param) + ": state has no '" + name + "'");
+        throw pybind11::type_error("fusedadam: " + describe_parameter(group, param) + ": state['" + name +
+                                   "'] is not a tensor");
+    }
+
+    // The groups, their params and the state's entries are the objects snapshotted, in the same order.
+    bool structure_unchanged() const {
+        pybind11::object groups = as_sequence(param_groups_, "fusedadam: param_groups must be a sequence");
+        if ((size_t)PySequence_Fast_GET_SIZE(groups.ptr()) != groups_.size()) return false;
+        size_t begin = 0;
+        for (size_t g = 0; g < groups_.size(); g++) {
+            PyObject *group = PySequence_Fast_GET_ITEM(groups.ptr(), g);
+            if (group != groups_[g].ptr() || dict_item(group, key_params) != group_params_[g].ptr()) return false;
+            pybind11::object members = as_sequence(group_params_[g], "fusedadam: a group's params must be a sequence");
+            size_t end = group_ends_[g];
+            if ((size_t)PySequence_Fast_GET_SIZE(members.ptr()) != end - begin) return false;
+            PyObject **member = PySequence_Fast_ITEMS(members.ptr());
+            for (size_t i = begin; i < end; i++)
+                if (member[i - begin] != (*params_)[i].param.ptr()) return false;
+            begin = end;
+        }
+        if ((size_t)PyDict_Size(state_.ptr()) != state_keys_.size()) return false;
+        PyObject *key, *value;
+        Py_ssize_t position = 0;
+        for (size_t i = 0; PyDict_Next(state_.ptr(), &position, &key, &value); i++)
+            if (i >= state_keys_.size() || key != state_keys_[i].ptr() || value != state_values_[i].ptr()) return false;
+        return true;
+    }
+
+    pybind11::object param_groups_, state_;
+    std::vector<pybind11::object> groups_, group_params_; // each group's dict and its 'params'
+    std::vector<size_t> group_ends_; // (*params_)[group_ends_[g-1] .. group_ends_[g]) are group g's
+    std::vector<CachedParam> building_; // params_ while load() fills it
+    std::shared_ptr<const std::vector<CachedParam>> params_; // null until loaded
+    std::vector<pybind11::object> state_keys_, state_values_;
+};
+
+// One optimizer step over the parameters of `cache` that have a gradient. Returns false, having
+// done nothing, when the cache no longer describes param_groups and state (the caller rebuilds it
+// and calls again). hparams[g] and master_flags[g] are group g's, read by the caller this step.
+// Each stepped parameter's state['step'] is advanced by one once every update is queued.
+bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle param_groups, pybind11::handle state,
+                const std::vector<GroupHparams> &hparams, const std::vector<bool> &master_flags) {
+    std::vector<StepItem> items;
+    std::shared_ptr<const std::vector<CachedParam>> keep;
+    if (!cache.collect(param_groups, state, master_flags, items, keep)) return false;
+    const size_t n = items.size();
+    if (n == 0) return true; // no gradient anywhere: nothing to check or do, as torch
     if (hparams.empty() || hparams.size() > FADAM_MAX_GROUPS)
         throw pybind11::value_error("fusedadam: " + std::to_string(hparams.size()) +
                                     " parameter groups; between 1 and " + std::to_string(FADAM_MAX_GROUPS) +
@@ -229,8 +504,23 @@ void fused_step(TableCache &cache, const std::vector<at::Tensor> &params, const 
     std::map<std::pair<int, int64_t>, Bucket> by_key;
     std::deque<at::Tensor> relaid_grads; // a deque: pointers to its elements stay valid
     for (size_t i = 0; i < n; i++) {
-        const at::Tensor &param = params[i];
-        auto where = [&] { return describe_parameter(group_of[i], param); };
+        const StepItem &item = items[i];
+        // Ahead: every TensorImpl, then their storage, then the step's value.
+        if (i + 3 * kAhead < n) {
+            const StepItem &ahead = items[i + 3 * kAhead];
+            for (const at::Tensor *t : {&*ahead.param, &ahead.grad, &*ahead.exp_avg, &*ahead.exp_avg_sq, &*ahead.step})
+                prefetch_impl(*t);
+            if (ahead.master->defined()) prefetch_impl(*ahead.master);
+        }
+        if (i + 2 * kAhead < n) {
+            const StepItem &ahead = items[i + 2 * kAhead];
+            for (const at::Tensor *t : {&*ahead.param, &ahead.grad, &*ahead.exp_avg, &*ahead.exp_avg_sq, &*ahead.step})
+                prefetch_storage(*t);
+            if (ahead.master->defined()) prefetch_storage(*ahead.master);
+        }
+        if (i + kAhead < n) prefetch_data(*items[i + kAhead].step);
+        const at::Tensor &param = *item.param;
+        auto where = [&] { return describe_parameter(item.group, param); };
         if (param.layout() != at::kStrided)
             throw std::runtime_error("fusedadam: " + where() + " is not a strided (dense) tensor");
         at::DeviceType type = param.device().type();
@@ -245,42 +535,49 @@ void fused_step(TableCache &cache, const std::vector<at::Tensor> &params, const 
                                      " with gaps or overlaps; FusedAdamW steps dense tensors only");
         // A gradient laid out unlike its parameter (assigned by hand; autograd matches them) is
         // stepped from a copy laid out like the parameter, kept until the update is queued.
-        const at::Tensor *grad = &grads[i];
+        const at::Tensor *grad = &item.grad;
         if (grad->layout() == at::kStrided && grad->device() == param.device() && grad->sizes() == param.sizes() &&
             !same_layout(param, *grad)) {
             relaid_grads.push_back(at::empty_like(param, grad->options()).copy_(*grad));
             grad = &relaid_grads.back();
         }
-        check_companion(group_of[i], param, *grad, "grad", false);
-        check_companion(group_of[i], param, exp_avgs[i], "state['exp_avg']", true);
-        check_companion(group_of[i], param, exp_avg_sqs[i], "state['exp_avg_sq']", true);
-        if (masters[i].has_value()) {
+        check_companion(item.group, param, *grad, "grad", false);
+        check_companion(item.group, param, *item.exp_avg, "state['exp_avg']", true);
+        check_companion(item.group, param, *item.exp_avg_sq, "state['exp_avg_sq']", true);
+        if (item.master->defined()) {
             if (entry.param_dtype == FADAM_FLOAT32)
                 throw pybind11::value_error("fusedadam: " + where() + ": a float32 parameter is its own master");
-            check_companion(group_of[i], param, *masters[i], "state['master_param']", true);
-            entry.master = masters[i]->data_ptr<float>();
+            check_companion(item.group, param, *item.master, "state['master_param']", true);
+            entry.master = static_cast<float *>(item.master->data_ptr());
         }
-        if (group_of[i] < 0 || group_of[i] >= n_groups)
-            throw pybind11::value_error("fusedadam: " + where() + ": group " + std::to_string(group_of[i]) +
+        if (item.group < 0 || item.group >= n_groups)
+            throw pybind11::value_error("fusedadam: " + where() + ": group " + std::to_string(item.group) +
                                         " out of range");
         to_fadam_dtype(grad->scalar_type(), &entry.grad_dtype);
         entry.param = param.data_ptr();
         entry.grad = grad->data_ptr();
-        entry.exp_avg = exp_avgs[i].data_ptr<float>();
-        entry.exp_avg_sq = exp_avg_sqs[i].data_ptr<float>();
+        // check_companion made these float32: the untyped data_ptr skips a second dtype check.
+        entry.exp_avg = static_cast<float *>(item.exp_avg->data_ptr());
+        entry.exp_avg_sq = static_cast<float *>(item.exp_avg_sq->data_ptr());
         entry.numel = param.numel();
-        entry.group = (int)group_of[i];
+        entry.group = (int)item.group;
         int device = type == at::kCUDA ? param.device().index() : -1;
-        int64_t step = read_step(group_of[i], param, steps[i]) + 1;
+        int64_t step = read_step(item.group, param, *item.step) + 1;
         Bucket &bucket = by_key[{device, -step}]; // within a device, the most advanced step count first
         bucket.device = device;
         bucket.step = step;
+        if (by_key.size() == 1 && bucket.tensors.empty()) { // the first bucket is most often the only one
+            bucket.tensors.reserve(n);
+            bucket.members.reserve(n);
+        }
         bucket.tensors.push_back(entry);
         bucket.members.push_back(i);
     }
 
     // 2. Let the library check what it will be given: the groups' hyperparameters (a call with no
-    // tensor checks them and does nothing), and each bucket's tensors (alignment, overlaps).
+    // tensor checks them and does nothing), and each bucket's tensors (alignment, overlaps) that
+    // nothing checks before the first write: a CUDA bucket whose cached table is reused was checked
+    // when it was encoded, and a lone CPU bucket is checked by fadam_cpu_step before it writes.
     fadam_step_source first_step{};
     first_step.step = 1;
     raise_on_failure(fadam_cpu_step(nullptr, 0, groups.data(), n_groups, &first_step));
@@ -288,38 +585,48 @@ void fused_step(TableCache &cache, const std::vector<at::Tensor> &params, const 
         return [&](size_t n) {
             if (n >= bucket.members.size()) return std::string("not in this call");
             size_t i = bucket.members[n];
-            return describe_parameter(group_of[i], params[i]);
+            return describe_parameter(items[i].group, *items[i].param);
         };
     };
-    std::vector<size_t> table_bytes;
+    std::vector<int> ordinals; // each bucket's index among its device's buckets
+    int ordinal = 0, previous_device = -2;
     for (const auto &item : by_key) {
-        size_t bytes = 0;
-        raise_on_failure(fadam_table_bytes(item.second.tensors.data(), (int64_t)item.second.tensors.size(),
-                                           n_groups, &bytes),
-                         tensors_of(item.second));
-        table_bytes.push_back(bytes);
+        ordinal = item.second.device == previous_device ? ordinal + 1 : 0;
+        previous_device = item.second.device;
+        ordinals.push_back(ordinal);
+    }
+    std::vector<size_t> table_bytes(by_key.size(), 0);
+    size_t bucket_index = 0;
+    for (const auto &item : by_key) {
+        const Bucket &bucket = item.second;
+        size_t index = bucket_index++;
+        bool checked_later = bucket.device < 0 ? by_key.size() == 1
+                                               : tables.holds(bucket, ordinals[index], n_groups);
+        if (checked_later) continue;
+        raise_on_failure(fadam_table_bytes(bucket.tensors.data(), (int64_t)bucket.tensors.size(), n_groups,
+                                           &table_bytes[index]),
+                         tensors_of(bucket));
     }
 
     // 3. Update: CUDA buckets first (a launch that fails has modified nothing), then the CPU ones.
-    size_t bucket_index = 0;
-    int ordinal = 0, previous_device = -2;
+    bucket_index = 0;
+    bool any_cuda = false;
     for (const auto &item : by_key) {
         const Bucket &bucket = item.second;
-        size_t bytes = table_bytes[bucket_index++];
+        size_t index = bucket_index++;
         if (bucket.device < 0) continue;
-        ordinal = bucket.device == previous_device ? ordinal + 1 : 0;
-        previous_device = bucket.device;
+        any_cuda = true;
         c10::cuda::CUDAGuard guard((c10::DeviceIndex)bucket.device);
         c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream((c10::DeviceIndex)bucket.device);
-        const at::Tensor &table = cache.table_for(bucket, ordinal, n_groups, bytes, stream);
+        const at::Tensor &table = tables.table_for(bucket, ordinals[index], n_groups, table_bytes[index], stream);
         fadam_step_source source{};
         source.step = bucket.step;
         raise_on_failure(fadam_step_table(table.data_ptr(), groups.data(), n_groups, &source,
                                           reinterpret_cast<fadam_stream>(stream.stream())),
                          tensors_of(bucket));
-        cache.launches++;
+        tables.launches++;
     }
-    if (previous_device != -2) cache.drop_unused();
+    if (any_cuda) tables.drop_unused();
     for (const auto &item : by_key) {
         const Bucket &bucket = item.second;
         if (bucket.device >= 0) continue;
@@ -332,24 +639,40 @@ void fused_step(TableCache &cache, const std::vector<at::Tensor> &params, const 
                                     &source);
         }
         raise_on_failure(status, tensors_of(bucket));
-        cache.cpu_calls++;
+        tables.cpu_calls++;
     }
 
-    // 4. Record what was written: step counts, and the version counters autograd checks.
+    // 4. Record what was written: step counts, and the version counters autograd checks; and let
+    // go of the grads (here, where their TensorImpls are fetched ahead, rather than all at the end).
     for (size_t i = 0; i < n; i++) {
-        *steps[i].data_ptr<float>() += 1.0f;
-        steps[i].unsafeGetTensorImpl()->bump_version();
-        params[i].unsafeGetTensorImpl()->bump_version();
-        exp_avgs[i].unsafeGetTensorImpl()->bump_version();
-        exp_avg_sqs[i].unsafeGetTensorImpl()->bump_version();
-        if (masters[i].has_value()) masters[i]->unsafeGetTensorImpl()->bump_version();
+        if (i + 2 * kAhead < n) {
+            const StepItem &ahead = items[i + 2 * kAhead];
+            for (const at::Tensor *t : {&*ahead.param, &ahead.grad, &*ahead.exp_avg, &*ahead.exp_avg_sq, &*ahead.step})
+                prefetch_lines(t->unsafeGetTensorImpl(), 1); // the reference count and version counter
+            if (ahead.master->defined()) prefetch_lines(ahead.master->unsafeGetTensorImpl(), 1);
+            prefetch_storage(*ahead.step);
+        }
+        if (i + kAhead < n) {
+            const StepItem &ahead = items[i + kAhead];
+            prefetch_data(*ahead.step);
+        }
+        StepItem &item = items[i];
+        *static_cast<float *>(item.step->data_ptr()) += 1.0f; // read_step made it a CPU float32 scalar
+        for (const at::Tensor *t : {&*item.step, &*item.param, &*item.exp_avg, &*item.exp_avg_sq})
+            t->unsafeGetTensorImpl()->bump_version();
+        if (item.master->defined()) item.master->unsafeGetTensorImpl()->bump_version();
+        item.grad.reset();
     }
+    return true;
 }
 
 } // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "fusedadam's C library, for fusedadam.torch";
+    for (auto [key, name] : {std::pair{&key_params, "params"}, {&key_step, "step"}, {&key_exp_avg, "exp_avg"},
+                             {&key_exp_avg_sq, "exp_avg_sq"}, {&key_master_param, "master_param"}})
+        if (!(*key = PyUnicode_InternFromString(name))) throw pybind11::error_already_set();
     m.attr("MAX_GROUPS") = FADAM_MAX_GROUPS;
     m.def("version", []() { return std::string(fadam_version_string()); }, "The C library's version");
     m.def("cuda_device_count", &fadam_cuda_device_count, "CUDA devices the C library can use");
@@ -360,8 +683,31 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def_readonly("encodes", &TableCache::encodes)
         .def_readonly("launches", &TableCache::launches)
         .def_readonly("cpu_calls", &TableCache::cpu_calls);
-    m.def("step", &fused_step, "One fused AdamW/Adam step over parallel lists of tensors", pybind11::arg("cache"),
-          pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("masters"), pybind11::arg("exp_avgs"),
-          pybind11::arg("exp_avg_sqs"), pybind11::arg("group_of"), pybind11::arg("hparams"),
-          pybind11::arg("steps"));
+    auto gc_support = [](PyHeapTypeObject *heap_type) {
+        PyTypeObject *type = &heap_type->ht_type;
+        type->tp_flags |= Py_TPFLAGS_HAVE_GC;
+        type->tp_traverse = [](PyObject *self, visitproc visit, void *arg) {
+            Py_VISIT(Py_TYPE(self)); // a heap type's instances hold a reference to it
+            if (!pybind11::detail::is_holder_constructed(self)) return 0;
+            return pybind11::cast<const ParamCache &>(pybind11::handle(self)).traverse(visit, arg);
+        };
+        type->tp_clear = [](PyObject *self) {
+            if (pybind11::detail::is_holder_constructed(self)) pybind11::cast<ParamCache &>(pybind11::handle(self)).clear();
+            return 0;
+        };
+    };
+    pybind11::class_<ParamCache>(m, "ParamCache",
+                                 "An optimizer's parameters and state tensors, checked against it at every step",
+                                 pybind11::custom_type_setup(gc_support))
+        .def(pybind11::init<>())
+        .def_readonly("loads", &ParamCache::loads)
+        .def("load", &ParamCache::load, pybind11::arg("param_groups"), pybind11::arg("state"),
+             pybind11::arg("master_weights"))
+        .def("clear", &ParamCache::clear)
+        .def("__len__", &ParamCache::size);
+    m.def("step", &fused_step,
+          "One fused AdamW/Adam step over the cached parameters that have a gradient; False (nothing done) "
+          "when the cache no longer matches param_groups and state",
+          pybind11::arg("tables"), pybind11::arg("cache"), pybind11::arg("param_groups"), pybind11::arg("state"),
+          pybind11::arg("hparams"), pybind11::arg("master_weights"));
 }

@@ -47,6 +47,8 @@ class FusedAdamW(Optimizer):
         float32 and rounded back each step. A master goes stale if the parameter is changed outside
         the optimizer; load_state_dict or deleting state['master_param'] rebuilds it from the parameter.
 
+    The parameters and their state tensors are cached between steps; each step checks the cache
+    against param_groups and state (in C++, by identity), so editing either is seen at the next step.
     Parameters whose grad is None are skipped and their step count does not advance, as in torch.
     Parameters whose step counts differ (some were skipped) are stepped by one launch per distinct
     count. Errors (sparse or misplaced gradients, unsupported dtypes, tensors with gaps, bad
@@ -99,6 +101,7 @@ class FusedAdamW(Optimizer):
             "master_weights": master_weights,
         }
         self._tables = _C.TableCache()
+        self._cache = _C.ParamCache()
         self._loading = None
         super().__init__(params, defaults)
 
@@ -107,6 +110,7 @@ class FusedAdamW(Optimizer):
             raise ValueError(f"{type(self).__name__}: at most {MAX_GROUPS} parameter groups are supported")
         _check_options({**self.defaults, **param_group})
         super().add_param_group(param_group)
+        self._cache.clear()  # the step would notice the new group; clearing says so outright
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -114,8 +118,9 @@ class FusedAdamW(Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-        if not hasattr(self, "_tables"):  # unpickled or deep-copied: tables are not carried over
+        if not hasattr(self, "_tables"):  # unpickled or deep-copied: tables and cache are not carried over
             self._tables = _C.TableCache()
+            self._cache = _C.ParamCache()
             self._loading = None
 
     @torch.no_grad()
@@ -126,44 +131,21 @@ class FusedAdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        # Parameters with a gradient, in group order; the binding checks them all before any update.
-        hparams, stepped = [], []
-        for index, group in enumerate(self.param_groups):
-            hparams.append(_group_hparams(group))
-            stepped += [(param, index, group["master_weights"]) for param in group["params"] if param.grad is not None]
-        if not stepped:
+        # Per group, read at every step (schedulers change lr); per parameter, the binding reads the
+        # grads and checks its cache of the parameters and their state against the optimizer.
+        hparams = [_group_hparams(group) for group in self.param_groups]
+        master_weights = [bool(group["master_weights"]) for group in self.param_groups]
+        if _C.step(self._tables, self._cache, self.param_groups, self.state, hparams, master_weights):
             return loss
-
-        params, grads, masters, exp_avgs, exp_avg_sqs, group_of, steps = [], [], [], [], [], [], []
-        created = []  # (state, key) made by this step: taken back if the step is refused
-        for param, index, master_weights in stepped:
-            state = self.state[param]
-            if not state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
-                created += [(state, "step"), (state, "exp_avg"), (state, "exp_avg_sq")]
-            master = None
-            if _wants_master(param, master_weights):
-                master = state.get("master_param")
-                if master is None:
-                    master = state["master_param"] = _fp32_like(param, param)
-                    created.append((state, "master_param"))
-            params.append(param)
-            grads.append(param.grad)
-            masters.append(master)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            group_of.append(index)
-            steps.append(state["step"])
+        # The cache is stale (first step, a group added, a checkpoint loaded, state to create or
+        # replaced): make the state that is missing, rebuild the cache and step from it.
+        created = _create_state(self)
         try:
-            _C.step(self._tables, params, grads, masters, exp_avgs, exp_avg_sqs, group_of, hparams, steps)
-        except Exception:
-            for state, key in created:
-                del state[key]
-            for param in params:
-                if not self.state[param]:
-                    del self.state[param]
+            self._cache.load(self.param_groups, self.state, master_weights)
+            if not _C.step(self._tables, self._cache, self.param_groups, self.state, hparams, master_weights):
+                raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
+        except BaseException:
+            _discard_state(self, created)
             raise
         return loss
 
@@ -184,6 +166,7 @@ class FusedAdamW(Optimizer):
             stash_hook.remove()
             restore_hook.remove()
             self._loading = None
+            self._cache.clear()  # lets go of the replaced state tensors now, not at the next step
 
 
 class FusedAdam(FusedAdamW):
@@ -230,6 +213,41 @@ def _check_options(group):
     for option in _UNSUPPORTED_OPTIONS:
         if group.get(option):
             raise ValueError(f"fusedadam: {option}=True is not supported")
+
+
+def _create_state(optimizer):
+    """Makes the state of every parameter that has a gradient and lacks it (torch.optim.AdamW's, and
+    the master of a 16-bit parameter); returns (state, key) for each made, for _discard_state."""
+    created = []
+    try:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = optimizer.state.get(param)
+                if not state:
+                    state = optimizer.state[param]
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        state[key] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
+                    created += [(state, "step"), (state, "exp_avg"), (state, "exp_avg_sq")]
+                if _wants_master(param, group["master_weights"]) and state.get("master_param") is None:
+                    state["master_param"] = _fp32_like(param, param)
+                    created.append((state, "master_param"))
+    except BaseException:
+        _discard_state(optimizer, created)
+        raise
+    return created
+
+
+def _discard_state(optimizer, created):
+    """Takes back the state _create_state made for a step that was refused."""
+    for state, key in created:
+        del state[key]
+    emptied = {id(state) for state, _ in created if not state}
+    for param in [p for p, state in optimizer.state.items() if id(state) in emptied]:
+        del optimizer.state[param]
+    optimizer._cache.clear()  # it holds the discarded tensors
 
 
 def _group_hparams(group):
