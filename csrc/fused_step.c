@@ -11,21 +11,20 @@
 #include "nvtx_ranges.h"
 #include "optimizer_internal.h"
 
-static int finite_float(float x) { return x == x && x - x == 0.0f; }
 
 static fadam_status check_config(const fadam_fused_step_config *c) {
     const char *f = "fadam_configure_fused_step";
-    if (!finite_float(c->max_grad_norm) || c->max_grad_norm < 0.0f)
+    if (!fadam_is_finite(c->max_grad_norm) || c->max_grad_norm < 0.0f)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: max_grad_norm=%g must be finite and >= 0 (0: no clipping)", f,
                           c->max_grad_norm);
     if (c->dynamic_loss_scaling != 0 && c->dynamic_loss_scaling != 1)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: dynamic_loss_scaling=%d must be 0 or 1", f,
                           c->dynamic_loss_scaling);
     if (c->dynamic_loss_scaling) {
-        if (!finite_float(c->initial_loss_scale) || c->initial_loss_scale <= 0.0f)
+        if (!fadam_is_finite(c->initial_loss_scale) || c->initial_loss_scale <= 0.0f)
             return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: initial_loss_scale=%g must be finite and > 0", f,
                               c->initial_loss_scale);
-        if (!finite_float(c->growth_factor) || c->growth_factor <= 1.0f)
+        if (!fadam_is_finite(c->growth_factor) || c->growth_factor <= 1.0f)
             return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: growth_factor=%g must be > 1", f, c->growth_factor);
         if (!(c->backoff_factor > 0.0f && c->backoff_factor < 1.0f))
             return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: backoff_factor=%g must be in (0, 1)", f, c->backoff_factor);

@@ -67,6 +67,9 @@ size_t fadam_table_size(int64_t n_tensors);
 void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, int32_t chunk_elems,
                       void *host_table);
 
+/* 1 for a finite float (neither Inf nor NaN), for the hyperparameter checks. */
+static inline int fadam_is_finite(float x) { return x == x && x - x == 0.0f; }
+
 /* Checks one group's hyperparameters; `function` and `group` name the culprit in the message. */
 fadam_status fadam_check_hparams(const fadam_hparams *hparams, const char *function, int group);
 

@@ -35,19 +35,16 @@ fadam_fused_step_config fadam_fused_step_config_default(void) {
     return c;
 }
 
-/* isfinite on a float without relying on C99 macros under every compiler. */
-static int is_finite_float(float x) { return x == x && x - x == 0.0f; }
-
 fadam_status fadam_check_hparams(const fadam_hparams *h, const char *function, int group) {
-    if (!is_finite_float(h->lr) || h->lr < 0.0f)
+    if (!fadam_is_finite(h->lr) || h->lr < 0.0f)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: lr=%g must be finite and >= 0", function, group, h->lr);
     if (!(h->beta1 >= 0.0f && h->beta1 < 1.0f))
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta1=%g must be in [0, 1)", function, group, h->beta1);
     if (!(h->beta2 >= 0.0f && h->beta2 < 1.0f))
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta2=%g must be in [0, 1)", function, group, h->beta2);
-    if (!is_finite_float(h->eps) || h->eps < 0.0f)
+    if (!fadam_is_finite(h->eps) || h->eps < 0.0f)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: eps=%g must be finite and >= 0", function, group, h->eps);
-    if (!is_finite_float(h->weight_decay) || h->weight_decay < 0.0f)
+    if (!fadam_is_finite(h->weight_decay) || h->weight_decay < 0.0f)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: weight_decay=%g must be finite and >= 0", function,
                           group, h->weight_decay);
     if (h->mode != FADAM_ADAMW && h->mode != FADAM_ADAM_L2)
