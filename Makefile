@@ -104,9 +104,8 @@ clean:
 TEST_PROGRAMS :=
 TEST_RUN :=
 include mk/tests.mk
--include mk/bench.mk
--include mk/torch.mk
--include mk/checkpoint.mk
+# Every other fragment (mk/*.mk), in name order, after tests.mk whose variables they use.
+include $(filter-out mk/tests.mk,$(sort $(wildcard mk/*.mk)))
 
 test: all $(TEST_PROGRAMS)
 	@bash tests/run_tests.sh $(TEST_RUN)
