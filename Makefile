@@ -2,6 +2,7 @@
 #   make            build/libfusedadam.a and build/libfusedadam.so
 #   make demo       train a synthetic model with AdamW and with Adam+L2 (GPU if present, else CPU)
 #   make test       every test; ends with "N passed, N failed, N skipped"
+#   make test-programs   build every test program without running them
 #   make bench      benchmarks (GPU part skipped without a GPU)
 #   make install PREFIX=/usr/local   header, libraries, pkg-config file
 #   make regs       register/spill report of every kernel
@@ -106,6 +107,9 @@ TEST_RUN :=
 include mk/tests.mk
 # Every other fragment (mk/*.mk), in name order, after tests.mk whose variables they use.
 include $(filter-out mk/tests.mk,$(sort $(wildcard mk/*.mk)))
+
+.PHONY: test-programs
+test-programs: all $(TEST_PROGRAMS)
 
 test: all $(TEST_PROGRAMS)
 	@bash tests/run_tests.sh $(TEST_RUN)
