@@ -24,6 +24,7 @@
 #include "nvtx_ranges.h"
 #include "optimizer_internal.h"
 #include "sha256.h"
+#include "utf8.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "checkpoint.c writes the host's bytes as safetensors' little-endian data"
@@ -77,33 +78,8 @@ static fadam_status io_fail(const char *function, const char *what, const char *
     return fadam_fail(FADAM_ERR_IO, "%s: %s '%.300s' failed: %s", function, what, path, reason);
 }
 
-/* Length of the valid UTF-8 sequence at s (1 to 4), or 0: no overlong forms, no surrogates,
- * nothing above U+10FFFF. */
-static size_t utf8_sequence_length(const unsigned char *s, size_t available) {
-    unsigned char c = s[0];
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) return available >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
-    if (c >= 0xE0 && c <= 0xEF) {
-        unsigned char low = c == 0xE0 ? 0xA0 : 0x80, high = c == 0xED ? 0x9F : 0xBF;
-        return available >= 3 && s[1] >= low && s[1] <= high && (s[2] & 0xC0) == 0x80 ? 3 : 0;
-    }
-    if (c >= 0xF0 && c <= 0xF4) {
-        unsigned char low = c == 0xF0 ? 0x90 : 0x80, high = c == 0xF4 ? 0x8F : 0xBF;
-        return available >= 4 && s[1] >= low && s[1] <= high && (s[2] & 0xC0) == 0x80 && (s[3] & 0xC0) == 0x80 ? 4
-                                                                                                             : 0;
-    }
-    return 0;
-}
-
-static int is_valid_utf8(const char *text) {
-    const unsigned char *s = (const unsigned char *)text;
-    size_t remaining = strlen(text), step;
-    while (remaining) {
-        if ((step = utf8_sequence_length(s, remaining)) == 0) return 0;
-        s += step, remaining -= step;
-    }
-    return 1;
-}
+/* fadam_add_tensor already refuses such names; the save checks again what it writes. */
+static int is_valid_utf8(const char *text) { return fadam_utf8_valid(text, NULL); }
 
 /* ---- hyperparameter text: floats as "%.9g" (exact for every float), '.' whatever the locale ---- */
 
@@ -127,20 +103,23 @@ static void format_float(float value, char out[48]) {
     out[j] = '\0';
 }
 
-/* Accepts -?digits(.digits)?([eE][+-]?digits)? that is a finite float. */
-static int parse_float(const char *text, float *out) {
+/* Accepts -?digits(.digits)?([eE][+-]?digits)? that is a finite float: rounding is fine, but a
+ * value that overflows to Inf or a nonzero one that underflows to 0 is refused (*why says which). */
+static int parse_float_why(const char *text, float *out, const char **why) {
     const char *point = localeconv()->decimal_point, *s = text;
     char localized[96], *end = NULL;
     size_t i, j;
+    int nonzero_digit = 0;
     float value;
+    *why = "not a finite number";
     if (strlen(text) > 64) return 0;
     if (*s == '-') s++;
     if (*s < '0' || *s > '9') return 0;
-    while (*s >= '0' && *s <= '9') s++;
+    for (; *s >= '0' && *s <= '9'; s++) nonzero_digit |= *s != '0';
     if (*s == '.') {
         s++;
         if (*s < '0' || *s > '9') return 0;
-        while (*s >= '0' && *s <= '9') s++;
+        for (; *s >= '0' && *s <= '9'; s++) nonzero_digit |= *s != '0';
     }
     if (*s == 'e' || *s == 'E') {
         s++;
@@ -158,11 +137,24 @@ static int parse_float(const char *text, float *out) {
         }
     }
     localized[j] = '\0';
-    errno = 0;
     value = strtof(localized, &end);
-    if (!end || *end || !(value == value && value - value == 0.0f)) return 0;
+    if (!end || *end) return 0;
+    if (!fadam_is_finite(value)) {
+        *why = "out of the float range: it overflows to infinity";
+        return 0;
+    }
+    /* errno is no guide: ERANGE also comes with nonzero subnormal results, which are fine. */
+    if (value == 0.0f && nonzero_digit) {
+        *why = "out of the float range: a nonzero number that underflows to 0";
+        return 0;
+    }
     *out = value;
     return 1;
+}
+
+static int parse_float(const char *text, float *out) {
+    const char *why;
+    return parse_float_why(text, out, &why);
 }
 
 /* parse_float, and "nan", "inf", "-inf" (the fused step's logged values). */
@@ -740,6 +732,7 @@ typedef struct load_entry {
     const char *dtype;
     const char *shape_text; /* the JSON array, for messages */
     int shape_length;
+    int n_dims;
     uint64_t numel;
     int shape_overflows;
     uint64_t begin, end;
@@ -834,13 +827,26 @@ static fadam_status parse_string(json_parser *p, const char **out) {
                 p->position += 6;
                 if (code >= 0xD800 && code <= 0xDBFF) {
                     unsigned low = 0;
+                    char what[112];
                     if (p->position + 1 >= p->length || p->text[p->position] != '\\' || p->text[p->position + 1] != 'u' ||
-                        !read_hex4(p, p->position + 2, &low) || low < 0xDC00 || low > 0xDFFF)
-                        return json_error(p, "unpaired surrogate in a \\u escape");
+                        !read_hex4(p, p->position + 2, &low)) {
+                        snprintf(what, sizeof what, "unpaired surrogate: high surrogate \\u%04x not followed by a \\u escape",
+                                 code);
+                        return json_error(p, what);
+                    }
+                    if (low < 0xDC00 || low > 0xDFFF) {
+                        snprintf(what, sizeof what,
+                                 "unpaired surrogate: high surrogate \\u%04x followed by \\u%04x, not by a low surrogate",
+                                 code, low);
+                        return json_error(p, what);
+                    }
                     p->position += 6;
                     code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
                 } else if (code >= 0xDC00 && code <= 0xDFFF) {
-                    return json_error(p, "unpaired surrogate in a \\u escape");
+                    char what[96];
+                    snprintf(what, sizeof what, "unpaired surrogate: low surrogate \\u%04x without a high one before it",
+                             code);
+                    return json_error(p, what);
                 }
                 if (code == 0) return json_error(p, "NUL (\\u0000) inside a string");
                 /* UTF-8 of code; at most 4 bytes for the 6 or 12 bytes of escape read. */
@@ -878,7 +884,8 @@ static fadam_status parse_string(json_parser *p, const char **out) {
             }
             p->position += 2;
         } else {
-            size_t sequence = utf8_sequence_length((const unsigned char *)p->text + p->position, p->length - p->position);
+            size_t sequence =
+                fadam_utf8_sequence_length((const unsigned char *)p->text + p->position, p->length - p->position);
             if (sequence == 0) return json_error(p, "invalid UTF-8 in a string");
             memcpy(decoded, p->text + p->position, sequence);
             decoded += sequence;
@@ -971,6 +978,7 @@ static fadam_status parse_entry(json_parser *p, load_entry *entry) {
                     uint64_t dim;
                     if ((status = parse_integer(p, &dim)) != FADAM_SUCCESS) return status;
                     if (++dims > MAX_DIMS) return json_error(p, "shape has more than 32 dimensions");
+                    entry->n_dims = dims;
                     if (dim != 0 && entry->numel > (uint64_t)INT64_MAX / dim) entry->shape_overflows = 1;
                     else entry->numel *= dim;
                     if (peek_char(p) == ',') {
@@ -1241,13 +1249,13 @@ static fadam_status check_unique_keys(load_plan *plan, const char *function) {
 static fadam_status parse_group_float(const parsed_header *parsed, int group, const char *field, float *out,
                                       const char *function) {
     char key[64];
-    const char *value;
+    const char *value, *why;
     fadam_status status;
     snprintf(key, sizeof key, "group.%d.%s", group, field);
     if ((status = require_metadata(parsed, key, &value, function)) != FADAM_SUCCESS) return status;
-    if (!parse_float(value, out))
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", not a finite number", function, key,
-                          value);
+    if (!parse_float_why(value, out, &why))
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", %s", function, key, value,
+                          why);
     return FADAM_SUCCESS;
 }
 
@@ -1400,6 +1408,14 @@ static fadam_status match_entry(load_plan *plan, const fadam_optimizer *opt, int
                           function, NAME_CLIP, name, state_suffix[kind] + 1,
                           entry->shape_length > 100 ? 100 : entry->shape_length, entry->shape_text,
                           (unsigned long long)entry->numel, (long long)tensor->numel);
+    /* The shape must be what a save writes, [numel]: [7,1] or [] hold the right count, but are not
+     * this optimizer's state. */
+    if (entry->n_dims != 1)
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: tensor '%.*s' %s: shape %.*s has %d dimensions; a fusedadam checkpoint "
+                                             "saves [%lld]",
+                          function, NAME_CLIP, name, state_suffix[kind] + 1,
+                          entry->shape_length > 100 ? 100 : entry->shape_length, entry->shape_text, entry->n_dims,
+                          (long long)tensor->numel);
     entry->matched = 1;
     plan->entry_tensor[index] = t;
     plan->entry_kind[index] = kind;

@@ -10,6 +10,7 @@
 #include "launchers.h"
 #include "nvtx_ranges.h"
 #include "optimizer_internal.h"
+#include "utf8.h"
 
 /* Every state buffer starts on this boundary, so each tensor's master/m/v allow vector access. */
 #define STATE_ALIGNMENT 256
@@ -163,12 +164,19 @@ fadam_status fadam_add_tensor(fadam_optimizer *opt, const char *name, void *para
                               fadam_dtype param_dtype, fadam_dtype grad_dtype, int group, int64_t *index_out) {
     fadam_tensor candidate;
     fadam_status status;
+    size_t bad_byte = 0;
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_add_tensor");
     if ((status = require_not_finalized(opt, "fadam_add_tensor")) != FADAM_SUCCESS) return status;
     if (name && (name[0] == '\0' || strlen(name) > FADAM_MAX_NAME_LENGTH))
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_add_tensor: tensor %lld: a name must have 1 to %d bytes",
                           (long long)opt->n_tensors, FADAM_MAX_NAME_LENGTH);
+    /* Checked here, not at the first save hours later: checkpoints are safetensors, whose header is UTF-8. */
+    if (name && !fadam_utf8_valid(name, &bad_byte))
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_add_tensor: tensor %lld: the name is not valid UTF-8 (byte %zu "
+                                                   "of %zu, 0x%02x, starts no valid sequence); checkpoints store names "
+                                                   "in a UTF-8 safetensors header",
+                          (long long)opt->n_tensors, bad_byte, strlen(name), (unsigned)(unsigned char)name[bad_byte]);
     memset(&candidate, 0, sizeof candidate);
     candidate.param = param;
     candidate.grad = grad;

@@ -165,7 +165,9 @@ FADAM_API fadam_status fadam_add_group(fadam_optimizer *opt, const fadam_hparams
 /* Registers one parameter tensor. `param` and `grad` are device pointers on the CUDA device, host
  * pointers on the CPU device, and must stay valid until destroy; grad may alias nothing else.
  * numel may be 0 (the tensor is skipped). `name` (may be NULL: the index is used) is copied; it
- * names the tensor in checkpoints. Its index goes to *index_out (optional). Before finalize only. */
+ * names the tensor in checkpoints, so it must be 1 to 1024 bytes of valid UTF-8 (else
+ * FADAM_ERR_INVALID_VALUE here) and unique (checked by fadam_finalize). Its index goes to
+ * *index_out (optional). Before finalize only. */
 FADAM_API fadam_status fadam_add_tensor(fadam_optimizer *opt, const char *name, void *param, const void *grad,
                                         int64_t numel, fadam_dtype param_dtype, fadam_dtype grad_dtype,
                                         int group, int64_t *index_out);
