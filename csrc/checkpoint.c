@@ -382,6 +382,8 @@ static void add_fused_metadata(save_plan *plan, const fadam_step_counters *c) {
     add_metadata_sized(plan, "fused.skipped", "", number, WIDEST_INTEGER);
     snprintf(number, sizeof number, "%d", (int)c->good_steps);
     add_metadata_sized(plan, "fused.good_steps", "", number, WIDEST_INTEGER);
+    snprintf(number, sizeof number, "%lld", (long long)c->skipped_at_min_scale);
+    add_metadata_sized(plan, "fused.skipped_at_min_scale", "", number, WIDEST_INTEGER);
 }
 
 /* `counters`: the fused step's, or NULL when it is not configured. */
@@ -1274,43 +1276,67 @@ static fadam_status parse_group_choice(const parsed_header *parsed, int group, c
     return FADAM_SUCCESS;
 }
 
-static fadam_status parse_fused_integer(const parsed_header *parsed, const char *key, int64_t limit, int64_t *out,
-                                        const char *function) {
-    const char *value;
+/* A counter in [0, limit]; `why` says what the limit is for. A missing key is an error unless
+ * `optional`, which leaves *out as it is. */
+static fadam_status parse_fused_integer(const parsed_header *parsed, const char *key, int64_t limit, const char *why,
+                                        int optional, int64_t *out, const char *function) {
+    const char *value = find_metadata(parsed, key);
     fadam_status status;
-    if ((status = require_metadata(parsed, key, &value, function)) != FADAM_SUCCESS) return status;
+    if (!value && optional) return FADAM_SUCCESS;
+    if (!value && (status = require_metadata(parsed, key, &value, function)) != FADAM_SUCCESS) return status;
     if (!parse_count(value, out) || *out > limit)
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", not an integer in [0, %lld]", function,
-                          key, value, (long long)limit);
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", not an integer in [0, %lld]%s", function,
+                          key, value, (long long)limit, why);
     return FADAM_SUCCESS;
 }
 
-static fadam_status parse_fused_float(const parsed_header *parsed, const char *key, float *out, const char *function) {
+/* A float in [low, high]; NaN only when `nan_ok`. "inf" passes when high is infinite. */
+static fadam_status parse_fused_float(const parsed_header *parsed, const char *key, float low, float high, int nan_ok,
+                                      const char *range, float *out, const char *function) {
     const char *value;
     fadam_status status;
     if ((status = require_metadata(parsed, key, &value, function)) != FADAM_SUCCESS) return status;
     if (!parse_any_float(value, out))
         return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", not a number", function, key, value);
+    if (nan_ok && *out != *out) return FADAM_SUCCESS;
+    if (!(*out >= low && *out <= high))
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", out of range: it must be %s", function,
+                          key, value, range);
     return FADAM_SUCCESS;
 }
 
-/* The fused step's counters, when the checkpoint has them (its "fused.step" says so). */
+/* The fused step's counters, when the checkpoint has them (its "fused.step" says so). Each must be a
+ * value the fused step itself can leave behind: a loaded 0, negative or NaN loss scale would skip or
+ * flip every later step, a counter at INT64_MAX would overflow at the next one. */
 static fadam_status check_fused_metadata(load_plan *plan, const char *function) {
+    static const char *const cannot_advance = " (a counter at INT64_MAX cannot advance)";
     const parsed_header *parsed = &plan->parsed;
     fadam_step_counters *c = &plan->fused;
     int64_t skipped = 0, good_steps = 0;
     fadam_status status;
     if (!find_metadata(parsed, "fused.step")) return FADAM_SUCCESS;
     plan->has_fused = 1;
-    if ((status = parse_fused_integer(parsed, "fused.step", INT64_MAX, &c->step, function)) != FADAM_SUCCESS ||
-        (status = parse_fused_integer(parsed, "fused.skipped_total", INT64_MAX, &c->skipped_total, function)) !=
+    c->skipped_at_min_scale = 0; /* absent from checkpoints written before it existed */
+    if ((status = parse_fused_integer(parsed, "fused.step", INT64_MAX - 1, cannot_advance, 0, &c->step, function)) !=
             FADAM_SUCCESS ||
-        (status = parse_fused_float(parsed, "fused.grad_norm", &c->grad_norm, function)) != FADAM_SUCCESS ||
-        (status = parse_fused_float(parsed, "fused.clip_coef", &c->clip_coef, function)) != FADAM_SUCCESS ||
-        (status = parse_fused_float(parsed, "fused.lr_scale", &c->lr_scale, function)) != FADAM_SUCCESS ||
-        (status = parse_fused_float(parsed, "fused.loss_scale", &c->loss_scale, function)) != FADAM_SUCCESS ||
-        (status = parse_fused_integer(parsed, "fused.skipped", 1, &skipped, function)) != FADAM_SUCCESS ||
-        (status = parse_fused_integer(parsed, "fused.good_steps", INT32_MAX, &good_steps, function)) != FADAM_SUCCESS)
+        (status = parse_fused_integer(parsed, "fused.skipped_total", INT64_MAX - 1, cannot_advance, 0, &c->skipped_total,
+                                      function)) != FADAM_SUCCESS ||
+        (status = parse_fused_integer(parsed, "fused.skipped", 1, "", 0, &skipped, function)) != FADAM_SUCCESS ||
+        /* +Inf: a finite norm past float's range; NaN: an Inf/NaN gradient, which skipped the step. */
+        (status = parse_fused_float(parsed, "fused.grad_norm", 0.0f, __builtin_inff(), skipped == 1,
+                                    skipped ? ">= 0 or nan" : ">= 0 (nan only in a skipped step)", &c->grad_norm,
+                                    function)) != FADAM_SUCCESS ||
+        (status = parse_fused_float(parsed, "fused.clip_coef", 0.0f, 1.0f, 0, "in [0, 1]", &c->clip_coef, function)) !=
+            FADAM_SUCCESS ||
+        (status = parse_fused_float(parsed, "fused.lr_scale", 0.0f, 1.0f, 0, "in [0, 1]", &c->lr_scale, function)) !=
+            FADAM_SUCCESS ||
+        (status = parse_fused_float(parsed, "fused.loss_scale", 0x1p-126f, 0x1.fffffep127f, 0,
+                                    "a finite number >= 2^-126 (the loss scale divides every gradient)", &c->loss_scale,
+                                    function)) != FADAM_SUCCESS ||
+        (status = parse_fused_integer(parsed, "fused.good_steps", INT32_MAX - 1, "", 0, &good_steps, function)) !=
+            FADAM_SUCCESS ||
+        (status = parse_fused_integer(parsed, "fused.skipped_at_min_scale", c->skipped_total, " (it counts some of "
+                                      "fused.skipped_total)", 1, &c->skipped_at_min_scale, function)) != FADAM_SUCCESS)
         return status;
     c->skipped = (int32_t)skipped;
     c->good_steps = (int32_t)good_steps;
@@ -1347,8 +1373,11 @@ static fadam_status check_metadata(const fadam_optimizer *opt, load_plan *plan, 
         plan->checksum[i] = (unsigned char)(high * 16 + low);
     }
     if ((status = require_metadata(parsed, "step", &value, function)) != FADAM_SUCCESS) return status;
-    if (!parse_count(value, &plan->step))
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: step \"%.40s\" is not an integer in [0, 2^63-1]", function, value);
+    /* INT64_MAX is refused too: the next step would overflow. */
+    if (!parse_count(value, &plan->step) || plan->step == INT64_MAX)
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: step \"%.40s\" is not an integer in [0, 2^63-2] (a step counter at "
+                                             "INT64_MAX cannot advance)",
+                          function, value);
     if ((status = require_metadata(parsed, "n_groups", &value, function)) != FADAM_SUCCESS) return status;
     if (!parse_count(value, &number) || number < 1 || number > FADAM_MAX_GROUPS)
         return fadam_fail(FADAM_ERR_CORRUPT, "%s: n_groups \"%.40s\" is not an integer in [1, %d]", function, value,

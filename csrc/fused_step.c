@@ -1,5 +1,6 @@
 /* fused_step.c - the whole step on the device (or the CPU): global gradient norm, clipping,
  * loss-scale unscaling with overflow skip, schedule; no host synchronization, capturable in a graph. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,9 +29,16 @@ static fadam_status check_config(const fadam_fused_step_config *c) {
             return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: growth_factor=%g must be > 1", f, c->growth_factor);
         if (!(c->backoff_factor > 0.0f && c->backoff_factor < 1.0f))
             return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: backoff_factor=%g must be in (0, 1)", f, c->backoff_factor);
-        if (c->growth_interval < 1)
-            return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: growth_interval=%lld must be >= 1", f,
+        /* good_steps counts up to growth_interval in an int32. */
+        if (c->growth_interval < 1 || c->growth_interval > INT32_MAX)
+            return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: growth_interval=%lld must be in [1, 2^31-1]", f,
                               (long long)c->growth_interval);
+        /* 2^-126: every scale from there up has a finite float reciprocal, which the unscaling needs. */
+        if (!fadam_is_finite(c->min_loss_scale) || c->min_loss_scale < FLT_MIN ||
+            c->min_loss_scale > c->initial_loss_scale)
+            return fadam_fail(FADAM_ERR_INVALID_VALUE,
+                              "%s: min_loss_scale=%g must be in [2^-126, initial_loss_scale=%g] (the default is 1)", f,
+                              c->min_loss_scale, c->initial_loss_scale);
     }
     if (c->schedule != FADAM_SCHEDULE_CONSTANT && c->schedule != FADAM_SCHEDULE_WARMUP_COSINE)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: schedule=%d is not a fadam_schedule_kind", f, (int)c->schedule);
@@ -58,8 +66,6 @@ fadam_status fadam_configure_fused_step(fadam_optimizer *opt, const fadam_fused_
     return FADAM_SUCCESS;
 }
 
-static int needs_norm_pass(const fadam_fused_step_config *c) { return c->max_grad_norm > 0.0f || c->dynamic_loss_scaling; }
-
 fadam_status fadam_fused_state_create(fadam_optimizer *opt, cudaStream_t stream) {
     fadam_device_state initial;
     size_t partial_bytes;
@@ -72,8 +78,8 @@ fadam_status fadam_fused_state_create(fadam_optimizer *opt, cudaStream_t stream)
     initial.grad_scale = 1.0f;
     partial_bytes = (size_t)(opt->n_chunks > 0 ? opt->n_chunks : 1) * sizeof(double);
     opt->fused_state = (fadam_device_state *)fadam_optimizer_alloc(opt, sizeof initial);
-    opt->chunk_partials = needs_norm_pass(&opt->fused_config) ? (double *)fadam_optimizer_alloc(opt, partial_bytes) : NULL;
-    if (!opt->fused_state || (needs_norm_pass(&opt->fused_config) && !opt->chunk_partials)) {
+    opt->chunk_partials = (double *)fadam_optimizer_alloc(opt, partial_bytes);
+    if (!opt->fused_state || !opt->chunk_partials) {
         fadam_fused_state_free(opt);
         return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "fadam_finalize: cannot allocate the fused step's state");
     }
@@ -103,10 +109,9 @@ static fadam_status require_fused(const fadam_optimizer *opt, const char *functi
 static fadam_status fused_step_cuda(fadam_optimizer *opt, cudaStream_t stream) {
     fadam_step_kernel_args args;
     cudaError_t error;
-    int compute_norm = needs_norm_pass(&opt->fused_config);
     error = fadam_launch_grad_norm((const fadam_table_header *)opt->device_table, opt->chunk_partials, opt->fused_state,
-                                   &opt->fused_config, compute_norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1,
-                                   FADAM_BLOCK_THREADS, stream);
+                                   &opt->fused_config, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS,
+                                   stream);
     if (error != cudaSuccess) return fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
     memset(&args, 0, sizeof args);
     args.table = (const fadam_table_header *)opt->device_table;
@@ -126,7 +131,8 @@ fadam_status fadam_fused_step(fadam_optimizer *opt, fadam_stream stream) {
     if ((status = require_fused(opt, "fadam_fused_step")) != FADAM_SUCCESS) return status;
     FADAM_RANGE_PUSH("fused_step");
     if (opt->device == FADAM_DEVICE_CPU) {
-        double sum = needs_norm_pass(&opt->fused_config) ? fadam_cpu_sum_of_squares(opt->tensors, opt->n_tensors) : 0.0;
+        /* Always: the Inf/NaN skip and grad_norm hold in every configuration. */
+        double sum = fadam_cpu_sum_of_squares(opt->tensors, opt->n_tensors);
         fadam_step_source source = {1, NULL, NULL};
         fadam_decide_step(opt->fused_state, &opt->fused_config, sum);
         status = fadam_cpu_update_all(opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, &source,

@@ -396,6 +396,8 @@ fadam_status fadam_step(fadam_optimizer *opt, fadam_stream stream) {
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_step");
     if ((status = require_finalized(opt, "fadam_step")) != FADAM_SUCCESS) return status;
+    if (opt->step == INT64_MAX) /* t + 1 would overflow */
+        return fadam_fail(FADAM_ERR_BAD_STATE, "fadam_step: the step counter is at INT64_MAX and cannot advance");
     memset(&source, 0, sizeof source);
     source.step = opt->step + 1;
     FADAM_RANGE_PUSH("step");
@@ -464,10 +466,14 @@ fadam_status fadam_get_step(const fadam_optimizer *opt, int64_t *step_out) {
 fadam_status fadam_set_step(fadam_optimizer *opt, int64_t step) {
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_set_step");
-    if (step < 0) return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_set_step: step=%lld must be >= 0", (long long)step);
     if (opt->finalized && opt->fused_configured)
         return fadam_fail(FADAM_ERR_BAD_STATE, "fadam_set_step: the fused step counts on the device from finalize on; "
                                                "set the step before fadam_finalize, or load a checkpoint");
+    /* INT64_MAX could not advance: the next step would overflow. */
+    if (step < 0 || step == INT64_MAX)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_set_step: step=%lld must be in [0, INT64_MAX - 1] (a step "
+                                                   "counter at INT64_MAX cannot advance)",
+                          (long long)step);
     opt->step = step;
     return FADAM_SUCCESS;
 }

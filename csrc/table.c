@@ -32,6 +32,7 @@ fadam_fused_step_config fadam_fused_step_config_default(void) {
     c.warmup_steps = 0;
     c.total_steps = 0;
     c.min_lr_ratio = 0.0f;
+    c.min_loss_scale = 1.0f;
     return c;
 }
 

@@ -178,7 +178,11 @@ FADAM_API fadam_status fadam_add_tensor(fadam_optimizer *opt, const char *name, 
 FADAM_API fadam_status fadam_finalize(fadam_optimizer *opt, fadam_stream stream);
 
 /* Updates every registered tensor from its gradient: one kernel launch on `stream`. Advances the
- * step counter (t = 1 on the first call). Asynchronous: returns once the launch is queued. */
+ * step counter (t = 1 on the first call). Asynchronous: returns once the launch is queued.
+ * The plain step never looks at the gradients as a whole and never skips: as in PyTorch, an Inf or
+ * NaN gradient element goes into that element's moments and parameter (and master). Use the fused
+ * step (fadam_fused_step) to skip steps with Inf/NaN gradients. FADAM_ERR_BAD_STATE when the step
+ * counter is at INT64_MAX and cannot advance. */
 FADAM_API fadam_status fadam_step(fadam_optimizer *opt, fadam_stream stream);
 
 /* Reads t and the groups' lr from device memory instead (see fadam_step_source) and does not touch
@@ -193,9 +197,10 @@ FADAM_API fadam_status fadam_set_lr(fadam_optimizer *opt, int group, float lr);
 FADAM_API fadam_status fadam_set_hparams(fadam_optimizer *opt, int group, const fadam_hparams *hparams);
 FADAM_API fadam_status fadam_get_hparams(const fadam_optimizer *opt, int group, fadam_hparams *out);
 
-/* Steps taken so far (the t of the last step), and a way to set it when resuming. With the fused
- * step configured, the counter it starts from is set before finalize (after it, the device counts:
- * read fadam_step_counters; fadam_set_step then fails with FADAM_ERR_BAD_STATE). */
+/* Steps taken so far (the t of the last step), and a way to set it when resuming: step in
+ * [0, INT64_MAX - 1] (a counter at INT64_MAX could not advance; FADAM_ERR_INVALID_VALUE). With the
+ * fused step configured, the counter it starts from is set before finalize (after it, the device
+ * counts: read fadam_step_counters; fadam_set_step then fails with FADAM_ERR_BAD_STATE). */
 FADAM_API fadam_status fadam_get_step(const fadam_optimizer *opt, int64_t *step_out);
 FADAM_API fadam_status fadam_set_step(fadam_optimizer *opt, int64_t step);
 
@@ -245,11 +250,13 @@ FADAM_API fadam_status fadam_table_encode(const fadam_tensor *tensors, int64_t n
 /* One fused step over a table in device memory: one kernel launch on `stream`, no allocation, no
  * synchronization. groups[g] are the hyperparameters of group g; n_groups must be at least the
  * n_groups the table was encoded with (the kernel leaves a tensor whose group has no entry
- * untouched). The current CUDA device must be the one holding the buffers. */
+ * untouched). The current CUDA device must be the one holding the buffers.
+ * Like fadam_step it never skips: an Inf or NaN gradient element goes into that element's moments
+ * and parameter, as in PyTorch; only the managed optimizer's fadam_fused_step skips. */
 FADAM_API fadam_status fadam_step_table(const void *device_table, const fadam_hparams *groups, int n_groups,
                                         const fadam_step_source *source, fadam_stream stream);
 
-/* The same update on host memory, tensor by tensor (the CPU implementation). */
+/* The same update on host memory, tensor by tensor (the CPU implementation); no skip either. */
 FADAM_API fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_tensors,
                                       const fadam_hparams *groups, int n_groups,
                                       const fadam_step_source *source);
@@ -263,10 +270,12 @@ FADAM_API fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_ten
  * in double per chunk and summed in a fixed order, so the same bits on every run; any Inf/NaN is
  * found here), whose last block decides the step on the device; then the update, which multiplies
  * each gradient by 1/loss_scale * min(1, max_norm / (norm + 1e-6)) as it reads it (the gradient
- * buffers are never written) and uses lr = group lr * the schedule's factor. When the gradients hold
- * an Inf or NaN, the step is skipped: no parameter, master or moment changes, the step counter does
- * not advance, and with dynamic loss scaling the scale is multiplied by backoff_factor; after
- * growth_interval clean steps in a row it is multiplied by growth_factor.
+ * buffers are never written) and uses lr = group lr * the schedule's factor. The gradient pass runs
+ * in every configuration, the default one (no clipping, no loss scaling) included, so grad_norm is
+ * always reported and the skip always applies: when the gradients hold an Inf or NaN, the step is
+ * skipped: no parameter, master or moment changes, the step counter does not advance, skipped_total
+ * counts it, and with dynamic loss scaling the scale is multiplied by backoff_factor, but never taken
+ * below min_loss_scale; after growth_interval clean steps in a row it is multiplied by growth_factor.
  * ------------------------------------------------------------------------------------------- */
 typedef enum fadam_schedule_kind {
     FADAM_SCHEDULE_CONSTANT = 0,     /* factor 1 */
@@ -285,21 +294,31 @@ typedef struct fadam_fused_step_config {
     int64_t warmup_steps;
     int64_t total_steps;
     float min_lr_ratio;           /* the cosine's floor, as a fraction of each group's lr */
+    float min_loss_scale;         /* 1: the floor of the dynamic loss scale, as in Megatron-LM and DeepSpeed
+                                     (PyTorch's GradScaler has none and underflows to 0 after ~166
+                                     overflows in a row, then skips every step); in [2^-126,
+                                     initial_loss_scale] */
 } fadam_fused_step_config;
 
-/* No clipping, no loss scaling (its parameters at PyTorch GradScaler's defaults), constant lr. */
+/* No clipping, no loss scaling (its parameters at PyTorch GradScaler's defaults, with a floor of 1),
+ * constant lr. */
 FADAM_API fadam_fused_step_config fadam_fused_step_config_default(void);
 
 /* What a training loop logs, as it sits in memory (device memory on the CUDA device). */
 typedef struct fadam_step_counters {
     int64_t step;          /* steps applied; skipped steps do not count */
-    int64_t skipped_total; /* steps skipped for Inf/NaN gradients */
+    int64_t skipped_total; /* steps skipped for Inf/NaN gradients (stops at INT64_MAX) */
     float grad_norm;       /* global L2 norm of the unscaled gradients in the last step, before clipping */
     float clip_coef;       /* what the gradients were multiplied by for clipping (1: not clipped) */
     float lr_scale;        /* the schedule's factor in the last applied step */
     float loss_scale;      /* the scale for the next backward pass */
-    int32_t skipped;       /* 1: the last step found Inf/NaN and changed nothing */
+    int32_t skipped;       /* 1: the last step found Inf/NaN (or, after 2^63 - 1 steps, a step
+                              counter that cannot advance) and changed nothing */
     int32_t good_steps;    /* clean steps in a row since the loss scale last changed */
+    int64_t skipped_at_min_scale; /* of skipped_total, the steps skipped with the dynamic loss scale
+                                     already at min_loss_scale (loss_scale == min_loss_scale shows the
+                                     floor reached): an overflow that backing off cannot cure, as in a
+                                     diverged run, which DeepSpeed stops at */
 } fadam_step_counters;
 
 /* Sets the fused step up; before finalize, which allocates its device state (and one double per
@@ -365,7 +384,8 @@ FADAM_API fadam_status fadam_save_bytes(const fadam_optimizer *opt, size_t *size
  * becomes the step), from a checkpoint written for the same registration (names, element counts,
  * param dtypes, groups; the order of registration may differ). Params stay the caller's to restore.
  * Everything is checked first: header bounds, JSON, dtypes, shapes, byte ranges, names, version,
- * checksum. On any such error (FADAM_ERR_IO, FADAM_ERR_CORRUPT, FADAM_ERR_MISMATCH, ...) the
+ * checksum, and every value's range (a step or counter at INT64_MAX, which could not advance; a loss
+ * scale that is not a finite number >= 2^-126; a clip coefficient or schedule factor outside [0, 1]). On any such error (FADAM_ERR_IO, FADAM_ERR_CORRUPT, FADAM_ERR_MISMATCH, ...) the
  * optimizer is exactly as before the call and the message names the first problem. Only a read or
  * CUDA failure during the final copy, after every check passed, can leave the state partly loaded;
  * its message says so. The file must not be modified in place while it loads (fadam_save replaces

@@ -75,7 +75,8 @@ typedef struct fadam_device_state {
     float grad_scale;      /* for the update: 1/loss_scale * clip coefficient */
     uint32_t blocks_done;  /* the norm pass's arrival counter; its last block resets it */
 } fadam_device_state;
-FADAM_STATIC_ASSERT(sizeof(fadam_device_state) == 48, "fadam_device_state layout");
+FADAM_STATIC_ASSERT(sizeof(fadam_step_counters) == 48, "fadam_step_counters layout");
+FADAM_STATIC_ASSERT(sizeof(fadam_device_state) == 56, "fadam_device_state layout");
 
 /* Arguments of the step kernel, passed by value (about 2.2 KB, under the 4 KB launch limit). */
 typedef struct fadam_step_kernel_args {
@@ -158,18 +159,25 @@ static inline FADAM_HOST_DEVICE float fadam_schedule_factor(const fadam_fused_st
 
 /* Decides one fused step from the gradients' sum of squares (the same code on the CPU and in the
  * norm kernel's last block): skip on Inf/NaN, else advance t, set the schedule's factor, the clip
- * coefficient and the gradient scale; adjust a dynamic loss scale. */
+ * coefficient and the gradient scale; adjust a dynamic loss scale, never below its floor. */
 static inline FADAM_HOST_DEVICE void fadam_decide_step(fadam_device_state *state, const fadam_fused_step_config *c,
                                                        double sum_of_squares) {
     fadam_step_counters *k = &state->counters;
     float inv_scale = c->dynamic_loss_scaling ? (float)(1.0 / (double)k->loss_scale) : 1.0f;
     double norm = sqrt(sum_of_squares) * (double)inv_scale;
     k->grad_norm = (float)norm;
-    if (!(norm <= 1.0e308)) { /* Inf or NaN somewhere in the gradients */
+    /* Inf or NaN somewhere in the gradients; or a step counter at INT64_MAX, which cannot advance (the
+     * host refuses to set or load it, so only 2^63 steps reach it). */
+    if (!(norm <= 1.0e308) || k->step == INT64_MAX) {
         k->skipped = 1;
-        k->skipped_total++;
-        if (c->dynamic_loss_scaling) {
-            k->loss_scale = (float)((double)k->loss_scale * (double)c->backoff_factor);
+        if (k->skipped_total < INT64_MAX) k->skipped_total++; /* saturates: no signed overflow */
+        if (c->dynamic_loss_scaling && !(norm <= 1.0e308)) {
+            if (k->loss_scale > c->min_loss_scale) {
+                double backed_off = (double)k->loss_scale * (double)c->backoff_factor;
+                k->loss_scale = backed_off > (double)c->min_loss_scale ? (float)backed_off : c->min_loss_scale;
+            } else if (k->skipped_at_min_scale < INT64_MAX) {
+                k->skipped_at_min_scale++; /* backing off cannot cure this overflow */
+            }
             k->good_steps = 0;
         }
         return;

@@ -8,8 +8,8 @@
  * in a fixed order. The bits do not depend on which block took which chunk, or when.
  * Bytes moved per element: the gradient only, 4 B (fp32) or 2 B (bf16/fp16), plus 8 B per chunk.
  * Launch shape: a 1-D grid of any size striding over the table's chunks; a 1-D block whose size is a
- * power of two up to 1024 (256 in production). With compute_norm == 0 (no clipping, no loss scale),
- * one block only decides the step (advance t, schedule).
+ * power of two up to 1024 (256 in production). It runs in every configuration: without it an Inf/NaN
+ * gradient would go unnoticed and be applied.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -43,11 +43,11 @@ static __device__ double sum_of_squares_range(const fadam_table_entry &tensor, i
 }
 
 __global__ void grad_norm_kernel(const fadam_table_header *table, double *chunk_partials, fadam_device_state *state,
-                                 const fadam_fused_step_config config, int compute_norm) {
+                                 const fadam_fused_step_config config) {
     __shared__ double thread_sums[NORM_MAX_THREADS];
     __shared__ int is_last_block;
     const fadam_table_entry *entries = fadam_table_entries(table);
-    const int64_t n_chunks = compute_norm ? table->n_chunks : 0, n_tensors = table->n_tensors;
+    const int64_t n_chunks = table->n_chunks, n_tensors = table->n_tensors;
     const int64_t chunk_elems = table->chunk_elems;
 
     for (int64_t chunk = blockIdx.x; chunk < n_chunks; chunk += gridDim.x) {
@@ -87,12 +87,10 @@ __global__ void grad_norm_kernel(const fadam_table_header *table, double *chunk_
 
 extern "C" cudaError_t fadam_launch_grad_norm(const fadam_table_header *table, double *chunk_partials,
                                               fadam_device_state *state, const fadam_fused_step_config *config,
-                                              int compute_norm, unsigned grid_blocks, unsigned block_threads,
-                                              cudaStream_t stream) {
+                                              unsigned grid_blocks, unsigned block_threads, cudaStream_t stream) {
     if (block_threads == 0 || block_threads > NORM_MAX_THREADS || (block_threads & (block_threads - 1)))
         return cudaErrorInvalidValue;
-    if (!compute_norm) grid_blocks = 1;
     FADAM_LAUNCH(grad_norm_kernel, dim3(grid_blocks), dim3(block_threads), 0, stream, table, chunk_partials, state,
-                 *config, compute_norm);
+                 *config);
     return FADAM_LAUNCH_ERROR();
 }

@@ -22,12 +22,11 @@ cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args, unsigned 
 cudaError_t fadam_launch_master_init(const fadam_table_header *table, unsigned grid_blocks,
                                      unsigned block_threads, cudaStream_t stream);
 
-/* kernels/grad_norm.cu: the fused step's first pass: the global gradient norm (when compute_norm),
- * then the step's decision in `state`. chunk_partials holds one double per chunk of the table. */
+/* kernels/grad_norm.cu: the fused step's first pass: the global gradient norm, then the step's
+ * decision in `state`. chunk_partials holds one double per chunk of the table. */
 cudaError_t fadam_launch_grad_norm(const fadam_table_header *table, double *chunk_partials,
                                    fadam_device_state *state, const fadam_fused_step_config *config,
-                                   int compute_norm, unsigned grid_blocks, unsigned block_threads,
-                                   cudaStream_t stream);
+                                   unsigned grid_blocks, unsigned block_threads, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

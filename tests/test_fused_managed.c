@@ -1,6 +1,7 @@
 /* test_fused_managed.c - the fused step through the public API: on the CPU device against a float64
  * oracle of its decisions (norm, clip, skip, loss scale, schedule) and bit for bit against the plain
- * reference step fed the same effective gradients and lr; on a GPU (when present) a step captured in a
+ * reference step fed the same effective gradients and lr; with the default configuration, the Inf/NaN
+ * skip and the reported norm (issue 9, defect 1), against a twin optimizer taking plain steps; on a GPU (when present) a step captured in a
  * CUDA graph and replayed N times against N eager fused steps, bit for bit. */
 #include <math.h>
 
@@ -226,6 +227,160 @@ static void test_fused_errors(void) {
     check_case_end("fused_step_errors");
 }
 
+/* ---------------- the default configuration (issue 9, defect 1) ---------------- */
+
+/* One CPU optimizer stepped by fadam_fused_step with the default configuration, and a twin over
+ * copies of the same params (the same gradient buffers) stepped by plain fadam_step: every clean
+ * fused step must equal a plain step bit for bit, every skipped one must change nothing. */
+typedef struct twin_pair {
+    fadam_optimizer *fused, *plain;
+    int n;
+    int64_t numel[8];
+    fadam_dtype param_dtype[8], grad_dtype[8];
+    void *params[2][8], *grads[8];
+} twin_pair;
+
+static int twin_create(twin_pair *t) {
+    fadam_fused_step_config config = fadam_fused_step_config_default();
+    int i, side, ok;
+    ok = fadam_create(&t->fused, FADAM_DEVICE_CPU, 0, NULL, NULL) == FADAM_SUCCESS &&
+         fadam_create(&t->plain, FADAM_DEVICE_CPU, 0, NULL, NULL) == FADAM_SUCCESS;
+    for (i = 0; i < t->n && ok; i++) {
+        int64_t k;
+        t->grads[i] = calloc((size_t)t->numel[i] + 1, 4);
+        for (side = 0; side < 2; side++) t->params[side][i] = malloc((size_t)t->numel[i] * 4 + 4);
+        for (k = 0; k < t->numel[i]; k++) {
+            store_as(t->param_dtype[i], t->params[0][i], k, (float)check_rng_normal(&rng));
+            store_as(t->param_dtype[i], t->params[1][i], k, load_as(t->param_dtype[i], t->params[0][i], k));
+        }
+        for (side = 0; side < 2; side++)
+            ok = ok && fadam_add_tensor(side ? t->plain : t->fused, NULL, t->params[side][i], t->grads[i], t->numel[i],
+                                        t->param_dtype[i], t->grad_dtype[i], 0, NULL) == FADAM_SUCCESS;
+    }
+    return ok && fadam_configure_fused_step(t->fused, &config) == FADAM_SUCCESS &&
+           fadam_finalize(t->fused, NULL) == FADAM_SUCCESS && fadam_finalize(t->plain, NULL) == FADAM_SUCCESS;
+}
+
+static void twin_destroy(twin_pair *t) {
+    int i;
+    fadam_destroy(t->fused);
+    fadam_destroy(t->plain);
+    for (i = 0; i < t->n; i++) {
+        free(t->grads[i]);
+        free(t->params[0][i]);
+        free(t->params[1][i]);
+    }
+}
+
+/* 1 when both optimizers hold the same params, masters and moments. */
+static int twin_equal(const twin_pair *t) {
+    int i;
+    for (i = 0; i < t->n; i++) {
+        float *state[2][3];
+        size_t n = (size_t)t->numel[i];
+        int side, kind;
+        for (side = 0; side < 2; side++)
+            if (fadam_get_state(side ? t->plain : t->fused, i, &state[side][0], &state[side][1], &state[side][2]) !=
+                FADAM_SUCCESS)
+                return 0;
+        if (memcmp(t->params[0][i], t->params[1][i], n * fadam_dtype_size(t->param_dtype[i])) != 0) return 0;
+        for (kind = 0; kind < 3; kind++)
+            if (state[0][kind] && memcmp(state[0][kind], state[1][kind], n * 4) != 0) return 0;
+    }
+    return 1;
+}
+
+/* The smallest case of the issue: one fp32 tensor {1,2,3,4}, grads {0.5,-1,2,0}. */
+static void test_default_config_smallest(void) {
+    static const float params[4] = {1, 2, 3, 4}, grads[4] = {0.5f, -1, 2, 0};
+    twin_pair t;
+    fadam_step_counters counters;
+    check_case_begin();
+    memset(&t, 0, sizeof t);
+    t.n = 1;
+    t.numel[0] = 4;
+    t.param_dtype[0] = t.grad_dtype[0] = FADAM_FLOAT32;
+    CHECK(twin_create(&t), "%s", fadam_last_error_message());
+    if (!check_case_failed) {
+        memcpy(t.params[0][0], params, sizeof params);
+        memcpy(t.params[1][0], params, sizeof params);
+        memcpy(t.grads[0], grads, sizeof grads);
+        CHECK(fadam_fused_step(t.fused, NULL) == FADAM_SUCCESS && fadam_step(t.plain, NULL) == FADAM_SUCCESS, "%s",
+              fadam_last_error_message());
+        CHECK(fadam_read_step_counters(t.fused, &counters, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(counters.grad_norm == (float)sqrt(5.25), "grad_norm %.9g, want sqrt(5.25) = %.9g", counters.grad_norm,
+              sqrt(5.25));
+        CHECK(counters.step == 1 && counters.skipped == 0, "step %lld skipped %d", (long long)counters.step,
+              counters.skipped);
+        CHECK(twin_equal(&t), "the fused step differs from the plain step");
+        ((float *)t.grads[0])[1] = NAN;
+        CHECK(fadam_fused_step(t.fused, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_read_step_counters(t.fused, &counters, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(twin_equal(&t), "a NaN gradient changed a parameter or moment");
+        CHECK(counters.skipped == 1 && counters.skipped_total == 1 && counters.step == 1,
+              "after a NaN gradient: skipped %d total %lld step %lld", counters.skipped,
+              (long long)counters.skipped_total, (long long)counters.step);
+    }
+    twin_destroy(&t);
+    check_case_end("cpu_default_config_reports_norm_and_skips_nan_smallest");
+}
+
+/* Random sizes and dtypes, a NaN/+Inf/-Inf at a random element: skipped; clean steps report the
+ * norm (float64 oracle) and equal plain steps. */
+static void test_default_config_random(void) {
+    static const fadam_dtype dtypes[3] = {FADAM_FLOAT32, FADAM_BFLOAT16, FADAM_FLOAT16};
+    static const float poisons[3] = {NAN, INFINITY, -INFINITY};
+    int trial, round, i;
+    check_case_begin();
+    for (trial = 0; trial < 4 && !check_case_failed; trial++) {
+        twin_pair t;
+        int64_t expected_step = 0;
+        memset(&t, 0, sizeof t);
+        t.n = 1 + (int)(check_rng_next(&rng) % 8);
+        for (i = 0; i < t.n; i++) {
+            t.numel[i] = (int64_t)(check_rng_next(&rng) % 5000);
+            t.param_dtype[i] = dtypes[check_rng_next(&rng) % 3];
+            t.grad_dtype[i] = dtypes[check_rng_next(&rng) % 3];
+        }
+        if (t.numel[0] == 0) t.numel[0] = 1; /* an element to poison */
+        CHECK(twin_create(&t), "%s", fadam_last_error_message());
+        for (round = 0; round < 3 && !check_case_failed; round++) {
+            long double sum = 0.0L;
+            fadam_step_counters counters;
+            int64_t k;
+            int victim;
+            for (i = 0; i < t.n; i++)
+                for (k = 0; k < t.numel[i]; k++) {
+                    float g;
+                    store_as(t.grad_dtype[i], t.grads[i], k, (float)(1e-2 * check_rng_normal(&rng)));
+                    g = load_as(t.grad_dtype[i], t.grads[i], k);
+                    sum += (long double)g * g;
+                }
+            expected_step++;
+            CHECK(fadam_fused_step(t.fused, NULL) == FADAM_SUCCESS && fadam_step(t.plain, NULL) == FADAM_SUCCESS, "%s",
+                  fadam_last_error_message());
+            CHECK(fadam_read_step_counters(t.fused, &counters, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+            CHECK(!counters.skipped && counters.step == expected_step, "trial %d: a clean step skipped", trial);
+            CHECK(fabs(counters.grad_norm - (double)sqrtl(sum)) <= 1e-6 * (double)sqrtl(sum),
+                  "trial %d: grad_norm %.9g, float64 %.9g", trial, counters.grad_norm, (double)sqrtl(sum));
+            CHECK(twin_equal(&t), "trial %d: the fused step differs from the plain step", trial);
+            do victim = (int)(check_rng_next(&rng) % (uint64_t)t.n);
+            while (t.numel[victim] == 0);
+            store_as(t.grad_dtype[victim], t.grads[victim], (int64_t)(check_rng_next(&rng) % (uint64_t)t.numel[victim]),
+                     poisons[check_rng_next(&rng) % 3]);
+            CHECK(fadam_fused_step(t.fused, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+            CHECK(fadam_read_step_counters(t.fused, &counters, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+            CHECK(twin_equal(&t), "trial %d: a non-finite gradient changed the state", trial);
+            CHECK(counters.skipped == 1 && counters.skipped_total == round + 1 && counters.step == expected_step &&
+                      !(counters.grad_norm <= 3e38f),
+                  "trial %d: skipped %d total %lld step %lld norm %g", trial, counters.skipped,
+                  (long long)counters.skipped_total, (long long)counters.step, counters.grad_norm);
+        }
+        twin_destroy(&t);
+    }
+    check_case_end("cpu_default_config_random_nonfinite_skips");
+}
+
 /* ---------------- GPU: graph capture ---------------- */
 #define CUDA_OK(call) CHECK((call) == cudaSuccess, "%s: %s", #call, cudaGetErrorString(cudaGetLastError()))
 
@@ -325,6 +480,8 @@ int main(void) {
     rng = check_seed("test_fused_managed");
     test_cpu_fused_step();
     test_fused_errors();
+    test_default_config_smallest();
+    test_default_config_random();
     test_graph_capture_gpu();
     return check_exit_code();
 }

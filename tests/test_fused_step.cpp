@@ -1,7 +1,8 @@
 /* test_fused_step.cpp - the whole step on the device, through the kernels' own source run on the CPU:
  * the global norm against float64 (huge and tiny values), its determinism across grids and thread
- * orders, clipping on and off, Inf/NaN skips with loss scaling, the schedule, and a "captured" step
- * (launch arguments frozen once) replayed N times, bit for bit equal to N eager steps. */
+ * orders, clipping on and off, Inf/NaN skips with loss scaling and with the default configuration,
+ * the loss scale's floor, counters at INT64_MAX, the schedule, and a "captured" step (launch
+ * arguments frozen once) replayed N times, bit for bit equal to N eager steps. */
 #include "../kernels/adam_step.cu"
 #include "../kernels/grad_norm.cu"
 
@@ -122,15 +123,14 @@ static captured_step capture(const model &m, const std::vector<unsigned char> &t
 }
 
 static void run(const captured_step &c) {
-    int compute_norm = c.config.max_grad_norm > 0.0f || c.config.dynamic_loss_scaling;
-    cudaError_t e = fadam_launch_grad_norm(c.table, c.partials, c.state, &c.config, compute_norm, c.grid, c.block, NULL);
+    cudaError_t e = fadam_launch_grad_norm(c.table, c.partials, c.state, &c.config, c.grid, c.block, NULL);
     CHECK(e == cudaSuccess, "grad_norm launch: %s", emul_last_failure_message());
     e = fadam_launch_adam_step(&c.update, c.grid, c.block, NULL);
     CHECK(e == cudaSuccess, "adam_step launch: %s", emul_last_failure_message());
 }
 
 static void run_norm_only(const captured_step &c) {
-    cudaError_t e = fadam_launch_grad_norm(c.table, c.partials, c.state, &c.config, 1, c.grid, c.block, NULL);
+    cudaError_t e = fadam_launch_grad_norm(c.table, c.partials, c.state, &c.config, c.grid, c.block, NULL);
     CHECK(e == cudaSuccess, "grad_norm launch: %s", emul_last_failure_message());
 }
 
@@ -385,6 +385,209 @@ static void test_graph_replay() {
     check_case_end("captured_step_replayed_equals_eager_steps");
 }
 
+/* A copy of m's tensors in fresh buffers (gradients shared, read only), for the reference. */
+static model mirror_of(const model &m) {
+    model mirror;
+    mirror.storage.reserve(m.tensors.size() * 4);
+    mirror.groups = m.groups;
+    for (auto &t : m.tensors) {
+        fadam_tensor r = t;
+        size_t n = (size_t)t.numel;
+        r.param = buffer(mirror, n);
+        std::memcpy(r.param, t.param, n * fadam_dtype_size(t.param_dtype));
+        r.master = t.master ? static_cast<float *>(buffer(mirror, n)) : NULL;
+        if (t.master) std::memcpy(r.master, t.master, n * 4);
+        r.exp_avg = static_cast<float *>(buffer(mirror, n));
+        std::memcpy(r.exp_avg, t.exp_avg, n * 4);
+        r.exp_avg_sq = static_cast<float *>(buffer(mirror, n));
+        std::memcpy(r.exp_avg_sq, t.exp_avg_sq, n * 4);
+        mirror.tensors.push_back(r);
+    }
+    return mirror;
+}
+
+/* The reference steps the mirror with the kernel's decision; then both must hold the same bytes. */
+static bool reference_agrees(const model &m, model &mirror, const fadam_device_state &state) {
+    fadam_step_source source = {1, NULL, NULL};
+    CHECK(fadam_cpu_update_all(mirror.tensors.data(), (int64_t)mirror.tensors.size(), mirror.groups.data(),
+                               (int)mirror.groups.size(), &source, &state, "test") == FADAM_SUCCESS,
+          "%s", fadam_last_error_message());
+    for (size_t i = 0; i < m.tensors.size(); i++) {
+        const fadam_tensor &t = m.tensors[i], &r = mirror.tensors[i];
+        size_t n = (size_t)t.numel;
+        if (std::memcmp(t.param, r.param, n * fadam_dtype_size(t.param_dtype)) != 0 ||
+            (t.master && std::memcmp(t.master, r.master, n * 4) != 0) || std::memcmp(t.exp_avg, r.exp_avg, n * 4) != 0 ||
+            std::memcmp(t.exp_avg_sq, r.exp_avg_sq, n * 4) != 0) {
+            CHECK(false, "tensor %zu differs from the reference", i);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool storage_equal(const std::vector<std::vector<float>> &a, const model &m) {
+    for (size_t i = 0; i < a.size(); i++)
+        if (std::memcmp(a[i].data(), m.storage[i].data(), a[i].size() * 4) != 0) return false;
+    return true;
+}
+
+/* Issue 9, defect 1, the smallest case: with the default configuration (no clipping, no loss
+ * scaling) the gradient pass still runs: grad_norm is reported and a NaN gradient skips the step. */
+static void test_default_config_smallest() {
+    check_case_begin();
+    model m;
+    m.storage.reserve(8);
+    m.groups.push_back(fadam_hparams_default());
+    fadam_tensor t;
+    std::memset(&t, 0, sizeof t);
+    t.numel = 4;
+    t.param_dtype = t.grad_dtype = FADAM_FLOAT32;
+    t.param = buffer(m, 4);
+    t.grad = buffer(m, 4);
+    t.exp_avg = static_cast<float *>(buffer(m, 4));
+    t.exp_avg_sq = static_cast<float *>(buffer(m, 4));
+    const float params[4] = {1, 2, 3, 4}, grads[4] = {0.5f, -1, 2, 0};
+    std::memcpy(t.param, params, sizeof params);
+    std::memcpy(const_cast<void *>(t.grad), grads, sizeof grads);
+    m.tensors.push_back(t);
+    model mirror = mirror_of(m);
+    std::vector<unsigned char> table = encode(m, 64);
+    std::vector<double> partials((size_t)chunks_of(table) + 1);
+    fadam_fused_step_config config = fadam_fused_step_config_default();
+    fadam_device_state state = initial_state(config, 0);
+    captured_step c = capture(m, table, partials, &state, config, 2, 32);
+    run(c);
+    CHECK(state.counters.grad_norm == (float)std::sqrt(5.25), "grad_norm %.9g, want sqrt(5.25) = %.9g",
+          state.counters.grad_norm, std::sqrt(5.25));
+    CHECK(state.counters.step == 1 && !state.counters.skipped, "step %lld skipped %d", (long long)state.counters.step,
+          state.counters.skipped);
+    reference_agrees(m, mirror, state);
+    static_cast<float *>(const_cast<void *>(t.grad))[1] = NAN;
+    std::vector<std::vector<float>> before = m.storage;
+    run(c);
+    CHECK(storage_equal(before, m), "a NaN gradient changed a parameter or moment");
+    CHECK(state.counters.skipped == 1 && state.counters.skipped_total == 1 && state.counters.step == 1,
+          "after a NaN gradient: skipped %d total %lld step %lld", state.counters.skipped,
+          (long long)state.counters.skipped_total, (long long)state.counters.step);
+    check_case_end("default_config_reports_norm_and_skips_nan_smallest");
+}
+
+/* Defect 1 at random: the default configuration, random sizes and dtypes (fp16 gradients too), one
+ * NaN/+Inf/-Inf at a random element: the step is skipped; clean steps report the norm (float64
+ * oracle) and match the reference bit for bit. */
+static void test_default_config_random() {
+    static const fadam_dtype dtypes[3] = {FADAM_FLOAT32, FADAM_BFLOAT16, FADAM_FLOAT16};
+    static const float poisons[3] = {NAN, INFINITY, -INFINITY};
+    check_case_begin();
+    for (int trial = 0; trial < 6 && !check_case_failed; trial++) {
+        const int32_t chunk = 64 << pick(3);
+        model m = make_model(1 + (int)pick(12), chunk);
+        for (auto &t : m.tensors) t.grad_dtype = dtypes[pick(3)];
+        if (m.tensors[0].numel == 0) m.tensors[0].numel = 1; /* at least one element to poison */
+        fadam_fused_step_config config = fadam_fused_step_config_default();
+        std::vector<unsigned char> table = encode(m, chunk);
+        std::vector<double> partials((size_t)chunks_of(table) + 1);
+        fadam_device_state state = initial_state(config, 0);
+        emul_set_thread_order(EMUL_ORDER_SHUFFLED, check_rng_next(&rng));
+        captured_step c = capture(m, table, partials, &state, config, 1 + (unsigned)pick(6), 32u << pick(3));
+        for (int round = 0; round < 2 && !check_case_failed; round++) {
+            fill_gradients(m, 1e-2);
+            model mirror = mirror_of(m);
+            double want = oracle_norm(m);
+            run(c);
+            CHECK(!state.counters.skipped && state.counters.step == round + 1, "trial %d: clean step skipped", trial);
+            CHECK(std::fabs(state.counters.grad_norm - want) <= 1e-6 * want, "trial %d: grad_norm %.9g, float64 %.9g",
+                  trial, state.counters.grad_norm, want);
+            reference_agrees(m, mirror, state);
+            size_t victim;
+            do victim = (size_t)pick(m.tensors.size());
+            while (m.tensors[victim].numel == 0);
+            const fadam_tensor &v = m.tensors[victim];
+            store_as(v.grad_dtype, const_cast<void *>(v.grad), (int64_t)pick((uint64_t)v.numel), poisons[pick(3)]);
+            std::vector<std::vector<float>> before = m.storage;
+            run(c);
+            CHECK(storage_equal(before, m), "trial %d: a non-finite gradient changed the state", trial);
+            CHECK(state.counters.skipped == 1 && state.counters.skipped_total == round + 1 &&
+                      state.counters.step == round + 1 && !(state.counters.grad_norm <= 3e38f),
+                  "trial %d: skipped %d total %lld step %lld norm %g", trial, state.counters.skipped,
+                  (long long)state.counters.skipped_total, (long long)state.counters.step, state.counters.grad_norm);
+        }
+    }
+    check_case_end("default_config_random_nonfinite_skips");
+}
+
+/* Defect 3: 200 overflows in a row take the dynamic loss scale down to its floor, never to 0; the
+ * counters show it; then a clean step is applied. */
+static void test_loss_scale_floor(float min_scale, const char *name) {
+    check_case_begin();
+    model m = make_model(4, 64);
+    if (m.tensors[0].numel == 0) m.tensors[0].numel = 1;
+    fadam_fused_step_config config = fadam_fused_step_config_default();
+    config.dynamic_loss_scaling = 1;
+    config.min_loss_scale = min_scale;
+    std::vector<unsigned char> table = encode(m, 64);
+    std::vector<double> partials((size_t)chunks_of(table) + 1);
+    fadam_device_state state = initial_state(config, 0);
+    captured_step c = capture(m, table, partials, &state, config, 3, 32);
+    const int overflows = 200;
+    int to_floor = 0;
+    for (double scale = config.initial_loss_scale; scale > min_scale; to_floor++) /* float64 oracle */
+        scale = std::fmax(scale * config.backoff_factor, (double)min_scale);
+    fill_gradients(m, 1e-2);
+    store_as(m.tensors[0].grad_dtype, const_cast<void *>(m.tensors[0].grad), 0, INFINITY);
+    for (int s = 0; s < overflows && !check_case_failed; s++) {
+        run(c);
+        CHECK(state.counters.loss_scale >= min_scale, "overflow %d: loss scale %g under the floor %g", s + 1,
+              state.counters.loss_scale, min_scale);
+    }
+    CHECK(state.counters.loss_scale == min_scale && state.counters.skipped_total == overflows &&
+              state.counters.skipped_at_min_scale == overflows - to_floor,
+          "after %d overflows: loss scale %g (floor %g), skipped_total %lld, skipped_at_min_scale %lld (want %d)",
+          overflows, state.counters.loss_scale, min_scale, (long long)state.counters.skipped_total,
+          (long long)state.counters.skipped_at_min_scale, overflows - to_floor);
+    fill_gradients(m, 1e-2 * min_scale * 16.0);
+    model mirror = mirror_of(m);
+    run(c);
+    CHECK(!state.counters.skipped && state.counters.step == 1, "the clean step after the floor: skipped %d step %lld",
+          state.counters.skipped, (long long)state.counters.step);
+    reference_agrees(m, mirror, state);
+    check_case_end(name);
+}
+
+/* Defect 4: counters at INT64_MAX never overflow (this program runs under UBSan): a step counter
+ * there cannot advance, so the step is skipped; skipped_total and skipped_at_min_scale saturate. */
+static void test_counters_at_limit() {
+    check_case_begin();
+    model m = make_model(3, 64);
+    fadam_fused_step_config config = fadam_fused_step_config_default();
+    config.dynamic_loss_scaling = 1;
+    std::vector<unsigned char> table = encode(m, 64);
+    std::vector<double> partials((size_t)chunks_of(table) + 1);
+    fadam_device_state state = initial_state(config, INT64_MAX - 1);
+    state.counters.skipped_total = INT64_MAX - 1;
+    captured_step c = capture(m, table, partials, &state, config, 2, 32);
+    fill_gradients(m, 1e-2);
+    run(c); /* the last step there is */
+    CHECK(state.counters.step == INT64_MAX && !state.counters.skipped, "step %lld skipped %d",
+          (long long)state.counters.step, state.counters.skipped);
+    std::vector<std::vector<float>> before = m.storage;
+    run(c);
+    CHECK(storage_equal(before, m) && state.counters.step == INT64_MAX && state.counters.skipped == 1 &&
+              state.counters.skipped_total == INT64_MAX,
+          "at INT64_MAX: step %lld skipped %d total %lld, state %s", (long long)state.counters.step,
+          state.counters.skipped, (long long)state.counters.skipped_total,
+          storage_equal(before, m) ? "unchanged" : "changed");
+    state.counters.loss_scale = config.min_loss_scale;
+    state.counters.skipped_at_min_scale = INT64_MAX;
+    store_as(m.tensors[0].grad_dtype, const_cast<void *>(m.tensors[0].grad), 0, NAN);
+    run(c);
+    CHECK(state.counters.skipped_total == INT64_MAX && state.counters.skipped_at_min_scale == INT64_MAX &&
+              state.counters.loss_scale == config.min_loss_scale,
+          "saturation: total %lld at_min %lld scale %g", (long long)state.counters.skipped_total,
+          (long long)state.counters.skipped_at_min_scale, state.counters.loss_scale);
+    check_case_end("counters_at_int64_max_do_not_overflow");
+}
+
 int main() {
     rng = check_seed("test_fused_step");
     test_norm("grad_norm_matches_float64_deterministic", 1e-2, false);
@@ -395,5 +598,10 @@ int main() {
     test_overflow_skip(true);
     test_schedule();
     test_graph_replay();
+    test_default_config_smallest();
+    test_default_config_random();
+    test_loss_scale_floor(1.0f, "loss_scale_floor_default_after_200_overflows");
+    test_loss_scale_floor(0x1p-126f, "loss_scale_floor_smallest_after_200_overflows");
+    test_counters_at_limit(); /* last: before the fix UBSan stops the program here */
     return check_exit_code();
 }
