@@ -4,7 +4,8 @@
  * a path that is a directory each give FADAM_ERR_IO with a clear message, the previous file whole and
  * nothing left beside it; a symlink at the path is replaced; a replaced file's mode is kept; a failed
  * fsync of the file or (after the rename) of the directory; stale temporaries of dead writers removed;
- * and fadam_create's *out on failure. Each case runs with O_TMPFILE and with the named fallback.
+ * fadam_create's *out on failure, and no file descriptor left open. Each case runs with O_TMPFILE and
+ * with the named fallback.
  * fsync failures are injected by linking with -Wl,--wrap=fsync. */
 #define _GNU_SOURCE /* unshare, mount flags */
 #include <errno.h>
@@ -448,10 +449,16 @@ static void test_create_failure_sets_null(void) {
     check_case_end("create_failure_sets_out_to_null");
 }
 
+/* Open file descriptors of this process. */
+static int open_descriptors(void) {
+    return save_directory_extras("/proc/self/fd", NULL, NULL, 0) - 1; /* less the listing's own */
+}
+
 int main(void) {
     const char *tmp = getenv("TMPDIR");
     uint64_t seed = check_seed("test_checkpoint_files");
     char path[600];
+    int descriptors;
     snprintf(temp_dir, sizeof temp_dir, "%s/fadam_files_XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
     if (!mkdtemp(temp_dir)) {
         printf("FAIL setup: mkdtemp(%s): %s\n", temp_dir, strerror(errno));
@@ -466,6 +473,7 @@ int main(void) {
         return 1;
     }
     unlink(path);
+    descriptors = open_descriptors();
     test_long_names();
     test_name_too_long();
     test_missing_parent();
@@ -479,6 +487,10 @@ int main(void) {
     test_directory_fsync_fails();
     test_stale_temporaries();
     test_create_failure_sets_null();
+    check_case_begin();
+    CHECK(open_descriptors() == descriptors, "%d file descriptors open before the cases, %d after", descriptors,
+          open_descriptors());
+    check_case_end("saves_leak_no_file_descriptor");
     save_remove_directory(temp_dir);
     free(bytes_a);
     save_model_destroy(&version_a);
