@@ -20,6 +20,7 @@
 
 #include <cuda_runtime.h>
 
+#include "atomic_file.h"
 #include "internal.h"
 #include "nvtx_ranges.h"
 #include "optimizer_internal.h"
@@ -639,48 +640,13 @@ static fadam_status save_to_bytes(const fadam_optimizer *opt, size_t *size_out, 
     return status;
 }
 
-/* fsync of the directory makes the rename durable; file systems that cannot (EINVAL) are let be. */
-static fadam_status sync_directory(const char *path, const char *function) {
-    const char *slash = strrchr(path, '/');
-    char *directory;
-    int fd, failed;
-    if (!slash) directory = concatenate(".", "", "");
-    else if (slash == path) directory = concatenate("/", "", "");
-    else {
-        directory = (char *)malloc((size_t)(slash - path) + 1);
-        if (directory) {
-            memcpy(directory, path, (size_t)(slash - path));
-            directory[slash - path] = '\0';
-        }
-    }
-    if (!directory) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory", function);
-    fd = open(directory, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        fadam_status status = io_fail(function, "the checkpoint is in place, but opening its directory", directory);
-        free(directory);
-        return status;
-    }
-    failed = fsync(fd) != 0 && errno != EINVAL;
-    if (failed) {
-        fadam_status status = io_fail(function, "the checkpoint is in place, but fsync of its directory", directory);
-        close(fd);
-        free(directory);
-        return status;
-    }
-    close(fd);
-    free(directory);
-    return FADAM_SUCCESS;
-}
-
 static fadam_status save_to_file(const fadam_optimizer *opt, const char *path, fadam_stream stream) {
-    static atomic_uint temporary_counter;
     const char *function = "fadam_save";
     fadam_step_counters counters;
+    fadam_atomic_file file;
     save_plan plan;
     sink out;
-    char *temporary = NULL;
     fadam_status status;
-    int fd = -1, attempt;
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_save");
     FADAM_REQUIRE_NOT_NULL(path, "fadam_save");
@@ -691,33 +657,16 @@ static fadam_status save_to_file(const fadam_optimizer *opt, const char *path, f
         free_plan(&plan);
         return status;
     }
-    temporary = (char *)malloc(strlen(path) + 64);
-    if (!temporary) {
-        free_plan(&plan);
-        return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory", function);
-    }
-    /* A fresh name in the target's directory, so the rename stays on one file system. */
-    for (attempt = 0; attempt < 100 && fd < 0; attempt++) {
-        sprintf(temporary, "%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&temporary_counter, 1u));
-        fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd < 0 && errno != EEXIST) break;
-    }
-    if (fd < 0) {
-        status = io_fail(function, "creating the temporary file", temporary);
-        free(temporary);
+    if ((status = fadam_atomic_file_open(&file, path, function)) != FADAM_SUCCESS) {
         free_plan(&plan);
         return status;
     }
     memset(&out, 0, sizeof out);
-    out.fd = fd;
-    out.path = temporary;
+    out.fd = file.fd;
+    out.path = path;
     status = write_checkpoint(opt, &plan, &out, stream, function);
-    if (status == FADAM_SUCCESS && fsync(fd) != 0) status = io_fail(function, "fsync of", temporary);
-    if (close(fd) != 0 && status == FADAM_SUCCESS) status = io_fail(function, "closing", temporary);
-    if (status == FADAM_SUCCESS && rename(temporary, path) != 0) status = io_fail(function, "renaming the checkpoint to", path);
-    if (status != FADAM_SUCCESS) (void)unlink(temporary);
-    else status = sync_directory(path, function);
-    free(temporary);
+    if (status == FADAM_SUCCESS) status = fadam_atomic_file_commit(&file, function);
+    else fadam_atomic_file_discard(&file);
     free_plan(&plan);
     return status;
 }

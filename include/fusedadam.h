@@ -11,7 +11,9 @@
  * Conventions (all functions):
  *   - Every function returns FADAM_SUCCESS (0) or a negative fadam_status; fadam_last_error_message()
  *     then says what was wrong (which argument, which tensor, which CUDA call) for the calling thread.
- *   - On failure nothing the caller can see has been modified.
+ *   - On failure nothing the caller can see has been modified, except where a call's doc block says
+ *     otherwise (fadam_create sets *out to NULL; fadam_save_bytes sets *size_out; a fadam_save whose
+ *     only failure is the final fsync of the directory has put the new file in place).
  *   - The stream is the last argument of every call that launches work. No call synchronizes the
  *     device except where its doc block says so (fadam_finalize and fadam_destroy).
  *   - fadam_stream is ABI-compatible with cudaStream_t: pass a cudaStream_t, or NULL for the legacy
@@ -151,7 +153,8 @@ typedef struct fadam_allocator {
 
 /* Creates an optimizer on the CPU or on CUDA device `cuda_device` (ignored for the CPU).
  * `defaults` (NULL: fadam_hparams_default()) become group 0. `allocator` may be NULL (cudaMalloc /
- * aligned host malloc); it is copied. FADAM_ERR_NO_DEVICE when CUDA is asked for and not usable. */
+ * aligned host malloc); it is copied. FADAM_ERR_NO_DEVICE when CUDA is asked for and not usable.
+ * On failure *out is set to NULL (out itself must not be NULL), so fadam_destroy(*out) is always safe. */
 FADAM_API fadam_status fadam_create(fadam_optimizer **out, fadam_device_kind device, int cuda_device,
                                     const fadam_hparams *defaults, const fadam_allocator *allocator);
 
@@ -363,11 +366,30 @@ FADAM_API int fadam_cuda_device_count(void);
  * ------------------------------------------------------------------------------------------- */
 #define FADAM_CHECKPOINT_FORMAT_VERSION 1
 
-/* Writes the optimizer's step, hyperparameters and state to `path`, atomically: the data goes to a
- * temporary file beside it ("<path>.tmp.<pid>.<n>") that is flushed, fsynced and renamed over
- * `path`, then the directory is fsynced. On failure the temporary file is removed and a previous
- * file at `path` is left whole. Requires a finalized optimizer; FADAM_ERR_INVALID_VALUE when a
- * tensor name is not valid UTF-8 (safetensors headers are UTF-8). */
+/* Writes the optimizer's step, hyperparameters and state to `path`, replacing any file there
+ * atomically: at every moment, also across a crash of the process or the machine, `path` is either
+ * the previous file, whole, or the new one, whole. Requires a finalized optimizer.
+ *   - How: the data goes to a file without a name in path's directory (Linux O_TMPFILE), which is
+ *     fsynced and then linked to `path` when nothing is there, else linked to a short temporary
+ *     name and renamed over `path`; then the directory is fsynced. A killed save leaves nothing
+ *     behind (killed in the instant between that link and the rename, a complete temporary).
+ *     Where the file system lacks O_TMPFILE (or /proc is not mounted) the data goes to a named
+ *     temporary instead. Temporaries are named ".fadam-<pid>-<n>.tmp"; a later fadam_save into the
+ *     same directory removes those whose writer is gone. Any name the file system allows (up to
+ *     NAME_MAX, usually 255 bytes) can be saved.
+ *   - What is at `path` is replaced, not written into: a symbolic link is replaced by the file (its
+ *     old target is left alone), a hard link to another name is broken. A directory is refused.
+ *   - The new file has the permission bits of the regular file it replaces; otherwise 0666 less the
+ *     umask. It belongs to the caller: owner, ACLs and extended attributes of the old file are lost.
+ *   - Errors: FADAM_ERR_INVALID_VALUE for an empty path or a tensor name that is not valid UTF-8
+ *     (safetensors headers are UTF-8); FADAM_ERR_IO, with the step, the path and the system's reason
+ *     in the message, when the directory is missing, unwritable or read-only, `path` is a directory,
+ *     the name is too long, or writing, fsync, link or rename fails (full disk, quota, file size
+ *     limit). After any failure the previous file at `path` is whole and nothing new is left in the
+ *     directory, with one exception: when only the final fsync of the directory fails (FADAM_ERR_IO,
+ *     message "... is in place ... may not survive a system crash"), the new file is already at
+ *     `path`, complete and loadable, but the replacement may be undone by a crash of the machine;
+ *     saving again is the remedy. */
 FADAM_API fadam_status fadam_save(const fadam_optimizer *opt, const char *path, fadam_stream stream);
 
 /* The same checkpoint into caller memory. With buffer NULL only *size_out is set, with no device

@@ -421,7 +421,7 @@ static int count_temporary_files(void) {
     int count = 0;
     if (!directory) return -1;
     while ((item = readdir(directory)) != NULL)
-        if (strstr(item->d_name, ".tmp.")) count++;
+        if (strstr(item->d_name, ".tmp.") || strncmp(item->d_name, ".fadam-", 7) == 0) count++;
     closedir(directory);
     return count;
 }
