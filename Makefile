@@ -5,6 +5,7 @@
 #   make bench      benchmarks (GPU part skipped without a GPU)
 #   make install PREFIX=/usr/local   header, libraries, pkg-config file
 #   make regs       register/spill report of every kernel
+#   make sass-check the kernels' sm_90 machine code against bench/sass_budget.txt (bench/SASS_CHECK.md)
 #   make asan       the host code and its tests under AddressSanitizer/UBSan
 #   make check-header   the public header alone as C99 -pedantic -Werror
 
