@@ -9,6 +9,7 @@ kernel and per loop, then one line per kernel and per loop: "ok NAME", "FAIL NAM
 Exit status 1 when any line failed. Python 3 standard library only.
 """
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -74,6 +75,7 @@ def short_name(demangled):
         name = name.split("<")[0].rsplit(" ", 1)[1] + ("<" + name.split("<", 1)[1] if "<" in name else "")
     for long, short in SHORT_TYPES:
         name = re.sub(r"\b%s\b" % long, short, name)
+    name = re.sub(r"\b_INTERNAL_\w+?::", "", name)  # the file-local namespace of static functions
     return name.replace(" ", "")
 
 
@@ -167,10 +169,24 @@ def describe_accesses(widths):
     return "+".join("%dx%d" % (w, counts[w]) for w in sorted(counts, reverse=True))
 
 
+CONVERSIONS = [("F2FP.BF16", "f2bf"), ("F2FP.F16", "f2h"), ("F2F.F16.F32", "f2h"), ("HADD2.F32", "h2f"),
+               ("F2F.F32.F16", "h2f"), ("F2F.F64.F32", "f2d"), ("DADD", "dadd"), ("DFMA", "dfma"), ("MUFU.RSQ", "rsq")]
+
+
+def signature(body, ldg, stg):
+    """What an inlined loop does: its global loads (L) and stores (S) as bits x count, then the dtype
+    conversions and math it holds: f2bf/f2h round to bf16/fp16, h2f widens fp16, f2d widens to double,
+    dadd/dfma double arithmetic, rsq a square root. bf16 widening is a shift, not tagged."""
+    tags = []
+    for prefix, tag in CONVERSIONS:
+        if tag not in tags and any(op.startswith(prefix) for _, op, _ in body):
+            tags.append(tag)
+    return "L%s/S%s" % (ldg, stg) + "".join("/" + t for t in tags)
+
+
 def measure(kernel, names):
     kernel_short = short_name(names.get(kernel.name, kernel.name))
     loops = []
-    per_owner = {}
     for start, end in inner_loops(kernel):
         owner = kernel_short
         for s, e, mangled in kernel.subfunctions:
@@ -178,21 +194,21 @@ def measure(kernel, names):
                 owner = kernel_short + ":" + short_name(names.get(mangled, mangled))
         body = [(a, op, args) for a, op, args in kernel.instructions if start <= a <= end and op != "NOP"]
         base = [op.split(".")[0] for _, op, _ in body]
+        ldg = describe_accesses([access_width(op) for (_, op, _), b in zip(body, base) if b in GLOBAL_LOADS])
+        stg = describe_accesses([access_width(op) for (_, op, _), b in zip(body, base) if b in GLOBAL_STORES])
+        owner += ":" + signature(body, ldg, stg)  # a function may hold several loops: named by what they do
         loops.append({
             "owner": owner,
             "start": start,
             "instructions": len(body),
-            "ldg": describe_accesses([access_width(op) for (_, op, _), b in zip(body, base) if b in GLOBAL_LOADS]),
-            "stg": describe_accesses([access_width(op) for (_, op, _), b in zip(body, base) if b in GLOBAL_STORES]),
+            "ldg": ldg,
+            "stg": stg,
             "lds": sum(1 for b in base if b in ("LDS", "LDSM")),
             "ldc": sum(1 for b in base if b == "LDC"),
             "local": sum(1 for b in base if b in ("LDL", "STL")),
         })
-        per_owner[owner] = per_owner.get(owner, 0) + 1
-    seen = {}
-    for loop in loops:  # name: the owner, numbered in address order when it holds several loops
-        seen[loop["owner"]] = seen.get(loop["owner"], 0) + 1
-        loop["name"] = loop["owner"] + ("#%d" % seen[loop["owner"]] if per_owner[loop["owner"]] > 1 else "")
+    for loop in loops:  # loops of one signature share one name and one budget line
+        loop["name"] = loop["owner"]
     kernel.local_instructions = sum(1 for _, op, _ in kernel.instructions if op.split(".")[0] in ("LDL", "STL"))
     return kernel_short, loops
 
@@ -316,7 +332,7 @@ def main():
         for loop in all_loops:
             elems = int(budget_loops.get(loop["name"], {}).get("elems", 1))
             print("propose: loop %s elems=%d ipe<=%.2f ldg=%s stg=%s lds<=%d%s" % (
-                loop["name"], elems, loop["instructions"] / elems, loop["ldg"], loop["stg"], loop["lds"],
+                loop["name"], elems, math.ceil(loop["instructions"] / elems * 100) / 100, loop["ldg"], loop["stg"], loop["lds"],
                 " local<=%d" % loop["local"] if loop["local"] else ""))
     for line in results:
         print(line)
