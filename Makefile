@@ -6,6 +6,7 @@
 #   make bench      benchmarks (GPU part skipped without a GPU)
 #   make install PREFIX=/usr/local   header, libraries, pkg-config file
 #   make regs       register/spill report of every kernel
+#   make sass-check the kernels' sm_90 machine code against bench/sass_budget.txt (bench/SASS_CHECK.md)
 #   make asan       the host code and its tests under AddressSanitizer/UBSan
 #   make check-header   the public header alone as C99 -pedantic -Werror
 
@@ -30,7 +31,7 @@ CFLAGS_COMMON := -std=c11 -O3 -g -Wall -Wextra -Werror -ffp-contract=off -fno-ma
 NVCC_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
              -gencode arch=compute_90,code=compute_90
 NVCCFLAGS := -std=c++17 -O3 -fmad=false $(NVCC_ARCH) -Werror all-warnings \
-             -Xcompiler -fPIC,-Wall,-Wextra -Iinclude -Ikernels $(EXTRA_NVCCFLAGS)
+             -Xcompiler -fPIC,-Wall,-Wextra,-ffp-contract=off -Iinclude -Ikernels $(EXTRA_NVCCFLAGS)
 
 LIB_C_SOURCES := $(wildcard csrc/*.c)
 KERNEL_SOURCES := $(wildcard kernels/*.cu)

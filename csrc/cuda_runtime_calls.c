@@ -38,11 +38,14 @@ void fadam_cuda_leave_device(int device, int previous_device) {
 }
 
 fadam_status fadam_cuda_grid_blocks(int64_t n_chunks, int device, unsigned *grid_out) {
-    int sm_count = 0;
+    int sm_count = 0, blocks_per_sm = 0;
     int64_t persistent;
     FADAM_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-    /* Enough resident blocks to fill every SM; more would only queue behind them. */
-    persistent = (int64_t)sm_count * (2048 / FADAM_BLOCK_THREADS);
+    /* One wave: as many blocks as are resident at once (the occupancy API, for the step kernel's
+     * registers); more would queue behind them and redo their setup. */
+    FADAM_CUDA_CHECK(fadam_adam_step_blocks_per_sm(FADAM_BLOCK_THREADS, &blocks_per_sm));
+    if (blocks_per_sm < 1) blocks_per_sm = 1;
+    persistent = (int64_t)sm_count * blocks_per_sm;
     *grid_out = (unsigned)(n_chunks < persistent ? n_chunks : persistent);
     return FADAM_SUCCESS;
 }

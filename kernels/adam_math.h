@@ -16,7 +16,8 @@
 
 /* Elements per chunk: one block updates one chunk at a time. A multiple of every vector width. */
 #define FADAM_CHUNK_ELEMS (64 * 1024)
-#define FADAM_TABLE_MAGIC 0x31424154414441ull /* "ADATAB1" */
+/* The table's version: "ADATAB2" since vector_ok means 16-byte alignment (8 elements of 16-bit types). */
+#define FADAM_TABLE_MAGIC 0x32424154414441ull /* "ADATAB2" */
 
 /* The device-resident tensor table: a header, then one entry per tensor. Chunks are numbered
  * across tensors; entry.first_chunk is a prefix sum, so a block finds its tensor by binary search
@@ -40,7 +41,7 @@ typedef struct fadam_table_entry {
     int32_t group;
     uint8_t param_dtype;
     uint8_t grad_dtype;
-    uint8_t vector_ok; /* every pointer allows 4-element vector access */
+    uint8_t vector_ok; /* every pointer 16-byte aligned: 16-byte accesses (4 fp32 or 8 16-bit elements) */
     uint8_t reserved;
 } fadam_table_entry;
 
@@ -78,7 +79,9 @@ typedef struct fadam_device_state {
 FADAM_STATIC_ASSERT(sizeof(fadam_step_counters) == 48, "fadam_step_counters layout");
 FADAM_STATIC_ASSERT(sizeof(fadam_device_state) == 56, "fadam_device_state layout");
 
-/* Arguments of the step kernel, passed by value (about 2.2 KB, under the 4 KB launch limit). */
+/* Arguments of the step kernel, passed by value (about 3.4 KB, under the 4 KB launch limit). Callers
+ * fill `groups`; when t and lr are known on the host (no state, device_step, device_lr), the launcher
+ * replaces them by each group's scalars for the step (scalars_given = 1), so no block recomputes them. */
 typedef struct fadam_step_kernel_args {
     const fadam_table_header *table; /* device memory; the entries follow the header */
     const fadam_device_state *state; /* optional (the fused step): skip flag, t, lr factor, grad scale */
@@ -86,8 +89,11 @@ typedef struct fadam_step_kernel_args {
     const float *device_lr;          /* optional: one lr per group read at run time */
     int64_t step;
     int32_t n_groups;
-    int32_t reserved;
-    fadam_hparams groups[FADAM_MAX_GROUPS];
+    int32_t scalars_given; /* set by fadam_launch_adam_step only */
+    union {
+        fadam_hparams groups[FADAM_MAX_GROUPS];
+        fadam_group_scalars scalars[FADAM_MAX_GROUPS];
+    };
 } fadam_step_kernel_args;
 
 /* beta^t by repeated squaring in double: only IEEE multiplications, so the host and the device

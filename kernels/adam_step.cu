@@ -12,122 +12,177 @@
  *   16-bit param, fp32 grad, fp32 master:       16 + 14 = 30 B
  *   16-bit param updated in place (no master):  10-12 + 10 = 20-22 B
  *
- * Launch shape: a 1-D grid of any size (blocks stride over the table's chunks of
- * FADAM_CHUNK_ELEMS elements; production uses min(chunks, 8 per SM)), a 1-D block of any size
- * (256 in production). Each block first computes the per-group scalars for step t into shared
- * memory, then updates its chunks with 4-element vector accesses where every pointer allows and a
- * scalar loop elsewhere. Built with -fmad=false so the GPU, the emulated CPU run and the C reference
- * agree bit for bit.
+ * Launch shape: a 1-D grid of any size (block b owns a contiguous range of the table's chunks of
+ * FADAM_CHUNK_ELEMS elements; production uses one wave: the occupancy API's blocks per SM times the
+ * SMs), a 1-D block of at most FADAM_BLOCK_THREADS threads. The per-group scalars for step t come
+ * computed from the host (fadam_launch_adam_step), or, when t or lr live in device memory, each block
+ * computes them once into shared memory; a tensor's scalars are copied into registers before its loop.
+ * Each dtype path is its own __noinline__ function (named in the sass-check's table): 16-byte
+ * accesses where every pointer is 16-byte aligned (4 fp32 or 8 elements per thread when a 16-bit type
+ * is involved), the tail of a tensor done in the same pass by the threads past the vector work, and a
+ * scalar loop for misaligned tensors. Built with -fmad=false so the GPU, the emulated CPU run and the
+ * C reference agree bit for bit.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <string.h>
 
 #include "adam_math.h"
 #include "launch.cuh"
 #include "launchers.h"
 #include "tensor_table.cuh"
 
-/* One element: the update itself, shared by the vector and the scalar paths. */
+/* A group's scalars as the loop holds them in registers: maximize folded into the gradient scale
+ * (g * -scale is -(g * scale) exactly) and decoupled decay into a factor (p * 1 is p exactly), so one
+ * flag is left. */
+struct update_scalars {
+    float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, step_size,
+        bias_correction2_sqrt, grad_scale;
+    int coupled_decay;
+};
+
+static __device__ __forceinline__ update_scalars loop_scalars(const fadam_group_scalars &s) {
+    update_scalars u;
+    u.beta1 = s.beta1;
+    u.one_minus_beta1 = s.one_minus_beta1;
+    u.beta2 = s.beta2;
+    u.one_minus_beta2 = s.one_minus_beta2;
+    u.eps = s.eps;
+    u.weight_decay = s.weight_decay;
+    u.decay_factor = s.decoupled_decay ? s.decay_factor : 1.0f;
+    u.step_size = s.step_size;
+    u.bias_correction2_sqrt = s.bias_correction2_sqrt;
+    u.grad_scale = s.maximize ? -s.grad_scale : s.grad_scale;
+    u.coupled_decay = s.coupled_decay;
+    return u;
+}
+
+/* One element: the update itself (csrc/reference.c's order), shared by the vector and scalar paths. */
 static __device__ __forceinline__ void adam_update_element(float &param, float grad, float &exp_avg,
-                                                           float &exp_avg_sq, const fadam_group_scalars &s) {
-    grad = grad * s.grad_scale; /* unscale and clip (exactly 1 in a plain step) */
-    if (s.maximize) grad = -grad;
+                                                           float &exp_avg_sq, const update_scalars &s) {
+    grad = grad * s.grad_scale; /* unscale and clip (exactly 1 in a plain step), negated to maximize */
     if (s.coupled_decay) grad = grad + s.weight_decay * param;
-    if (s.decoupled_decay) param = param * s.decay_factor;
+    param = param * s.decay_factor;
     exp_avg = s.beta1 * exp_avg + s.one_minus_beta1 * grad;
     exp_avg_sq = s.beta2 * exp_avg_sq + s.one_minus_beta2 * grad * grad;
     float denom = sqrtf(exp_avg_sq) / s.bias_correction2_sqrt + s.eps;
     param = param - s.step_size * exp_avg / denom;
 }
 
-/* Elements [begin, end) of one tensor. The vector loop covers the largest multiple of 4 from
- * `begin` (chunk starts are multiples of 4), the scalar loop the rest. */
-template <typename ParamT, typename GradT>
-static __device__ void adam_update_range(const fadam_table_entry &tensor, int64_t begin, int64_t end,
-                                         const fadam_group_scalars &s) {
-    ParamT *param = static_cast<ParamT *>(tensor.param);
-    const GradT *grad = static_cast<const GradT *>(tensor.grad);
-    float *master = tensor.master;
-    float *exp_avg = tensor.exp_avg;
-    float *exp_avg_sq = tensor.exp_avg_sq;
-    const int64_t stride = blockDim.x;
-
-    int64_t vector_end = begin;
-    if (tensor.vector_ok) {
-        vector_end = begin + ((end - begin) & ~(int64_t)3);
-        for (int64_t i = begin + 4 * (int64_t)threadIdx.x; i < vector_end; i += 4 * stride) {
-            fadam_vec4<GradT> g = *reinterpret_cast<const fadam_vec4<GradT> *>(grad + i);
-            fadam_vec4<float> m = *reinterpret_cast<const fadam_vec4<float> *>(exp_avg + i);
-            fadam_vec4<float> v = *reinterpret_cast<const fadam_vec4<float> *>(exp_avg_sq + i);
-            fadam_vec4<float> p;
-            if (master) {
-                p = *reinterpret_cast<const fadam_vec4<float> *>(master + i);
-            } else {
-                fadam_vec4<ParamT> stored = *reinterpret_cast<const fadam_vec4<ParamT> *>(param + i);
+/* The n elements of one chunk of a tensor (pointers at the chunk's start). With vector_ok,
+ * groups of VEC elements per thread in 16-byte accesses; the last (end - begin) % VEC elements go to
+ * the threads after the last group's, so they run alongside the vector work rather than after it.
+ * The buffers never alias each other (fadam_table_check), hence __restrict__; `s` is a copy in
+ * registers, so no store can make the compiler reload it. */
+template <typename ParamT, typename GradT, bool HasMaster>
+static __device__ __forceinline__ void adam_range(ParamT *__restrict__ param, const GradT *__restrict__ grad,
+                                               float *__restrict__ master, float *__restrict__ exp_avg,
+                                               float *__restrict__ exp_avg_sq, int32_t n, bool vector_ok,
+                                               const update_scalars s) {
+    constexpr int VEC = sizeof(ParamT) == 4 && sizeof(GradT) == 4 ? 4 : 8;
+    const int32_t stride = blockDim.x, thread = threadIdx.x;
+    int32_t scalar_begin = 0, offset = thread;
+    if (vector_ok) {
+        const int32_t groups = n / VEC;
+#pragma unroll 1
+        for (int32_t j = thread; j < groups; j += stride) {
+            const int32_t i = j * VEC;
+            /* 16-bit streams in one 16-byte access of 8; the fp32 ones per half of 4 elements, so at
+             * most 4 of each are live (48 registers). */
+            float g[VEC], p[VEC];
+            if (sizeof(GradT) == 2) fadam_load16<VEC>(grad + i, g);
+            if (!HasMaster && sizeof(ParamT) == 2) fadam_load16<VEC>(param + i, p);
 #pragma unroll
-                for (int k = 0; k < 4; k++) p.lane[k] = fadam_to_float(stored.lane[k]);
-            }
-            fadam_vec4<ParamT> out;
+            for (int h = 0; h < VEC; h += 4) {
+                float m[4], v[4], *ph = p + h, *gh = g + h;
+                if (sizeof(GradT) == 4) fadam_load16<4>(grad + i + h, *reinterpret_cast<float(*)[4]>(gh));
+                if (HasMaster) fadam_load16<4>(master + i + h, *reinterpret_cast<float(*)[4]>(ph));
+                else if (sizeof(ParamT) == 4) fadam_load16<4>(param + i + h, *reinterpret_cast<float(*)[4]>(ph));
+                fadam_load16<4>(exp_avg + i + h, m);
+                fadam_load16<4>(exp_avg_sq + i + h, v);
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                adam_update_element(p.lane[k], fadam_to_float(g.lane[k]), m.lane[k], v.lane[k], s);
-                out.lane[k] = fadam_from_float<ParamT>(p.lane[k]);
+                for (int k = 0; k < 4; k++) adam_update_element(ph[k], gh[k], m[k], v[k], s);
+                fadam_store16<4>(exp_avg + i + h, m);
+                fadam_store16<4>(exp_avg_sq + i + h, v);
+                if (HasMaster) fadam_store16<4>(master + i + h, *reinterpret_cast<float(*)[4]>(ph));
+                else if (sizeof(ParamT) == 4) fadam_store16<4>(param + i + h, *reinterpret_cast<float(*)[4]>(ph));
             }
-            *reinterpret_cast<fadam_vec4<float> *>(exp_avg + i) = m;
-            *reinterpret_cast<fadam_vec4<float> *>(exp_avg_sq + i) = v;
-            if (master) *reinterpret_cast<fadam_vec4<float> *>(master + i) = p;
-            *reinterpret_cast<fadam_vec4<ParamT> *>(param + i) = out;
+            if (sizeof(ParamT) == 2) fadam_store16<VEC>(param + i, p);
         }
+        scalar_begin = groups * VEC;
+        offset = (thread - groups % stride + stride) % stride; /* the thread after the last group's is 0 */
     }
-    for (int64_t i = vector_end + threadIdx.x; i < end; i += stride) {
-        float p = master ? master[i] : fadam_to_float(param[i]);
+#pragma unroll 1
+    for (int32_t i = scalar_begin + offset; i < n; i += stride) {
+        float p = HasMaster ? master[i] : fadam_to_float(param[i]);
         float m = exp_avg[i], v = exp_avg_sq[i];
         adam_update_element(p, fadam_to_float(grad[i]), m, v, s);
         exp_avg[i] = m;
         exp_avg_sq[i] = v;
-        if (master) master[i] = p;
+        if (HasMaster) master[i] = p;
         param[i] = fadam_from_float<ParamT>(p);
     }
 }
 
+template <typename ParamT, typename GradT>
+static __device__ __forceinline__ void adam_range_for_master(const fadam_table_entry &t, int64_t begin, int64_t end,
+                                                             const update_scalars &s) {
+    /* The pointers start at `begin`, so the loops index with 32 bits (a chunk is under 2^31 elements). */
+    ParamT *param = static_cast<ParamT *>(t.param) + begin;
+    const GradT *grad = static_cast<const GradT *>(t.grad) + begin;
+    const int32_t n = (int32_t)(end - begin);
+    /* An fp32 param is its own master (fadam_check_tensor): no code for fp32 with a master. */
+    if (sizeof(ParamT) == 2 && t.master)
+        adam_range<ParamT, GradT, sizeof(ParamT) == 2>(param, grad, t.master + begin, t.exp_avg + begin,
+                                                       t.exp_avg_sq + begin, n, t.vector_ok, s);
+    else
+        adam_range<ParamT, GradT, false>(param, grad, NULL, t.exp_avg + begin, t.exp_avg_sq + begin, n, t.vector_ok, s);
+}
+
 template <typename ParamT>
-static __device__ void adam_update_range_for_grad(const fadam_table_entry &tensor, int64_t begin, int64_t end,
-                                                  const fadam_group_scalars &s) {
-    switch (tensor.grad_dtype) {
-    case FADAM_FLOAT32: adam_update_range<ParamT, float>(tensor, begin, end, s); break;
-    case FADAM_BFLOAT16: adam_update_range<ParamT, __nv_bfloat16>(tensor, begin, end, s); break;
-    case FADAM_FLOAT16: adam_update_range<ParamT, __half>(tensor, begin, end, s); break;
+static __device__ __forceinline__ void adam_range_for_grad(const fadam_table_entry &t, int64_t begin, int64_t end,
+                                                           const update_scalars &s) {
+    switch (t.grad_dtype) {
+    case FADAM_FLOAT32: adam_range_for_master<ParamT, float>(t, begin, end, s); break;
+    case FADAM_BFLOAT16: adam_range_for_master<ParamT, __nv_bfloat16>(t, begin, end, s); break;
+    case FADAM_FLOAT16: adam_range_for_master<ParamT, __half>(t, begin, end, s); break;
     default: break; /* the host encoder rejects other dtypes */
     }
 }
 
-__global__ void adam_step_kernel(const fadam_step_kernel_args args) {
+/* 4 blocks of 256 per SM (at most 64 registers): at 48 ptxas spills in the loops. */
+__global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fadam_step_kernel_args args) {
     __shared__ fadam_group_scalars group_scalars[FADAM_MAX_GROUPS];
     const fadam_table_header *table = args.table;
 
     /* A fused step whose gradients held Inf/NaN changes nothing (the whole block leaves together). */
     if (args.state && args.state->counters.skipped) return;
-    /* t and lr may live in device memory (a replayed CUDA graph): read them here, once per block. */
-    for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x)
-        group_scalars[g] = fadam_scalars_for_step(&args.groups[g], g, args.step, args.device_step, args.device_lr,
-                                                  args.state);
-    __syncthreads();
+    /* t and lr live in device memory (a replayed CUDA graph, the fused step): read them here, once per block. */
+    if (!args.scalars_given) {
+        for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x)
+            group_scalars[g] = fadam_scalars_for_step(&args.groups[g], g, args.step, args.device_step,
+                                                      args.device_lr, args.state);
+        __syncthreads();
+    }
 
     const fadam_table_entry *entries = fadam_table_entries(table);
-    const int64_t n_chunks = table->n_chunks, n_tensors = table->n_tensors;
-    const int64_t chunk_elems = table->chunk_elems;
-    for (int64_t chunk = blockIdx.x; chunk < n_chunks; chunk += gridDim.x) {
+    const int64_t n_tensors = table->n_tensors, chunk_elems = table->chunk_elems;
+    int64_t chunk, chunk_end, tensor = 0;
+    fadam_block_chunks(table->n_chunks, &chunk, &chunk_end);
+    if (chunk < chunk_end) tensor = fadam_find_tensor(entries, n_tensors, chunk);
+    for (; chunk < chunk_end; chunk++) {
+        tensor = fadam_advance_tensor(entries, n_tensors, tensor, chunk);
         /* A copy in registers: stores through the tensor's pointers could alias the table otherwise. */
-        const fadam_table_entry tensor = entries[fadam_find_tensor(entries, n_tensors, chunk)];
-        if (tensor.group < 0 || tensor.group >= args.n_groups) continue;
-        const fadam_group_scalars &s = group_scalars[tensor.group];
-        int64_t begin = (chunk - tensor.first_chunk) * chunk_elems;
-        int64_t end = begin + chunk_elems < tensor.numel ? begin + chunk_elems : tensor.numel;
-        switch (tensor.param_dtype) {
-        case FADAM_FLOAT32: adam_update_range_for_grad<float>(tensor, begin, end, s); break;
-        case FADAM_BFLOAT16: adam_update_range_for_grad<__nv_bfloat16>(tensor, begin, end, s); break;
-        case FADAM_FLOAT16: adam_update_range_for_grad<__half>(tensor, begin, end, s); break;
+        const fadam_table_entry t = entries[tensor];
+        if (t.group < 0 || t.group >= args.n_groups) continue;
+        const update_scalars s = loop_scalars(args.scalars_given ? args.scalars[t.group] : group_scalars[t.group]);
+        const int64_t begin = (chunk - t.first_chunk) * chunk_elems;
+        const int64_t end = begin + chunk_elems < t.numel ? begin + chunk_elems : t.numel;
+        switch (t.param_dtype) {
+        case FADAM_FLOAT32: adam_range_for_grad<float>(t, begin, end, s); break;
+        case FADAM_BFLOAT16: adam_range_for_grad<__nv_bfloat16>(t, begin, end, s); break;
+        case FADAM_FLOAT16: adam_range_for_grad<__half>(t, begin, end, s); break;
         default: break;
         }
     }
@@ -135,7 +190,22 @@ __global__ void adam_step_kernel(const fadam_step_kernel_args args) {
 
 extern "C" cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args, unsigned grid_blocks,
                                               unsigned block_threads, cudaStream_t stream) {
+    fadam_step_kernel_args a;
     if (grid_blocks == 0) return cudaSuccess; /* nothing to update */
-    FADAM_LAUNCH(adam_step_kernel, dim3(grid_blocks), dim3(block_threads), 0, stream, *args);
+    if (args->n_groups < 0 || args->n_groups > FADAM_MAX_GROUPS) return cudaErrorInvalidValue;
+    a = *args;
+    a.scalars_given = 0;
+    if (!a.state && !a.device_step && !a.device_lr) { /* t and lr known here: the scalars once, on the host */
+        fadam_group_scalars scalars[FADAM_MAX_GROUPS];
+        for (int g = 0; g < a.n_groups; g++)
+            scalars[g] = fadam_compute_group_scalars(&a.groups[g], a.groups[g].lr, a.step);
+        memcpy(a.scalars, scalars, (size_t)a.n_groups * sizeof scalars[0]);
+        a.scalars_given = 1;
+    }
+    FADAM_LAUNCH(adam_step_kernel, dim3(grid_blocks), dim3(block_threads), 0, stream, a);
     return FADAM_LAUNCH_ERROR();
+}
+
+extern "C" cudaError_t fadam_adam_step_blocks_per_sm(unsigned block_threads, int *blocks) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, adam_step_kernel, (int)block_threads, 0);
 }

@@ -18,6 +18,10 @@ extern "C" {
 cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args, unsigned grid_blocks,
                                    unsigned block_threads, cudaStream_t stream);
 
+/* kernels/adam_step.cu: how many blocks of block_threads threads of the step kernel fit on one SM of
+ * the current device (the occupancy API); the production grid is one wave of them. */
+cudaError_t fadam_adam_step_blocks_per_sm(unsigned block_threads, int *blocks);
+
 /* kernels/master_init.cu: master = float(param) for every tensor of the table that has a master. */
 cudaError_t fadam_launch_master_init(const fadam_table_header *table, unsigned grid_blocks,
                                      unsigned block_threads, cudaStream_t stream);

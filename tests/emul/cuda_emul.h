@@ -529,6 +529,19 @@ inline void __threadfence(void) {}
 inline void __threadfence_block(void) {}
 inline void __threadfence_system(void) {}
 
+/* The occupancy API for a host launcher built here: the emulator has no SMs, so what a block of
+ * this size could get on an sm_90 SM by threads alone (registers are unknown on the CPU). */
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *blocks, const void *, int block_size,
+                                                                          size_t, unsigned) {
+    if (!blocks || block_size < 1 || block_size > 1024) return cudaErrorInvalidValue;
+    *blocks = 2048 / block_size < 32 ? 2048 / block_size : 32;
+    return cudaSuccess;
+}
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, const void *kernel, int block_size,
+                                                                 size_t dynamic_smem) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks, kernel, block_size, dynamic_smem, 0);
+}
+
 /* ---- device functions the host headers lack (checked against CUDA 13 with g++ 12) -------------- */
 
 template <typename T> inline T __ldg(const T *p) { return *p; }
