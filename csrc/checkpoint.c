@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <locale.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -464,9 +465,10 @@ static fadam_status build_plan(const fadam_optimizer *opt, const fadam_step_coun
         offset += entry->bytes;
     }
     text_append(&plan->header, "}", 1);
-    /* Spaces (as safetensors pads): the slack, then up to a multiple of 8 for the data. */
-    for (i = 0; i < plan->slack; i++) text_append(&plan->header, " ", 1);
-    while ((8 + plan->header.length) % 8) text_append(&plan->header, " ", 1);
+    /* Spaces (as safetensors pads): the slack, then up to a multiple of 8 for the data. A failed
+     * append adds nothing, so the loops stop at the first failure instead of spinning on it. */
+    for (i = 0; i < plan->slack && !plan->header.out_of_memory; i++) text_append(&plan->header, " ", 1);
+    while ((8 + plan->header.length) % 8 && !plan->header.out_of_memory) text_append(&plan->header, " ", 1);
     if (plan->header.out_of_memory)
         return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the checkpoint header", function);
     if (plan->header.length > HEADER_LIMIT)
@@ -648,33 +650,25 @@ static fadam_status save_to_bytes(const fadam_optimizer *opt, size_t *size_out, 
 /* fsync of the directory makes the rename durable; file systems that cannot (EINVAL) are let be. */
 static fadam_status sync_directory(const char *path, const char *function) {
     const char *slash = strrchr(path, '/');
-    char *directory;
+    /* No allocation: one failing here, after the rename, could not undo it. A path that was just
+     * renamed to has a directory part shorter than PATH_MAX. */
+    char directory[PATH_MAX];
+    size_t length = !slash ? 1 : slash == path ? 1 : (size_t)(slash - path);
     int fd, failed;
-    if (!slash) directory = concatenate(".", "", "");
-    else if (slash == path) directory = concatenate("/", "", "");
-    else {
-        directory = (char *)malloc((size_t)(slash - path) + 1);
-        if (directory) {
-            memcpy(directory, path, (size_t)(slash - path));
-            directory[slash - path] = '\0';
-        }
-    }
-    if (!directory) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory", function);
+    if (length >= sizeof directory)
+        return fadam_fail(FADAM_ERR_IO, "%s: the checkpoint is in place, but its directory name is too long to fsync",
+                          function);
+    memcpy(directory, !slash ? "." : path, length);
+    directory[length] = '\0';
     fd = open(directory, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        fadam_status status = io_fail(function, "the checkpoint is in place, but opening its directory", directory);
-        free(directory);
-        return status;
-    }
+    if (fd < 0) return io_fail(function, "the checkpoint is in place, but opening its directory", directory);
     failed = fsync(fd) != 0 && errno != EINVAL;
     if (failed) {
         fadam_status status = io_fail(function, "the checkpoint is in place, but fsync of its directory", directory);
         close(fd);
-        free(directory);
         return status;
     }
     close(fd);
-    free(directory);
     return FADAM_SUCCESS;
 }
 
@@ -1635,7 +1629,8 @@ static fadam_status load_from_file(fadam_optimizer *opt, const char *path, fadam
         return fadam_fail(FADAM_ERR_IO, "%s: '%.300s' is not a regular file", function, path);
     }
     in.size = (uint64_t)file_status.st_size;
-    in.bounce = (unsigned char *)malloc(PIECE_BYTES);
+    /* No piece is longer than the file: a small checkpoint needs no 8 MB. */
+    in.bounce = (unsigned char *)malloc(in.size < PIECE_BYTES ? (size_t)in.size + 1 : PIECE_BYTES);
     if (!in.bounce) {
         close(in.fd);
         return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for reading", function);
