@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <locale.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -459,9 +460,10 @@ static fadam_status build_plan(const fadam_optimizer *opt, const fadam_step_coun
         offset += entry->bytes;
     }
     text_append(&plan->header, "}", 1);
-    /* Spaces (as safetensors pads): the slack, then up to a multiple of 8 for the data. */
-    for (i = 0; i < plan->slack; i++) text_append(&plan->header, " ", 1);
-    while ((8 + plan->header.length) % 8) text_append(&plan->header, " ", 1);
+    /* Spaces (as safetensors pads): the slack, then up to a multiple of 8 for the data. A failed
+     * append adds nothing, so the loops stop at the first failure instead of spinning on it. */
+    for (i = 0; i < plan->slack && !plan->header.out_of_memory; i++) text_append(&plan->header, " ", 1);
+    while ((8 + plan->header.length) % 8 && !plan->header.out_of_memory) text_append(&plan->header, " ", 1);
     if (plan->header.out_of_memory)
         return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the checkpoint header", function);
     if (plan->header.length > HEADER_LIMIT)
@@ -1035,6 +1037,7 @@ typedef struct source {
 /* Reads `count` bytes at `offset` of the checkpoint into `destination`. */
 static fadam_status source_read(const source *in, uint64_t offset, void *destination, size_t count, const char *function) {
     char *target = (char *)destination;
+    if (count == 0) return FADAM_SUCCESS; /* a zero-element tensor's state pointer may be NULL */
     if (in->memory) {
         memcpy(destination, in->memory + offset, count);
         return FADAM_SUCCESS;
@@ -1628,7 +1631,8 @@ static fadam_status load_from_file(fadam_optimizer *opt, const char *path, fadam
         return fadam_fail(FADAM_ERR_IO, "%s: '%.300s' is not a regular file", function, path);
     }
     in.size = (uint64_t)file_status.st_size;
-    in.bounce = (unsigned char *)malloc(PIECE_BYTES);
+    /* No piece is longer than the file: a small checkpoint needs no 8 MB. */
+    in.bounce = (unsigned char *)malloc(in.size < PIECE_BYTES ? (size_t)in.size + 1 : PIECE_BYTES);
     if (!in.bounce) {
         close(in.fd);
         return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for reading", function);
