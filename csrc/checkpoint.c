@@ -1,5 +1,6 @@
 /* checkpoint.c - the managed optimizer's state as a safetensors file or buffer: fadam_save writes it
- * atomically (temporary file, fsync, rename, fsync of the directory); fadam_load checks everything
+ * atomically (through atomic_file.c: an unnamed temporary, fsync, link/rename, fsync of the
+ * directory); fadam_load checks everything
  * (header bounds, JSON, dtypes, shapes, byte ranges, names, version, SHA-256) before it changes
  * anything. Device state moves in bounded pieces through one pinned buffer on the caller's stream.
  *

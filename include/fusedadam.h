@@ -381,8 +381,8 @@ FADAM_API int fadam_cuda_device_count(void);
  *     old target is left alone), a hard link to another name is broken. A directory is refused.
  *   - The new file has the permission bits of the regular file it replaces; otherwise 0666 less the
  *     umask. It belongs to the caller: owner, ACLs and extended attributes of the old file are lost.
- *   - Errors: FADAM_ERR_INVALID_VALUE for an empty path or a tensor name that is not valid UTF-8
- *     (safetensors headers are UTF-8); FADAM_ERR_IO, with the step, the path and the system's reason
+ *   - Errors: FADAM_ERR_INVALID_VALUE for an empty path (tensor names were checked as UTF-8
+ *     by fadam_add_tensor); FADAM_ERR_IO, with the step, the path and the system's reason
  *     in the message, when the directory is missing, unwritable or read-only, `path` is a directory,
  *     the name is too long, or writing, fsync, link or rename fails (full disk, quota, file size
  *     limit). After any failure the previous file at `path` is whole and nothing new is left in the
@@ -407,7 +407,9 @@ FADAM_API fadam_status fadam_save_bytes(const fadam_optimizer *opt, size_t *size
  * param dtypes, groups; the order of registration may differ). Params stay the caller's to restore.
  * Everything is checked first: header bounds, JSON, dtypes, shapes, byte ranges, names, version,
  * checksum, and every value's range (a step or counter at INT64_MAX, which could not advance; a loss
- * scale that is not a finite number >= 2^-126; a clip coefficient or schedule factor outside [0, 1]). On any such error (FADAM_ERR_IO, FADAM_ERR_CORRUPT, FADAM_ERR_MISMATCH, ...) the
+ * scale that is not a finite number >= 2^-126; a clip coefficient or schedule factor outside [0, 1];
+ * a number that overflows to Inf or underflows to 0; a shape other than [numel]). On any such error
+ * (FADAM_ERR_IO, FADAM_ERR_CORRUPT, FADAM_ERR_MISMATCH, ...) the
  * optimizer is exactly as before the call and the message names the first problem. Only a read or
  * CUDA failure during the final copy, after every check passed, can leave the state partly loaded;
  * its message says so. The file must not be modified in place while it loads (fadam_save replaces

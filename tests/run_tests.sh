@@ -9,9 +9,10 @@ mkdir -p "$log_dir"
 for command in "$@"; do
     name=$(basename "${command%% *}")
     log="$log_dir/$name.log"
-    echo "== $command"
+    started=$SECONDS
     bash -c "$command" >"$log" 2>&1
     code=$?
+    echo "== $command ($((SECONDS - started)) s)"
     grep -E '^(ok|FAIL|skip) |^# ' "$log" | sed 's/^/   /'
     ok=$(grep -c '^ok ' "$log")
     fail=$(grep -c '^FAIL ' "$log")
@@ -24,5 +25,6 @@ for command in "$@"; do
     if [ "$code" -eq 77 ] && [ "$ok" -eq 0 ] && [ "$skip" -eq 0 ]; then skip=1; fi
     passed=$((passed + ok)) failed=$((failed + fail)) skipped=$((skipped + skip))
 done
+echo "# $SECONDS s in all"
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
