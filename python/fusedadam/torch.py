@@ -19,6 +19,11 @@ from torch.optim import Optimizer
 
 from . import _C
 
+try:  # DTensor (FSDP2, tensor parallelism); absent from torch builds without torch.distributed
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover
+    DTensor = None
+
 __all__ = ["FusedAdamW", "FusedAdam", "MAX_GROUPS"]
 
 __version__ = _C.version()
@@ -30,6 +35,11 @@ MAX_GROUPS = _C.MAX_GROUPS
 _FP32_STATE_KEYS = ("exp_avg", "exp_avg_sq", "master_param")
 # torch.optim.AdamW options fusedadam has no kernel for; accepted only as False.
 _UNSUPPORTED_OPTIONS = ("amsgrad", "capturable", "differentiable")
+# Group keys torch.optim.AdamW does not have: state_dict() leaves them out where they hold the
+# constructor's value, and load_state_dict() takes the constructor's value where they are missing, so
+# that a torch.distributed.checkpoint of either optimizer loads into the other (DCP asks the checkpoint
+# for every key of the state dict it loads into).
+_OPTIONAL_GROUP_KEYS = ("bias_correction", "master_weights")
 
 
 class FusedAdamW(Optimizer):
@@ -103,6 +113,7 @@ class FusedAdamW(Optimizer):
         self._tables = _C.TableCache()
         self._cache = _C.ParamCache()
         self._loading = None
+        self._has_dtensor = False  # some parameter is a DTensor: steps go through _step_local_shards
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -111,6 +122,7 @@ class FusedAdamW(Optimizer):
         _check_options({**self.defaults, **param_group})
         super().add_param_group(param_group)
         self._cache.clear()  # the step would notice the new group; clearing says so outright
+        self._has_dtensor = self._has_dtensor or _any_dtensor([self.param_groups[-1]])
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -122,6 +134,7 @@ class FusedAdamW(Optimizer):
             self._tables = _C.TableCache()
             self._cache = _C.ParamCache()
             self._loading = None
+        self._has_dtensor = _any_dtensor(self.param_groups)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -135,19 +148,36 @@ class FusedAdamW(Optimizer):
         # grads and checks its cache of the parameters and their state against the optimizer.
         hparams = [_group_hparams(group) for group in self.param_groups]
         master_weights = [bool(group["master_weights"]) for group in self.param_groups]
-        if _C.step(self._tables, self._cache, self.param_groups, self.state, hparams, master_weights):
+        if not self._has_dtensor and _C.step(
+            self._tables, self._cache, self.param_groups, self.state, hparams, master_weights
+        ):
             return loss
         # The cache is stale (first step, a group added, a checkpoint loaded, state to create or
         # replaced): make the state that is missing, rebuild the cache and step from it.
+        self._has_dtensor = _any_dtensor(self.param_groups)
         created = _create_state(self)
         try:
-            self._cache.load(self.param_groups, self.state, master_weights)
-            if not _C.step(self._tables, self._cache, self.param_groups, self.state, hparams, master_weights):
-                raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
+            if self._has_dtensor:
+                _step_local_shards(self, hparams, master_weights)
+            else:
+                self._cache.load(self.param_groups, self.state, master_weights)
+                if not _C.step(self._tables, self._cache, self.param_groups, self.state, hparams, master_weights):
+                    raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
         except BaseException:
             _discard_state(self, created)
             raise
         return loss
+
+    def state_dict(self):
+        """torch.optim.AdamW's state dict; this optimizer's own group keys (bias_correction,
+        master_weights) only where a group's value differs from the constructor's, which loading
+        restores: so a torch.distributed.checkpoint of it loads into torch.optim.AdamW and back."""
+        state_dict = super().state_dict()
+        for group in state_dict["param_groups"]:
+            for key in _OPTIONAL_GROUP_KEYS:
+                if key in group and group[key] == self.defaults[key]:
+                    del group[key]
+        return state_dict
 
     def load_state_dict(self, state_dict):
         """Loads a state dict of this optimizer or of torch.optim.AdamW/Adam.
@@ -248,6 +278,54 @@ def _discard_state(optimizer, created):
     for param in [p for p, state in optimizer.state.items() if id(state) in emptied]:
         del optimizer.state[param]
     optimizer._cache.clear()  # it holds the discarded tensors
+
+
+def _any_dtensor(param_groups):
+    return DTensor is not None and any(isinstance(p, DTensor) for group in param_groups for p in group["params"])
+
+
+def _local(tensor):
+    """A DTensor's local shard (the same tensor object at every call, under no_grad), else the tensor."""
+    return tensor.to_local() if DTensor is not None and isinstance(tensor, DTensor) else tensor
+
+
+def _local_grad(param):
+    """The local shard of a DTensor parameter's gradient, laid out as the parameter's shard."""
+    grad = param.grad
+    if not isinstance(grad, DTensor):
+        raise TypeError(f"fusedadam: a DTensor parameter (shape {tuple(param.shape)}) has a gradient that is not a DTensor")
+    if grad.device_mesh != param.device_mesh or grad.placements != param.placements:
+        grad = grad.redistribute(param.device_mesh, param.placements)  # e.g. a Partial gradient of tensor parallelism
+    return grad.to_local()
+
+
+def _step_local_shards(optimizer, hparams, master_weights):
+    """The step of an optimizer with DTensor parameters (FSDP2's fully_shard, tensor parallelism): the
+    local shards of every parameter, gradient and state tensor, with the other parameters, in one
+    fused call. Each rank steps its own shards; AdamW is elementwise, so no communication is needed.
+    The view is rebuilt at every step (a Python loop over the parameters): FSDP2 gives each step new
+    gradient DTensors, which reach the binding as the .grad of the local parameter shards."""
+    groups, state, given = [], {}, []
+    try:
+        for group in optimizer.param_groups:
+            local_params = []
+            for param in group["params"]:
+                local = _local(param)
+                local_params.append(local)
+                param_state = optimizer.state.get(param)
+                if param_state:
+                    state[local] = {key: _local(value) for key, value in param_state.items()}
+                if local is not param and param.grad is not None:
+                    local.grad = _local_grad(param)
+                    given.append(local)
+            groups.append({"params": local_params})
+        optimizer._cache.load(groups, state, master_weights)
+        if not _C.step(optimizer._tables, optimizer._cache, groups, state, hparams, master_weights):
+            raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
+    finally:
+        for local in given:
+            local.grad = None
+        optimizer._cache.clear()  # holds the local shards and the view: let go of them now
 
 
 def _group_hparams(group):
