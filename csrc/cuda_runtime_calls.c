@@ -61,6 +61,12 @@ fadam_status fadam_cuda_launch_step(const fadam_step_kernel_args *args, int64_t 
 
 fadam_status fadam_step_table(const void *device_table, const fadam_hparams *groups, int n_groups,
                               const fadam_step_source *source, fadam_stream stream) {
+    return fadam_step_table_scaled(device_table, groups, n_groups, source, NULL, stream);
+}
+
+fadam_status fadam_step_table_scaled(const void *device_table, const fadam_hparams *groups, int n_groups,
+                                     const fadam_step_source *source, const fadam_step_scaling *scaling,
+                                     fadam_stream stream) {
     fadam_step_kernel_args args;
     fadam_status status;
     int g, device = 0;
@@ -86,6 +92,10 @@ fadam_status fadam_step_table(const void *device_table, const fadam_hparams *gro
     args.table = (const fadam_table_header *)device_table;
     args.device_step = source->device_step;
     args.device_lr = source->device_lr;
+    if (scaling) {
+        args.grad_multiplier = scaling->grad_multiplier;
+        args.found_inf = scaling->found_inf;
+    }
     args.step = source->step;
     args.n_groups = n_groups;
     memcpy(args.groups, groups, (size_t)n_groups * sizeof(fadam_hparams));

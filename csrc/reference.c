@@ -134,6 +134,35 @@ fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_tensors, cons
     return fadam_cpu_update_all(tensors, n_tensors, groups, n_groups, source, NULL, "fadam_cpu_step");
 }
 
+fadam_status fadam_cpu_step_scaled(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
+                                   int n_groups, const fadam_step_source *source, const fadam_step_scaling *scaling) {
+    fadam_group_scalars scalars[FADAM_MAX_GROUPS];
+    fadam_status status;
+    int64_t step;
+    int g;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(groups, "fadam_cpu_step_scaled");
+    FADAM_REQUIRE_NOT_NULL(source, "fadam_cpu_step_scaled");
+    status = fadam_table_check(tensors, n_tensors, n_groups, "fadam_cpu_step_scaled");
+    if (status != FADAM_SUCCESS) return status;
+    for (g = 0; g < n_groups; g++) {
+        status = fadam_check_hparams(&groups[g], "fadam_cpu_step_scaled", g);
+        if (status != FADAM_SUCCESS) return status;
+    }
+    step = source->device_step ? *source->device_step : source->step;
+    if (step < 1)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_cpu_step_scaled: step=%lld must be >= 1 (1 is the first step)",
+                          (long long)step);
+    /* Checked before the flag: a bad call fails whatever the flag says. */
+    if (scaling && scaling->found_inf && *scaling->found_inf != 0.0f) return FADAM_SUCCESS;
+    for (g = 0; g < n_groups; g++) {
+        scalars[g] = fadam_scalars_for_step(&groups[g], g, source->step, source->device_step, source->device_lr, NULL);
+        if (scaling && scaling->grad_multiplier) scalars[g].grad_scale = scalars[g].grad_scale * *scaling->grad_multiplier;
+    }
+    fadam_cpu_update_tensors(tensors, n_tensors, scalars);
+    return FADAM_SUCCESS;
+}
+
 double fadam_cpu_sum_of_squares(const fadam_tensor *tensors, int64_t n_tensors) {
     double sum = 0.0;
     int64_t i, k;

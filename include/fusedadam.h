@@ -264,6 +264,26 @@ FADAM_API fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_ten
                                       const fadam_hparams *groups, int n_groups,
                                       const fadam_step_source *source);
 
+/* Gradient scaling decided on the device, read when the update runs: a loss scale's inverse or a
+ * clip coefficient computed by the caller's kernels (e.g. from a global norm all-reduced across
+ * ranks), and an overflow flag, so that neither needs a host synchronization (PyTorch's GradScaler
+ * hands fused optimizers grad_scale and found_inf tensors for this). Device memory for
+ * fadam_step_table_scaled, host memory for fadam_cpu_step_scaled; both pointers optional. */
+typedef struct fadam_step_scaling {
+    const float *grad_multiplier; /* every gradient element is multiplied by *grad_multiplier as it is
+                                     read (the gradient buffers are not written); NULL: 1 */
+    const float *found_inf;       /* *found_inf != 0: the call changes nothing (no parameter, master or
+                                     moment); the caller's step count must then not advance */
+} fadam_step_scaling;
+
+/* fadam_step_table and fadam_cpu_step with gradient scaling; scaling may be NULL (none). */
+FADAM_API fadam_status fadam_step_table_scaled(const void *device_table, const fadam_hparams *groups, int n_groups,
+                                               const fadam_step_source *source, const fadam_step_scaling *scaling,
+                                               fadam_stream stream);
+FADAM_API fadam_status fadam_cpu_step_scaled(const fadam_tensor *tensors, int64_t n_tensors,
+                                             const fadam_hparams *groups, int n_groups,
+                                             const fadam_step_source *source, const fadam_step_scaling *scaling);
+
 /* ---------------------------------------------------------------------------------------------
  * The whole step on the device: global gradient norm, clipping, loss-scale unscaling with overflow
  * skip, and the learning-rate schedule, with no host synchronization, so fadam_fused_step can be

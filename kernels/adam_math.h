@@ -87,6 +87,8 @@ typedef struct fadam_step_kernel_args {
     const fadam_device_state *state; /* optional (the fused step): skip flag, t, lr factor, grad scale */
     const int64_t *device_step;      /* optional: t read at run time */
     const float *device_lr;          /* optional: one lr per group read at run time */
+    const float *grad_multiplier;    /* optional (fadam_step_scaling): multiplies the gradient scale */
+    const float *found_inf;          /* optional (fadam_step_scaling): nonzero skips the launch */
     int64_t step;
     int32_t n_groups;
     int32_t scalars_given; /* set by fadam_launch_adam_step only */

@@ -158,11 +158,15 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fa
 
     /* A fused step whose gradients held Inf/NaN changes nothing (the whole block leaves together). */
     if (args.state && args.state->counters.skipped) return;
+    if (args.found_inf && *args.found_inf != 0.0f) return; /* the caller's overflow flag (fadam_step_scaling) */
     /* t and lr live in device memory (a replayed CUDA graph, the fused step): read them here, once per block. */
     if (!args.scalars_given) {
-        for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x)
+        for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x) {
             group_scalars[g] = fadam_scalars_for_step(&args.groups[g], g, args.step, args.device_step,
                                                       args.device_lr, args.state);
+            /* the caller's multiplier (fadam_step_scaling), folded in here: the loops stay as they are */
+            if (args.grad_multiplier) group_scalars[g].grad_scale = group_scalars[g].grad_scale * *args.grad_multiplier;
+        }
         __syncthreads();
     }
 
@@ -195,7 +199,8 @@ extern "C" cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args
     if (args->n_groups < 0 || args->n_groups > FADAM_MAX_GROUPS) return cudaErrorInvalidValue;
     a = *args;
     a.scalars_given = 0;
-    if (!a.state && !a.device_step && !a.device_lr) { /* t and lr known here: the scalars once, on the host */
+    /* t, lr and the gradient multiplier known here: the scalars once, on the host */
+    if (!a.state && !a.device_step && !a.device_lr && !a.grad_multiplier) {
         fadam_group_scalars scalars[FADAM_MAX_GROUPS];
         for (int g = 0; g < a.n_groups; g++)
             scalars[g] = fadam_compute_group_scalars(&a.groups[g], a.groups[g].lr, a.step);

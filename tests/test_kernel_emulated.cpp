@@ -247,6 +247,41 @@ static void test_step_and_lr_from_memory() {
     check_case_end("kernel_reads_step_and_lr_from_memory");
 }
 
+/* fadam_step_scaling: a gradient multiplier read from memory gives the kernel and fadam_cpu_step_scaled
+ * the same bits (a multiplier of 1 those of the plain fadam_cpu_step); a found_inf flag that is set
+ * leaves every buffer of both sides as it was. */
+static void test_gradient_scaling_from_memory() {
+    check_case_begin();
+    emul_set_thread_order(EMUL_ORDER_SHUFFLED, check_rng_next(&rng));
+    model m = make_model(10, 3, 256, true);
+    std::vector<unsigned char> table = encode_table(m, 256);
+    const float multipliers[3] = {1.0f, 0.7f / 1024.0f, 3.0f};
+    for (int64_t step = 1; step <= 4 && !check_case_failed; step++) {
+        fill_gradients(m, false);
+        float multiplier = multipliers[(step - 1) % 3], found_inf = step == 3 ? 1.0f : 0.0f;
+        std::vector<float> before(m.kernel_side[0].exp_avg, m.kernel_side[0].exp_avg + m.kernel_side[0].numel);
+        fadam_step_kernel_args args = make_args(m, table.data(), step);
+        args.grad_multiplier = &multiplier;
+        args.found_inf = &found_inf;
+        run_kernel(args, 5, 64);
+        fadam_step_source source = {step, NULL, NULL};
+        fadam_step_scaling scaling = {&multiplier, &found_inf};
+        fadam_status status = step == 1 ? fadam_cpu_step(m.reference_side.data(), (int64_t)m.reference_side.size(),
+                                                         m.groups.data(), (int)m.groups.size(), &source)
+                                        : fadam_cpu_step_scaled(m.reference_side.data(),
+                                                                (int64_t)m.reference_side.size(), m.groups.data(),
+                                                                (int)m.groups.size(), &source, &scaling);
+        CHECK(status == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        compare_models(m, "gradient multiplier from memory");
+        if (found_inf != 0.0f)
+            for (size_t k = 0; k < before.size(); k++)
+                CHECK(same_float(before[k], m.kernel_side[0].exp_avg[k]), "found_inf=1 changed exp_avg[%zu]", k);
+        else
+            CHECK(before.empty() || !same_float(before[0], m.kernel_side[0].exp_avg[0]), "the step changed nothing");
+    }
+    check_case_end("kernel_reads_gradient_multiplier_and_found_inf_from_memory");
+}
+
 /* Tensors whose group has no entry are left alone (a table encoded for more groups than passed). */
 static void test_group_out_of_range_untouched() {
     check_case_begin();
@@ -386,6 +421,7 @@ int main() {
     test_random_model(EMUL_ORDER_SHUFFLED, 7, 96, 64, true);
     test_random_model(EMUL_ORDER_SHUFFLED, 2, 256, FADAM_CHUNK_ELEMS, false); /* production chunk and block */
     test_step_and_lr_from_memory();
+    test_gradient_scaling_from_memory();
     test_group_out_of_range_untouched();
     test_master_init();
     test_empty();

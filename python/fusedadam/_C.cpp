@@ -485,8 +485,27 @@ class ParamCache {
 // done nothing, when the cache no longer describes param_groups and state (the caller rebuilds it
 // and calls again). hparams[g] and master_flags[g] are group g's, read by the caller this step.
 // Each stepped parameter's state['step'] is advanced by one once every update is queued.
+// The one-element float32 tensor `value` (grad_multiplier or found_inf, optional) on `device` (-1: the
+// CPU), copied there when it lives elsewhere; undefined when not given.
+at::Tensor scaling_input(const c10::optional<at::Tensor> &value, int device, const char *what) {
+    if (!value || !value->defined()) return at::Tensor();
+    if (value->scalar_type() != at::kFloat || value->numel() != 1 || value->layout() != at::kStrided)
+        throw pybind11::type_error(std::string("fusedadam: ") + what + " must be a one-element float32 tensor");
+    at::Device target = device < 0 ? at::Device(at::kCPU) : at::Device(at::kCUDA, (c10::DeviceIndex)device);
+    return value->device() == target ? *value : value->to(target, /*non_blocking=*/true);
+}
+
+// Pointers for fadam_step_scaling into the tensors of scaling_input (kept alive by the caller).
+fadam_step_scaling scaling_of(const at::Tensor &grad_multiplier, const at::Tensor &found_inf) {
+    fadam_step_scaling scaling{};
+    if (grad_multiplier.defined()) scaling.grad_multiplier = grad_multiplier.const_data_ptr<float>();
+    if (found_inf.defined()) scaling.found_inf = found_inf.const_data_ptr<float>();
+    return scaling;
+}
+
 bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle param_groups, pybind11::handle state,
-                const std::vector<GroupHparams> &hparams, const std::vector<bool> &master_flags) {
+                const std::vector<GroupHparams> &hparams, const std::vector<bool> &master_flags,
+                const c10::optional<at::Tensor> &grad_multiplier, const c10::optional<at::Tensor> &found_inf) {
     std::vector<StepItem> items;
     std::shared_ptr<const std::vector<CachedParam>> keep;
     if (!cache.collect(param_groups, state, master_flags, items, keep)) return false;
@@ -621,8 +640,11 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         const at::Tensor &table = tables.table_for(bucket, ordinals[index], n_groups, table_bytes[index], stream);
         fadam_step_source source{};
         source.step = bucket.step;
-        raise_on_failure(fadam_step_table(table.data_ptr(), groups.data(), n_groups, &source,
-                                          reinterpret_cast<fadam_stream>(stream.stream())),
+        at::Tensor multiplier = scaling_input(grad_multiplier, bucket.device, "grad_multiplier");
+        at::Tensor inf_flag = scaling_input(found_inf, bucket.device, "found_inf");
+        fadam_step_scaling scaling = scaling_of(multiplier, inf_flag);
+        raise_on_failure(fadam_step_table_scaled(table.data_ptr(), groups.data(), n_groups, &source, &scaling,
+                                                 reinterpret_cast<fadam_stream>(stream.stream())),
                          tensors_of(bucket));
         tables.launches++;
     }
@@ -632,11 +654,14 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         if (bucket.device >= 0) continue;
         fadam_step_source source{};
         source.step = bucket.step;
+        at::Tensor multiplier = scaling_input(grad_multiplier, -1, "grad_multiplier");
+        at::Tensor inf_flag = scaling_input(found_inf, -1, "found_inf");
+        fadam_step_scaling scaling = scaling_of(multiplier, inf_flag);
         fadam_status status;
         {
             pybind11::gil_scoped_release no_gil;
-            status = fadam_cpu_step(bucket.tensors.data(), (int64_t)bucket.tensors.size(), groups.data(), n_groups,
-                                    &source);
+            status = fadam_cpu_step_scaled(bucket.tensors.data(), (int64_t)bucket.tensors.size(), groups.data(),
+                                           n_groups, &source, &scaling);
         }
         raise_on_failure(status, tensors_of(bucket));
         tables.cpu_calls++;
@@ -709,5 +734,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "One fused AdamW/Adam step over the cached parameters that have a gradient; False (nothing done) "
           "when the cache no longer matches param_groups and state",
           pybind11::arg("tables"), pybind11::arg("cache"), pybind11::arg("param_groups"), pybind11::arg("state"),
-          pybind11::arg("hparams"), pybind11::arg("master_weights"));
+          pybind11::arg("hparams"), pybind11::arg("master_weights"), pybind11::arg("grad_multiplier") = pybind11::none(),
+          pybind11::arg("found_inf") = pybind11::none());
 }

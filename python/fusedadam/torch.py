@@ -59,11 +59,26 @@ class FusedAdamW(Optimizer):
 
     The parameters and their state tensors are cached between steps; each step checks the cache
     against param_groups and state (in C++, by identity), so editing either is seen at the next step.
+    max_grad_norm (float, optional; not per group): clip the global L2 norm of all gradients to it
+        inside the step, as torch.nn.utils.clip_grad_norm_ would, and skip the step (nothing changes, the
+        step counts stay) when that norm is Inf/NaN. With DTensor parameters sharded over a 1-D mesh
+        (FSDP2) the norm spans every rank: each rank's sum of squares is all-reduced, one number on the
+        device, and the clip coefficient reaches the update as a tensor: no host synchronization.
+        last_grad_norm then holds the norm of the last step (a tensor, after unscaling).
+
+    GradScaler: the step takes the grad_scale and found_inf tensors that torch.amp.GradScaler hands
+    optimizers with _step_supports_amp_scaling (torch's fused AdamW does the same): the unscale happens
+    as the update reads each gradient, and a step with found_inf set changes nothing. With CUDA
+    parameters the decision stays on the device; the step counts of a skipped step are taken back at
+    the next step() or state_dict() (the flag is read then, long after it is ready).
+
     Parameters whose grad is None are skipped and their step count does not advance, as in torch.
     Parameters whose step counts differ (some were skipped) are stepped by one launch per distinct
     count. Errors (sparse or misplaced gradients, unsupported dtypes, tensors with gaps, bad
     hyperparameters) raise before any parameter or state is modified.
     """
+
+    _step_supports_amp_scaling = True  # torch.amp.GradScaler passes grad_scale and found_inf (see step)
 
     def __init__(
         self,
@@ -82,6 +97,7 @@ class FusedAdamW(Optimizer):
         bias_correction=True,
         decoupled_weight_decay=True,
         master_weights=True,
+        max_grad_norm=None,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -95,6 +111,8 @@ class FusedAdamW(Optimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if max_grad_norm is not None and not max_grad_norm > 0.0:
+            raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -114,6 +132,9 @@ class FusedAdamW(Optimizer):
         self._cache = _C.ParamCache()
         self._loading = None
         self._has_dtensor = False  # some parameter is a DTensor: steps go through _step_local_shards
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.last_grad_norm = None
+        self._pending_skip = None  # (pinned flag, event, step tensors) of a CUDA step that may have skipped
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -124,8 +145,15 @@ class FusedAdamW(Optimizer):
         self._cache.clear()  # the step would notice the new group; clearing says so outright
         self._has_dtensor = self._has_dtensor or _any_dtensor([self.param_groups[-1]])
 
+    def __getstate__(self):
+        _resolve_pending_skip(self)
+        return {**super().__getstate__(), "max_grad_norm": self.max_grad_norm}
+
     def __setstate__(self, state):
         super().__setstate__(state)
+        self.__dict__.setdefault("max_grad_norm", None)
+        self.__dict__.setdefault("last_grad_norm", None)
+        self.__dict__.setdefault("_pending_skip", None)
         # A torch.optim.AdamW checkpoint lacks this optimizer's own keys: they take the defaults.
         for group in self.param_groups:
             for key, value in self.defaults.items():
@@ -148,9 +176,17 @@ class FusedAdamW(Optimizer):
         # grads and checks its cache of the parameters and their state against the optimizer.
         hparams = [_group_hparams(group) for group in self.param_groups]
         master_weights = [bool(group["master_weights"]) for group in self.param_groups]
+        _resolve_pending_skip(self)
+        scaling = {}
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        if grad_scale is not None or found_inf is not None or self.max_grad_norm is not None:
+            scaling = _scaling_inputs(self, grad_scale, found_inf)
+            if scaling is None:  # skipped, as a CPU flag said: nothing to do
+                return loss
         if not self._has_dtensor and _C.step(
-            self._tables, self._cache, self.param_groups, self.state, hparams, master_weights
+            self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling
         ):
+            _defer_skip(self, scaling)
             return loss
         # The cache is stale (first step, a group added, a checkpoint loaded, state to create or
         # replaced): make the state that is missing, rebuild the cache and step from it.
@@ -158,20 +194,24 @@ class FusedAdamW(Optimizer):
         created = _create_state(self)
         try:
             if self._has_dtensor:
-                _step_local_shards(self, hparams, master_weights)
+                _step_local_shards(self, hparams, master_weights, scaling)
             else:
                 self._cache.load(self.param_groups, self.state, master_weights)
-                if not _C.step(self._tables, self._cache, self.param_groups, self.state, hparams, master_weights):
+                if not _C.step(
+                    self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling
+                ):
                     raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
         except BaseException:
             _discard_state(self, created)
             raise
+        _defer_skip(self, scaling)
         return loss
 
     def state_dict(self):
         """torch.optim.AdamW's state dict; this optimizer's own group keys (bias_correction,
         master_weights) only where a group's value differs from the constructor's, which loading
         restores: so a torch.distributed.checkpoint of it loads into torch.optim.AdamW and back."""
+        _resolve_pending_skip(self)
         state_dict = super().state_dict()
         for group in state_dict["param_groups"]:
             for key in _OPTIONAL_GROUP_KEYS:
@@ -220,6 +260,7 @@ class FusedAdam(FusedAdamW):
         decoupled_weight_decay=False,
         bias_correction=True,
         master_weights=True,
+        max_grad_norm=None,
     ):
         super().__init__(
             params,
@@ -236,6 +277,7 @@ class FusedAdam(FusedAdamW):
             bias_correction=bias_correction,
             decoupled_weight_decay=decoupled_weight_decay,
             master_weights=master_weights,
+            max_grad_norm=max_grad_norm,
         )
 
 
@@ -299,7 +341,7 @@ def _local_grad(param):
     return grad.to_local()
 
 
-def _step_local_shards(optimizer, hparams, master_weights):
+def _step_local_shards(optimizer, hparams, master_weights, scaling):
     """The step of an optimizer with DTensor parameters (FSDP2's fully_shard, tensor parallelism): the
     local shards of every parameter, gradient and state tensor, with the other parameters, in one
     fused call. Each rank steps its own shards; AdamW is elementwise, so no communication is needed.
@@ -320,12 +362,107 @@ def _step_local_shards(optimizer, hparams, master_weights):
                     given.append(local)
             groups.append({"params": local_params})
         optimizer._cache.load(groups, state, master_weights)
-        if not _C.step(optimizer._tables, optimizer._cache, groups, state, hparams, master_weights):
+        if not _C.step(optimizer._tables, optimizer._cache, groups, state, hparams, master_weights, **scaling):
             raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
     finally:
         for local in given:
             local.grad = None
         optimizer._cache.clear()  # holds the local shards and the view: let go of them now
+
+
+def _stepped_params(optimizer):
+    return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+
+
+def _sum_of_squares(grads):
+    if not grads:
+        return None
+    norms = torch._foreach_norm(grads, 2.0, dtype=torch.float32)
+    return torch.stack(norms).square().sum()
+
+
+def _global_grad_norm(params, device):
+    """The L2 norm of every gradient, as one float32 tensor on `device`. The local shards of DTensor
+    gradients sharded over a 1-D mesh (FSDP2) add up across ranks: their sum of squares is
+    all-reduced, one number, on the device; replicated gradients (DDP, plain tensors) count once."""
+    sharded, whole, mesh = [], [], None
+    for param in params:
+        if DTensor is not None and isinstance(param, DTensor):
+            local = _local_grad(param)
+            if any(placement.is_shard() for placement in param.placements):
+                if param.device_mesh.ndim != 1:
+                    raise NotImplementedError("fusedadam: max_grad_norm supports DTensors on a 1-D device mesh")
+                if mesh is not None and param.device_mesh != mesh:
+                    raise NotImplementedError("fusedadam: max_grad_norm supports DTensors on one device mesh")
+                mesh = param.device_mesh
+                sharded.append(local)
+            else:
+                whole.append(local)
+        else:
+            whole.append(param.grad)
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    if mesh is not None:
+        local_sum = _sum_of_squares(sharded)
+        if local_sum is not None:
+            total = total + local_sum.to(device)
+        torch.distributed.all_reduce(total, group=mesh.get_group())
+    whole_sum = _sum_of_squares(whole)
+    if whole_sum is not None:
+        total = total + whole_sum.to(device)
+    return total.sqrt()
+
+
+def _scaling_inputs(optimizer, grad_scale, found_inf):
+    """The gradient multiplier (1/grad_scale times the clip coefficient) and the skip flag of this step,
+    as one-element float32 tensors on the parameters' device, computed there without a host sync;
+    None when a CPU flag says the step is skipped (reading it costs no device synchronization)."""
+    params = _stepped_params(optimizer)
+    if not params:
+        return {}
+    device = _local(params[0]).device
+    multiplier, skip = None, None
+    if grad_scale is not None:
+        multiplier = torch.reciprocal(grad_scale.to(device=device, dtype=torch.float64)).float().reshape(1)
+    if found_inf is not None:
+        skip = found_inf.to(device=device, dtype=torch.float32).reshape(1)
+    if optimizer.max_grad_norm is not None:
+        norm = _global_grad_norm(params, device).reshape(1)
+        if multiplier is not None:
+            norm = norm * multiplier
+        optimizer.last_grad_norm = norm
+        coefficient = torch.clamp(optimizer.max_grad_norm / (norm + 1e-6), max=1.0)  # clip_grad_norm_'s
+        nonfinite = (~torch.isfinite(norm)).float()
+        skip = nonfinite if skip is None else torch.maximum(skip, nonfinite)
+        multiplier = coefficient if multiplier is None else multiplier * coefficient
+    if skip is not None and device.type == "cpu" and float(skip) != 0.0:
+        return None
+    return {"grad_multiplier": multiplier, "found_inf": skip}
+
+
+def _defer_skip(optimizer, scaling):
+    """After a CUDA step whose skip flag is on the device: the binding advanced the step counts; the
+    flag is copied to the host asynchronously, and _resolve_pending_skip takes them back if it was set."""
+    skip = scaling.get("found_inf") if scaling else None
+    if skip is None or skip.device.type != "cuda":
+        return
+    flag = torch.empty(1, dtype=torch.float32, pin_memory=True)
+    flag.copy_(skip, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    steps = [optimizer.state[p]["step"] for p in _stepped_params(optimizer)]
+    optimizer._pending_skip = (flag, event, steps)
+
+
+def _resolve_pending_skip(optimizer):
+    pending = optimizer.__dict__.get("_pending_skip")
+    if pending is None:
+        return
+    optimizer._pending_skip = None
+    flag, event, steps = pending
+    event.synchronize()  # recorded a whole step ago: normally long done
+    if float(flag) != 0.0:
+        for step in steps:
+            step -= 1
 
 
 def _group_hparams(group):

@@ -29,6 +29,7 @@ from harness import FP32_TOL, MOMENT_TOL, Skip, check_close, run
 WORLD = 2
 VOCAB, WIDTH, HEADS, SEQ, BATCH = 11, 12, 2, 6, 4  # odd sizes: FSDP2's shards of dim 0 are uneven
 STEPS = 6
+MAX_NORM = 0.3  # below the gradients' norm: every step is clipped
 OPTIONS = {"lr": 1e-2, "weight_decay": 0.1, "betas": (0.9, 0.95)}
 # Sharded training reduces the gradients in another order than one process does (the loss of each
 # rank's half batch, averaged by the reduce-scatter): the gradients differ in their last bits, which
@@ -84,10 +85,12 @@ def loss_of(model, tokens):
     return F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
 
 
-def train(model, optimizer, batches, rows=slice(None)):
+def train(model, optimizer, batches, rows=slice(None), clip=None):
     for tokens in batches:
         optimizer.zero_grad(set_to_none=True)
         loss_of(model, tokens[rows]).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # on DTensors under FSDP2
         optimizer.step()
 
 
@@ -140,6 +143,8 @@ def worker(rank, seed, port, out_dir):
         train(torch_reference, torch_reference_opt, batches)
         torch.save({"model": torch_reference.state_dict(), "optim": torch_reference_opt.state_dict()},
                    os.path.join(out_dir, "torch_reference.pt"))
+        clipped_reference = make_model(seed)
+        train(clipped_reference, FusedAdamW(clipped_reference.parameters(), **OPTIONS), batches, clip=MAX_NORM)
 
     # FSDP2: fully_shard per block, then the root.
     model = make_model(seed)
@@ -180,6 +185,39 @@ def worker(rank, seed, port, out_dir):
     train(torch_model, torch_opt, batches, rows)
     dcp.save({"model": get_model_state_dict(torch_model), "optim": get_optimizer_state_dict(torch_model, torch_opt)},
              checkpoint_id=os.path.join(out_dir, "torch_fsdp2"))
+
+    # Clipping across ranks: inside the step (max_grad_norm: one all-reduce of one number per step),
+    # and outside with clip_grad_norm_ on the DTensor gradients.
+    for name, clip, max_grad_norm in (("fsdp2_max_grad_norm", None, MAX_NORM),
+                                      ("fsdp2_clip_grad_norm_", MAX_NORM, None)):
+        clipped = make_model(seed)
+        for block in clipped.blocks:
+            fully_shard(block)
+        fully_shard(clipped)
+        clipped_opt = FusedAdamW(clipped.parameters(), max_grad_norm=max_grad_norm, **OPTIONS)
+        reductions, counted = [], None
+        all_reduce = dist.all_reduce
+
+        def counting_all_reduce(tensor, *args, **kwargs):
+            reductions.append(tensor.numel())
+            return all_reduce(tensor, *args, **kwargs)
+
+        dist.all_reduce = counting_all_reduce
+        try:
+            for tokens in batches:
+                clipped_opt.zero_grad(set_to_none=True)
+                loss_of(clipped, tokens[rows]).backward()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(clipped.parameters(), clip)
+                before = len(reductions)
+                clipped_opt.step()
+                if max_grad_norm is not None and reductions[before:] != [1]:
+                    counted = f"{name}: the step all-reduced {reductions[before:]} elements, not [1]"
+        finally:
+            dist.all_reduce = all_reduce
+        results[name] = compare_models(name, clipped, clipped_reference if rank == 0 else None, TRAINED_TOL)
+        if counted:
+            results[name].append(counted)
 
     # DDP over gloo.
     ddp_model = DistributedDataParallel(make_model(seed))
@@ -245,6 +283,14 @@ def fsdp2_matches_single_process():
 
 def fsdp2_state_matches_single_process():
     expect_no_errors("fsdp2_state")
+
+
+def fsdp2_max_grad_norm():
+    expect_no_errors("fsdp2_max_grad_norm")
+
+
+def fsdp2_clip_grad_norm_():
+    expect_no_errors("fsdp2_clip_grad_norm_")
 
 
 def ddp_matches_single_process():
@@ -326,6 +372,8 @@ if __name__ == "__main__":
         [
             ("fsdp2_gloo_2_ranks_matches_single_process", fsdp2_matches_single_process),
             ("fsdp2_state_dtensors_match_single_process", fsdp2_state_matches_single_process),
+            ("fsdp2_max_grad_norm_across_ranks_matches_clip_grad_norm_", fsdp2_max_grad_norm),
+            ("fsdp2_clip_grad_norm_on_dtensors_then_step", fsdp2_clip_grad_norm_),
             ("ddp_gloo_2_ranks_matches_single_process", ddp_matches_single_process),
             ("dcp_fused_fsdp2_2_ranks_loads_at_1_rank", dcp_fused_2_ranks_to_fused_1),
             ("dcp_torch_adamw_fsdp2_2_ranks_loads_into_fused", dcp_torch_adamw_2_ranks_to_fused_1),
