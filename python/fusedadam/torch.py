@@ -14,6 +14,8 @@ between the two optimizers in either direction:
                   computed on it and the parameter receives it rounded to nearest even
 """
 
+import warnings
+
 import torch
 from torch.optim import Optimizer
 
@@ -55,7 +57,9 @@ class FusedAdamW(Optimizer):
     master_weights (bool): keep a float32 master copy of each bfloat16/float16 parameter in
         state['master_param'] (default True). With False the 16-bit parameter is read, updated in
         float32 and rounded back each step. A master goes stale if the parameter is changed outside
-        the optimizer; load_state_dict or deleting state['master_param'] rebuilds it from the parameter.
+        the optimizer (the next step would overwrite the change): call resync_master_weights() after
+        such an edit. load_state_dict does it by itself, with a warning (a master that no longer
+        rounds to its parameter, e.g. one a torch.optim.AdamW run carried along unchanged).
 
     The parameters and their state tensors are cached between steps; each step checks the cache
     against param_groups and state (in C++, by identity), so editing either is seen at the next step.
@@ -135,6 +139,7 @@ class FusedAdamW(Optimizer):
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.last_grad_norm = None
         self._pending_skip = None  # (pinned flag, event, step tensors) of a CUDA step that may have skipped
+        self._verify_masters = False  # a state dict was loaded: the next step checks its masters first
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -154,6 +159,7 @@ class FusedAdamW(Optimizer):
         self.__dict__.setdefault("max_grad_norm", None)
         self.__dict__.setdefault("last_grad_norm", None)
         self.__dict__.setdefault("_pending_skip", None)
+        self.__dict__.setdefault("_verify_masters", False)
         # A torch.optim.AdamW checkpoint lacks this optimizer's own keys: they take the defaults.
         for group in self.param_groups:
             for key, value in self.defaults.items():
@@ -177,6 +183,16 @@ class FusedAdamW(Optimizer):
         hparams = [_group_hparams(group) for group in self.param_groups]
         master_weights = [bool(group["master_weights"]) for group in self.param_groups]
         _resolve_pending_skip(self)
+        if self._verify_masters:
+            self._verify_masters = False
+            stale = self.resync_master_weights()
+            if stale:
+                warnings.warn(
+                    f"fusedadam: {stale} loaded master weight(s) no longer round to their bfloat16/float16 "
+                    "parameter (it was changed without them, e.g. trained by another optimizer): rebuilt "
+                    "from the parameters",
+                    stacklevel=2,
+                )
         scaling = {}
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         if grad_scale is not None or found_inf is not None or self.max_grad_norm is not None:
@@ -237,6 +253,21 @@ class FusedAdamW(Optimizer):
             restore_hook.remove()
             self._loading = None
             self._cache.clear()  # lets go of the replaced state tensors now, not at the next step
+
+
+    @torch.no_grad()
+    def resync_master_weights(self):
+        """Brings every float32 master back in line with its bfloat16/float16 parameter after the
+        parameter was changed outside the optimizer (re-initialised, loaded, edited in place): each
+        element of a master that does not round to its parameter is replaced by the parameter's value;
+        the others keep their extra precision. One pass over the 16-bit parameters; returns the number
+        of parameters whose master changed."""
+        return sum(
+            _resync_master(p, self.state[p]["master_param"])
+            for group in self.param_groups
+            for p in group["params"]
+            if _wants_master(p, group["master_weights"]) and self.state.get(p, {}).get("master_param") is not None
+        )
 
 
 class FusedAdam(FusedAdamW):
@@ -492,6 +523,16 @@ def _fp32_like(param, value):
     return out
 
 
+def _resync_master(param, master):
+    """Replaces the elements of master that do not round to param by param's; True when any did."""
+    local_param, local_master = _local(param), _local(master)
+    stale = local_master.to(local_param.dtype) != local_param
+    if not bool(stale.any()):
+        return False
+    local_master.copy_(torch.where(stale, local_param.to(torch.float32), local_master))
+    return True
+
+
 def _stash_fp32_state(optimizer, state_dict):
     """Load pre-hook: takes the float32 state out of state_dict, for _restore_fp32_state to put back."""
     stashed, state = {}, {}
@@ -521,3 +562,7 @@ def _restore_fp32_state(optimizer):
         # A torch.optim.AdamW checkpoint has no master: the parameter is the best there is.
         if _wants_master(param, group["master_weights"]) and "master_param" not in state:
             state["master_param"] = _fp32_like(param, param)
+    # A loaded master the parameter has moved away from (e.g. carried unchanged through a run of
+    # another optimizer) would undo that run at the next step. Checked at that step, not here: the
+    # model's own state dict may be loaded after the optimizer's.
+    optimizer._verify_masters = True
