@@ -345,8 +345,11 @@ class ParamCache {
     // and state; false (and items left incomplete) when it does not. `keep` holds the cached objects
     // the items point into until the step is over, whatever happens to the cache meanwhile (the GIL
     // is released during the CPU update).
+    // defer_float64: float64 parameters are left to the caller (torch's own AdamW math); without it
+    // one with a gradient makes the cache stale, so that the caller finds it and steps it.
     bool collect(pybind11::handle param_groups, pybind11::handle state, const std::vector<bool> &master_flags,
-                 std::vector<StepItem> &items, std::shared_ptr<const std::vector<CachedParam>> &keep) const {
+                 std::vector<StepItem> &items, std::shared_ptr<const std::vector<CachedParam>> &keep,
+                 bool defer_float64) const {
         if (!params_ || param_groups.ptr() != param_groups_.ptr() || state.ptr() != state_.ptr() ||
             master_flags.size() != groups_.size() || !structure_unchanged())
             return false;
@@ -379,6 +382,10 @@ class ParamCache {
             // TensorImpl::grad, not Tensor::grad: the latter asks the dispatcher whether param is a leaf.
             const at::Tensor &grad = param.unsafeGetTensorImpl()->grad();
             if (!grad.defined()) continue; // skipped: its step count stays
+            if (param.scalar_type() == at::kDouble) {
+                if (defer_float64) continue;
+                return false;
+            }
             if (!cached.ready) return false;
             bool wants_master = master_flags[cached.group] && is_16bit(param.scalar_type());
             PyObject *state_dict = cached.state.ptr();
@@ -505,10 +512,11 @@ fadam_step_scaling scaling_of(const at::Tensor &grad_multiplier, const at::Tenso
 
 bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle param_groups, pybind11::handle state,
                 const std::vector<GroupHparams> &hparams, const std::vector<bool> &master_flags,
-                const c10::optional<at::Tensor> &grad_multiplier, const c10::optional<at::Tensor> &found_inf) {
+                const c10::optional<at::Tensor> &grad_multiplier, const c10::optional<at::Tensor> &found_inf,
+                bool defer_float64) {
     std::vector<StepItem> items;
     std::shared_ptr<const std::vector<CachedParam>> keep;
-    if (!cache.collect(param_groups, state, master_flags, items, keep)) return false;
+    if (!cache.collect(param_groups, state, master_flags, items, keep, defer_float64)) return false;
     const size_t n = items.size();
     if (n == 0) return true; // no gradient anywhere: nothing to check or do, as torch
     if (hparams.empty() || hparams.size() > FADAM_MAX_GROUPS)
@@ -735,5 +743,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "when the cache no longer matches param_groups and state",
           pybind11::arg("tables"), pybind11::arg("cache"), pybind11::arg("param_groups"), pybind11::arg("state"),
           pybind11::arg("hparams"), pybind11::arg("master_weights"), pybind11::arg("grad_multiplier") = pybind11::none(),
-          pybind11::arg("found_inf") = pybind11::none());
+          pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("defer_float64") = false);
 }

@@ -135,7 +135,8 @@ class FusedAdamW(Optimizer):
         self._tables = _C.TableCache()
         self._cache = _C.ParamCache()
         self._loading = None
-        self._has_dtensor = False  # some parameter is a DTensor: steps go through _step_local_shards
+        self._needs_view = False  # some parameter is a DTensor or has gaps: steps go through _step_view
+        self._has_float64 = False  # some parameter is float64: torch's AdamW math steps it (_step_float64)
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.last_grad_norm = None
         self._pending_skip = None  # (pinned flag, event, step tensors) of a CUDA step that may have skipped
@@ -148,7 +149,9 @@ class FusedAdamW(Optimizer):
         _check_options({**self.defaults, **param_group})
         super().add_param_group(param_group)
         self._cache.clear()  # the step would notice the new group; clearing says so outright
-        self._has_dtensor = self._has_dtensor or _any_dtensor([self.param_groups[-1]])
+        needs_view, has_float64 = _layout_flags([self.param_groups[-1]])
+        self._needs_view = self._needs_view or needs_view
+        self._has_float64 = self._has_float64 or has_float64
 
     def __getstate__(self):
         _resolve_pending_skip(self)
@@ -168,7 +171,7 @@ class FusedAdamW(Optimizer):
             self._tables = _C.TableCache()
             self._cache = _C.ParamCache()
             self._loading = None
-        self._has_dtensor = _any_dtensor(self.param_groups)
+        self._needs_view, self._has_float64 = _layout_flags(self.param_groups)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -182,6 +185,9 @@ class FusedAdamW(Optimizer):
         # grads and checks its cache of the parameters and their state against the optimizer.
         hparams = [_group_hparams(group) for group in self.param_groups]
         master_weights = [bool(group["master_weights"]) for group in self.param_groups]
+        # A step captured in a CUDA graph would replay its host step counts and lr frozen: refused
+        # with torch's own check and message (capturable is False).
+        self._cuda_graph_capture_health_check()
         _resolve_pending_skip(self)
         if self._verify_masters:
             self._verify_masters = False
@@ -199,27 +205,35 @@ class FusedAdamW(Optimizer):
             scaling = _scaling_inputs(self, grad_scale, found_inf)
             if scaling is None:  # skipped, as a CPU flag said: nothing to do
                 return loss
-        if not self._has_dtensor and _C.step(
-            self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling
+        float64_step = _float64_step(self, hparams, scaling) if self._has_float64 else None
+        if not self._needs_view and _C.step(
+            self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling,
+            defer_float64=self._has_float64,
         ):
+            if float64_step:
+                float64_step()
             _defer_skip(self, scaling)
             return loss
         # The cache is stale (first step, a group added, a checkpoint loaded, state to create or
         # replaced): make the state that is missing, rebuild the cache and step from it.
-        self._has_dtensor = _any_dtensor(self.param_groups)
+        self._needs_view, self._has_float64 = _layout_flags(self.param_groups)
         created = _create_state(self)
         try:
-            if self._has_dtensor:
-                _step_local_shards(self, hparams, master_weights, scaling)
+            float64_step = _float64_step(self, hparams, scaling) if self._has_float64 else None
+            if self._needs_view:
+                _step_view(self, hparams, master_weights, scaling)
             else:
                 self._cache.load(self.param_groups, self.state, master_weights)
                 if not _C.step(
-                    self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling
+                    self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling,
+                    defer_float64=self._has_float64,
                 ):
                     raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
         except BaseException:
             _discard_state(self, created)
             raise
+        if float64_step:
+            float64_step()
         _defer_skip(self, scaling)
         return loss
 
@@ -332,7 +346,7 @@ def _create_state(optimizer):
                     state = optimizer.state[param]
                     state["step"] = torch.tensor(0.0, dtype=torch.float32)
                     for key in ("exp_avg", "exp_avg_sq"):
-                        state[key] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
+                        state[key] = torch.zeros_like(param, dtype=_state_dtype(param), memory_format=torch.preserve_format)
                     created += [(state, "step"), (state, "exp_avg"), (state, "exp_avg_sq")]
                 if _wants_master(param, group["master_weights"]) and state.get("master_param") is None:
                     state["master_param"] = _fp32_like(param, param)
@@ -353,8 +367,29 @@ def _discard_state(optimizer, created):
     optimizer._cache.clear()  # it holds the discarded tensors
 
 
-def _any_dtensor(param_groups):
-    return DTensor is not None and any(isinstance(p, DTensor) for group in param_groups for p in group["params"])
+def _is_dense(tensor):
+    """Whether tensor's elements fill its storage span with no gap or overlap, in some dimension order
+    (what the C library steps: a flat buffer)."""
+    if tensor.is_contiguous() or tensor.numel() <= 1:
+        return True
+    expected = 1
+    for stride, size in sorted((s, n) for n, s in zip(tensor.shape, tensor.stride()) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _layout_flags(param_groups):
+    """(needs_view, has_float64): some parameter is a DTensor or a strided tensor with gaps (stepped
+    through _step_view); some is float64 (stepped by _float64_step)."""
+    needs_view = has_float64 = False
+    for group in param_groups:
+        for param in group["params"]:
+            local = _local(param)
+            needs_view = needs_view or local is not param or (local.layout == torch.strided and not _is_dense(local))
+            has_float64 = has_float64 or local.dtype == torch.float64
+    return needs_view, has_float64
 
 
 def _local(tensor):
@@ -372,33 +407,91 @@ def _local_grad(param):
     return grad.to_local()
 
 
-def _step_local_shards(optimizer, hparams, master_weights, scaling):
-    """The step of an optimizer with DTensor parameters (FSDP2's fully_shard, tensor parallelism): the
-    local shards of every parameter, gradient and state tensor, with the other parameters, in one
-    fused call. Each rank steps its own shards; AdamW is elementwise, so no communication is needed.
-    The view is rebuilt at every step (a Python loop over the parameters): FSDP2 gives each step new
-    gradient DTensors, which reach the binding as the .grad of the local parameter shards."""
-    groups, state, given = [], {}, []
+def _step_view(optimizer, hparams, master_weights, scaling):
+    """The step of an optimizer with DTensor parameters (FSDP2's fully_shard, tensor parallelism) or
+    strided parameters with gaps, through a view of the optimizer where
+      - a DTensor is its local shard, as are its gradient and state tensors: each rank steps its own
+        shards (AdamW is elementwise, no communication);
+      - a tensor with gaps (a slice with a step, a transposed narrow) is a dense copy, its gradient
+        too, stepped and copied back (the cost: one copy of the parameter and its gradient in, one of
+        the parameter out; its state tensors are dense);
+    with every other parameter, in one fused call. The view is rebuilt at every step (a Python loop over
+    the parameters): FSDP2 gives each step new gradient DTensors, which reach the binding as the .grad
+    of the local shards."""
+    groups, state, given, copies = [], {}, [], []
     try:
         for group in optimizer.param_groups:
-            local_params = []
+            view_params = []
             for param in group["params"]:
                 local = _local(param)
-                local_params.append(local)
+                work = local
+                if local.layout == torch.strided and not _is_dense(local) and local.dtype != torch.float64:
+                    if torch._debug_has_internal_overlap(local) == 1:  # 1: certainly overlaps (2: cannot tell)
+                        raise RuntimeError(
+                            f"fusedadam: a parameter of shape {tuple(local.shape)} with strides {local.stride()} "
+                            "has elements that overlap in memory; it cannot be updated element by element"
+                        )
+                    # dense, in the dimension order of the state torch.zeros_like made for it
+                    work = torch.empty_like(local, memory_format=torch.preserve_format).copy_(local)
+                    copies.append((local, work))
+                view_params.append(work)
                 param_state = optimizer.state.get(param)
                 if param_state:
-                    state[local] = {key: _local(value) for key, value in param_state.items()}
-                if local is not param and param.grad is not None:
-                    local.grad = _local_grad(param)
-                    given.append(local)
-            groups.append({"params": local_params})
+                    state[work] = {key: _local(value) for key, value in param_state.items()}
+                if work is not param and param.grad is not None:
+                    grad = param.grad if local is param else _local_grad(param)
+                    work.grad = torch.empty_like(work, dtype=grad.dtype).copy_(grad) if work is not local else grad
+                    given.append(work)
+            groups.append({"params": view_params})
         optimizer._cache.load(groups, state, master_weights)
-        if not _C.step(optimizer._tables, optimizer._cache, groups, state, hparams, master_weights, **scaling):
+        if not _C.step(
+            optimizer._tables, optimizer._cache, groups, state, hparams, master_weights, **scaling,
+            defer_float64=optimizer._has_float64,
+        ):
             raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
+        for local, work in copies:
+            local.copy_(work)
     finally:
-        for local in given:
-            local.grad = None
-        optimizer._cache.clear()  # holds the local shards and the view: let go of them now
+        for work in given:
+            work.grad = None
+        optimizer._cache.clear()  # holds the view's tensors: let go of them now
+
+
+def _float64_step(optimizer, hparams, scaling):
+    """float64 parameters, which the C library does not step: torch.optim.Adam's own math (its foreach
+    implementation, float64 state as torch keeps it), checked now and run after the fused step by the
+    returned function; None when no float64 parameter has a gradient."""
+    work = []
+    for group, (lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction, maximize) in zip(
+        optimizer.param_groups, hparams
+    ):
+        params = [p for p in group["params"] if p.grad is not None and _local(p).dtype == torch.float64]
+        if not params:
+            continue
+        if not bias_correction:
+            raise ValueError("fusedadam: bias_correction=False is not supported for float64 parameters")
+        states = [optimizer.state[p] for p in params]
+        grads = [_local_grad(p) if _local(p) is not p else p.grad for p in params]
+        options = dict(amsgrad=False, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps,
+                       maximize=maximize, decoupled_weight_decay=decoupled)
+        work.append(([_local(p) for p in params], grads, states, options))
+    if not work:
+        return None
+    multiplier = scaling.get("grad_multiplier") if scaling else None
+    skip = scaling.get("found_inf") if scaling else None
+    if skip is not None and skip.device.type != "cpu":  # a set CPU flag has already returned
+        raise NotImplementedError("fusedadam: float64 parameters with grad_scale/found_inf/max_grad_norm on a GPU")
+
+    def run():
+        from torch.optim.adam import adam
+
+        for params, grads, states, options in work:
+            if multiplier is not None:
+                grads = torch._foreach_mul(grads, multiplier.to(torch.float64).reshape(()))
+            adam(params, grads, [_local(s["exp_avg"]) for s in states], [_local(s["exp_avg_sq"]) for s in states],
+                 [], [s["step"] for s in states], foreach=None, **options)
+
+    return run
 
 
 def _stepped_params(optimizer):
@@ -408,7 +501,10 @@ def _stepped_params(optimizer):
 def _sum_of_squares(grads):
     if not grads:
         return None
-    norms = torch._foreach_norm(grads, 2.0, dtype=torch.float32)
+    wide = [g for g in grads if g.dtype == torch.float64]  # vector_norm will not narrow them to float32
+    narrow = [g for g in grads if g.dtype != torch.float64]
+    norms = list(torch._foreach_norm(narrow, 2.0, dtype=torch.float32)) if narrow else []
+    norms += [n.float() for n in torch._foreach_norm(wide, 2.0)] if wide else []
     return torch.stack(norms).square().sum()
 
 
@@ -516,9 +612,15 @@ def _wants_master(param, master_weights):
     return master_weights and param.dtype in (torch.bfloat16, torch.float16)
 
 
+def _state_dtype(param):
+    """float32 state, but float64 for a float64 parameter (stepped by torch's math, as torch keeps it)."""
+    return torch.float64 if param.dtype == torch.float64 else torch.float32
+
+
 def _fp32_like(param, value):
-    """A float32 tensor laid out like param (what the binding requires), holding value."""
-    out = torch.empty_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
+    """A float32 tensor (float64 for a float64 param) laid out like param (what the binding requires),
+    holding value."""
+    out = torch.empty_like(param, dtype=_state_dtype(param), memory_format=torch.preserve_format)
     out.copy_(value)
     return out
 
@@ -562,6 +664,11 @@ def _restore_fp32_state(optimizer):
         # A torch.optim.AdamW checkpoint has no master: the parameter is the best there is.
         if _wants_master(param, group["master_weights"]) and "master_param" not in state:
             state["master_param"] = _fp32_like(param, param)
+    # torch.optim.AdamW(capturable=True)'s checkpoints: the step counts were made CPU tensors above;
+    # this optimizer is not capturable (its step would refuse the flag).
+    for group in optimizer.param_groups:
+        if group.get("capturable"):
+            group["capturable"] = False
     # A loaded master the parameter has moved away from (e.g. carried unchanged through a run of
     # another optimizer) would undo that run at the next step. Checked at that step, not here: the
     # model's own state dict may be loaded after the optimizer's.

@@ -208,11 +208,11 @@ def load_into_stepped_optimizer():
 
 
 def refused_step_then_good_steps():
-    """A step refused while making state (a float64 parameter) leaves no state; once the parameter
+    """A step refused while making state (a complex64 parameter) leaves no state; once the parameter
     is dropped from the group, steps go on as torch's do."""
     fused, reference = twins(lr=1e-2)
     step_both(fused, reference)
-    bad = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    bad = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
     fused.param_groups[0]["params"].append(bad)
     for p in params_of(fused):
         p.grad = torch.randn_like(p)
@@ -221,7 +221,7 @@ def refused_step_then_good_steps():
     except TypeError:
         pass
     else:
-        raise AssertionError("a float64 parameter was stepped")
+        raise AssertionError("a complex64 parameter was stepped")
     if bad in fused.state:
         raise AssertionError("the refused step left state behind")
     fused.param_groups[0]["params"].pop()
