@@ -4,19 +4,36 @@ kernels/). The extension is compiled against the torch that is installed, so bui
 
     pip install --no-build-isolation .        (or -e . for an editable install)
 
-CUDA_HOME (default /usr/local/cuda) names the toolkit: its headers, and its static CUDA runtime, which
-is linked into the extension with its symbols hidden so that it cannot clash with torch's own.
+CUDA_HOME (default: the toolkit of the nvcc on PATH, else /usr/local/cuda) names the toolkit: its
+headers, and its static CUDA runtime, which is linked into the extension with its symbols hidden so that
+it cannot clash with torch's own. The extension then needs a driver that runs that toolkit's runtime
+(CUDA 13: 580 or newer).
+
+Without a CUDA toolkit (no CUDA_HOME/bin/nvcc), or with FADAM_CPU_ONLY=1, the CPU-only extension is
+built instead: the library from csrc/ alone (make cpu-only, no nvcc), no CUDA library linked, so it also
+works with a CPU-only torch; CUDA tensors are refused with a message saying so.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CUDA_HOME = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
-STATIC_LIB = os.path.join("build", "libfusedadam.a")
+
+
+def default_cuda_home():
+    nvcc = shutil.which("nvcc")
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else "/usr/local/cuda"
+
+
+CUDA_HOME = os.environ.get("CUDA_HOME") or default_cuda_home()
+CPU_ONLY = os.environ.get("FADAM_CPU_ONLY") == "1" or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+STATIC_LIB = os.path.join("build", "cpu-only" if CPU_ONLY else "", "libfusedadam.a")
+if CPU_ONLY:
+    print(f"fusedadam: no CUDA toolkit at {CUDA_HOME} (or FADAM_CPU_ONLY=1): building the CPU-only extension")
 
 try:
     from torch.utils.cpp_extension import BuildExtension, CppExtension
@@ -37,20 +54,32 @@ class BuildWithLibrary(BuildExtension):
     """Brings build/libfusedadam.a up to date with the Makefile before linking it."""
 
     def run(self):
-        subprocess.check_call(["make", "-s", "--no-print-directory", "-C", ROOT, STATIC_LIB])
+        subprocess.check_call(["make", "-s", "--no-print-directory", "-C", ROOT, f"CUDA_HOME={CUDA_HOME}", STATIC_LIB])
         super().run()
 
 
-extension = CppExtension(
-    name="fusedadam._C",
-    sources=["python/fusedadam/_C.cpp"],
-    include_dirs=[os.path.join(ROOT, "include"), os.path.join(CUDA_HOME, "include")],
-    libraries=["c10_cuda"],
-    extra_objects=[os.path.join(ROOT, STATIC_LIB), os.path.join(CUDA_HOME, "lib64", "libcudart_static.a")],
-    extra_compile_args=["-O2"],
-    extra_link_args=["-Wl,--exclude-libs,ALL", "-ldl", "-lrt", "-lpthread"],
-    depends=[STATIC_LIB, "include/fusedadam.h"],
-)
+if CPU_ONLY:
+    extension = CppExtension(
+        name="fusedadam._C",
+        sources=["python/fusedadam/_C.cpp"],
+        include_dirs=[os.path.join(ROOT, "include")],
+        define_macros=[("FADAM_CPU_ONLY", None)],
+        extra_objects=[os.path.join(ROOT, STATIC_LIB)],
+        extra_compile_args=["-O2"],
+        extra_link_args=["-Wl,--exclude-libs,ALL", "-lpthread"],
+        depends=[STATIC_LIB, "include/fusedadam.h"],
+    )
+else:
+    extension = CppExtension(
+        name="fusedadam._C",
+        sources=["python/fusedadam/_C.cpp"],
+        include_dirs=[os.path.join(ROOT, "include"), os.path.join(CUDA_HOME, "include")],
+        libraries=["c10_cuda"],
+        extra_objects=[os.path.join(ROOT, STATIC_LIB), os.path.join(CUDA_HOME, "lib64", "libcudart_static.a")],
+        extra_compile_args=["-O2"],
+        extra_link_args=["-Wl,--exclude-libs,ALL", "-ldl", "-lrt", "-lpthread"],
+        depends=[STATIC_LIB, "include/fusedadam.h"],
+    )
 
 setup(
     name="fusedadam",

@@ -9,8 +9,10 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#ifndef FADAM_CPU_ONLY // the CPU-only build (setup.py without a CUDA toolkit) links no CUDA library
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#endif
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -125,7 +127,7 @@ struct CachedTable {
     std::vector<fadam_tensor> tensors;
     int n_groups = 0;
     at::Tensor device_table; // uint8, from PyTorch's caching allocator
-    cudaStream_t allocated_on = nullptr;
+    fadam_stream allocated_on = nullptr; // a cudaStream_t
     bool used = false;
 };
 
@@ -151,6 +153,7 @@ class TableCache {
 
     // The device table for `bucket`, encoded and copied on `stream` when it differs from the cached
     // one (table_bytes: what fadam_table_bytes gave for it; unused when the cached table is reused).
+#ifndef FADAM_CPU_ONLY
     const at::Tensor &table_for(const Bucket &bucket, int ordinal, int n_groups, size_t table_bytes,
                                 const c10::cuda::CUDAStream &stream) {
         bool unchanged = holds(bucket, ordinal, n_groups);
@@ -158,7 +161,8 @@ class TableCache {
         cached.used = true;
         if (unchanged) {
             // The caching allocator must not hand the table out again while another stream reads it.
-            if (stream.stream() != cached.allocated_on) cached.device_table.record_stream(stream);
+            if (reinterpret_cast<fadam_stream>(stream.stream()) != cached.allocated_on)
+                cached.device_table.record_stream(stream);
             return cached.device_table;
         }
         // Pinned memory from PyTorch's caching host allocator: the copy is asynchronous, and the
@@ -173,10 +177,11 @@ class TableCache {
         cached.tensors = bucket.tensors;
         cached.n_groups = n_groups;
         cached.device_table = device_table;
-        cached.allocated_on = stream.stream();
+        cached.allocated_on = reinterpret_cast<fadam_stream>(stream.stream());
         encodes++;
         return cached.device_table;
     }
+#endif
 
     // Drops the tables no bucket of this step used (their tensors are gone or regrouped).
     void drop_unused() {
@@ -554,6 +559,11 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         if (type != at::kCPU && type != at::kCUDA)
             throw std::runtime_error("fusedadam: " + where() + " is on " + param.device().str() +
                                      "; FusedAdamW steps CPU and CUDA tensors");
+#ifdef FADAM_CPU_ONLY
+        if (type == at::kCUDA)
+            throw std::runtime_error("fusedadam: " + where() + " is a CUDA tensor, and this is the CPU-only build of "
+                                     "the extension (built without a CUDA toolkit; see the README's Install)");
+#endif
         fadam_tensor entry{};
         if (!to_fadam_dtype(param.scalar_type(), &entry.param_dtype))
             throw pybind11::type_error("fusedadam: " + where() + ": float32, bfloat16 and float16 parameters are supported");
@@ -643,6 +653,9 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         size_t index = bucket_index++;
         if (bucket.device < 0) continue;
         any_cuda = true;
+#ifdef FADAM_CPU_ONLY // no CUDA bucket there: step 1 refused CUDA tensors
+        (void)index;
+#else
         c10::cuda::CUDAGuard guard((c10::DeviceIndex)bucket.device);
         c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream((c10::DeviceIndex)bucket.device);
         const at::Tensor &table = tables.table_for(bucket, ordinals[index], n_groups, table_bytes[index], stream);
@@ -655,6 +668,7 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
                                                  reinterpret_cast<fadam_stream>(stream.stream())),
                          tensors_of(bucket));
         tables.launches++;
+#endif
     }
     if (any_cuda) tables.drop_unused();
     for (const auto &item : by_key) {
