@@ -507,6 +507,19 @@ at::Tensor scaling_input(const c10::optional<at::Tensor> &value, int device, con
     return value->device() == target ? *value : value->to(target, /*non_blocking=*/true);
 }
 
+// capturable=True: t (int64, one element) and the groups' lr (float32, one per group) in tensors on the
+// bucket's device (-1: the CPU), read by the update when it runs; copied there when elsewhere.
+at::Tensor memory_input(const c10::optional<at::Tensor> &value, int device, at::ScalarType type, int64_t numel,
+                        const char *what) {
+    if (!value || !value->defined()) return at::Tensor();
+    if (value->scalar_type() != type || value->numel() != numel || value->layout() != at::kStrided ||
+        !value->is_contiguous())
+        throw pybind11::type_error(std::string("fusedadam: ") + what + " must be a contiguous " + dtype_name(type) +
+                                   " tensor of " + std::to_string(numel) + " element(s)");
+    at::Device target = device < 0 ? at::Device(at::kCPU) : at::Device(at::kCUDA, (c10::DeviceIndex)device);
+    return value->device() == target ? *value : value->to(target, /*non_blocking=*/true);
+}
+
 // Pointers for fadam_step_scaling into the tensors of scaling_input (kept alive by the caller).
 fadam_step_scaling scaling_of(const at::Tensor &grad_multiplier, const at::Tensor &found_inf) {
     fadam_step_scaling scaling{};
@@ -518,7 +531,11 @@ fadam_step_scaling scaling_of(const at::Tensor &grad_multiplier, const at::Tenso
 bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle param_groups, pybind11::handle state,
                 const std::vector<GroupHparams> &hparams, const std::vector<bool> &master_flags,
                 const c10::optional<at::Tensor> &grad_multiplier, const c10::optional<at::Tensor> &found_inf,
-                bool defer_float64) {
+                bool defer_float64, const c10::optional<at::Tensor> &device_step,
+                const c10::optional<at::Tensor> &device_lr) {
+    // capturable: t and lr come from memory (device_step, device_lr), state['step'] is not read or
+    // advanced here (it may live on the GPU; the caller advances it with device ops).
+    const bool step_in_memory = device_step && device_step->defined();
     std::vector<StepItem> items;
     std::shared_ptr<const std::vector<CachedParam>> keep;
     if (!cache.collect(param_groups, state, master_flags, items, keep, defer_float64)) return false;
@@ -599,7 +616,7 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         entry.numel = param.numel();
         entry.group = (int)item.group;
         int device = type == at::kCUDA ? param.device().index() : -1;
-        int64_t step = read_step(item.group, param, *item.step) + 1;
+        int64_t step = step_in_memory ? 0 : read_step(item.group, param, *item.step) + 1;
         Bucket &bucket = by_key[{device, -step}]; // within a device, the most advanced step count first
         bucket.device = device;
         bucket.step = step;
@@ -661,6 +678,10 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         const at::Tensor &table = tables.table_for(bucket, ordinals[index], n_groups, table_bytes[index], stream);
         fadam_step_source source{};
         source.step = bucket.step;
+        at::Tensor t_memory = memory_input(device_step, bucket.device, at::kLong, 1, "device_step");
+        at::Tensor lr_memory = memory_input(device_lr, bucket.device, at::kFloat, n_groups, "device_lr");
+        if (t_memory.defined()) source.device_step = t_memory.const_data_ptr<int64_t>();
+        if (lr_memory.defined()) source.device_lr = lr_memory.const_data_ptr<float>();
         at::Tensor multiplier = scaling_input(grad_multiplier, bucket.device, "grad_multiplier");
         at::Tensor inf_flag = scaling_input(found_inf, bucket.device, "found_inf");
         fadam_step_scaling scaling = scaling_of(multiplier, inf_flag);
@@ -676,6 +697,10 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         if (bucket.device >= 0) continue;
         fadam_step_source source{};
         source.step = bucket.step;
+        at::Tensor t_memory = memory_input(device_step, -1, at::kLong, 1, "device_step");
+        at::Tensor lr_memory = memory_input(device_lr, -1, at::kFloat, n_groups, "device_lr");
+        if (t_memory.defined()) source.device_step = t_memory.const_data_ptr<int64_t>();
+        if (lr_memory.defined()) source.device_lr = lr_memory.const_data_ptr<float>();
         at::Tensor multiplier = scaling_input(grad_multiplier, -1, "grad_multiplier");
         at::Tensor inf_flag = scaling_input(found_inf, -1, "found_inf");
         fadam_step_scaling scaling = scaling_of(multiplier, inf_flag);
@@ -704,7 +729,8 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
             prefetch_data(*ahead.step);
         }
         StepItem &item = items[i];
-        *static_cast<float *>(item.step->data_ptr()) += 1.0f; // read_step made it a CPU float32 scalar
+        if (!step_in_memory)
+            *static_cast<float *>(item.step->data_ptr()) += 1.0f; // read_step made it a CPU float32 scalar
         for (const at::Tensor *t : {&*item.step, &*item.param, &*item.exp_avg, &*item.exp_avg_sq})
             t->unsafeGetTensorImpl()->bump_version();
         if (item.master->defined()) item.master->unsafeGetTensorImpl()->bump_version();
@@ -757,5 +783,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "when the cache no longer matches param_groups and state",
           pybind11::arg("tables"), pybind11::arg("cache"), pybind11::arg("param_groups"), pybind11::arg("state"),
           pybind11::arg("hparams"), pybind11::arg("master_weights"), pybind11::arg("grad_multiplier") = pybind11::none(),
-          pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("defer_float64") = false);
+          pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("defer_float64") = false,
+          pybind11::arg("device_step") = pybind11::none(), pybind11::arg("device_lr") = pybind11::none());
 }

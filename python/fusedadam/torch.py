@@ -7,7 +7,8 @@ with one fused kernel launch per step, and FusedAdam, the same for torch.optim.A
 CUDA parameters are stepped by fusedadam's kernel on PyTorch's current stream, CPU parameters by its
 CPU implementation. Per-parameter state, under torch.optim.AdamW's keys so that a checkpoint moves
 between the two optimizers in either direction:
-    step          float32 scalar tensor on the CPU: the steps this parameter has taken
+    step          float32 scalar tensor on the CPU (capturable=True: on the parameter's device): the steps
+                  this parameter has taken
     exp_avg       first moment, float32 (torch.optim.AdamW keeps it in the parameter's dtype)
     exp_avg_sq    second moment, float32
     master_param  float32 copy of a bfloat16/float16 parameter (master_weights=True): the update is
@@ -36,7 +37,7 @@ MAX_GROUPS = _C.MAX_GROUPS
 # State that stays float32 whatever the parameter's dtype (torch's loader would cast it to that dtype).
 _FP32_STATE_KEYS = ("exp_avg", "exp_avg_sq", "master_param")
 # torch.optim.AdamW options fusedadam has no kernel for; accepted only as False.
-_UNSUPPORTED_OPTIONS = ("amsgrad", "capturable", "differentiable")
+_UNSUPPORTED_OPTIONS = ("amsgrad", "differentiable")
 # Group keys torch.optim.AdamW does not have: state_dict() leaves them out where they hold the
 # constructor's value, and load_state_dict() takes the constructor's value where they are missing, so
 # that a torch.distributed.checkpoint of either optimizer loads into the other (DCP asks the checkpoint
@@ -48,8 +49,10 @@ class FusedAdamW(Optimizer):
     """torch.optim.AdamW with one fused kernel launch per step for all CUDA parameters.
 
     Takes torch.optim.AdamW's arguments with its defaults. ``foreach`` and ``fused`` are accepted and
-    ignored (the step is always fused); ``amsgrad``, ``capturable`` and ``differentiable`` must stay
-    False. Three more, per parameter group like the rest:
+    ignored (the step is always fused); ``amsgrad`` and ``differentiable`` must stay False.
+    ``capturable=True`` (for CUDA graphs) keeps the step counts and lr in tensors on the parameters'
+    device, read by the update when it runs: take one step before capturing; every parameter on one
+    device with one step count. Three more, per parameter group like the rest:
 
     bias_correction (bool): divide by 1 - beta^t as PyTorch does (default True).
     decoupled_weight_decay (bool): True (default) is AdamW's decay, p *= 1 - lr * weight_decay;
@@ -141,6 +144,8 @@ class FusedAdamW(Optimizer):
         self.last_grad_norm = None
         self._pending_skip = None  # (pinned flag, event, step tensors) of a CUDA step that may have skipped
         self._verify_masters = False  # a state dict was loaded: the next step checks its masters first
+        self._capturable_t = None  # capturable=True: the steps taken, int64 on the parameters' device
+        self._capturable_lr = None  # capturable=True: every group's lr, float32 on that device
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -163,6 +168,8 @@ class FusedAdamW(Optimizer):
         self.__dict__.setdefault("last_grad_norm", None)
         self.__dict__.setdefault("_pending_skip", None)
         self.__dict__.setdefault("_verify_masters", False)
+        self.__dict__.setdefault("_capturable_t", None)
+        self.__dict__.setdefault("_capturable_lr", None)
         # A torch.optim.AdamW checkpoint lacks this optimizer's own keys: they take the defaults.
         for group in self.param_groups:
             for key, value in self.defaults.items():
@@ -205,6 +212,15 @@ class FusedAdamW(Optimizer):
             scaling = _scaling_inputs(self, grad_scale, found_inf)
             if scaling is None:  # skipped, as a CPU flag said: nothing to do
                 return loss
+        capturable = {bool(group["capturable"]) for group in self.param_groups}
+        if len(capturable) > 1:
+            raise ValueError("fusedadam: capturable must be the same for every parameter group")
+        capturable, stepped = capturable.pop(), None
+        if capturable:
+            stepped = _stepped_params(self)
+            if not stepped:
+                return loss
+            scaling = {**scaling, **_capturable_inputs(self, stepped)}
         float64_step = _float64_step(self, hparams, scaling) if self._has_float64 else None
         if not self._needs_view and _C.step(
             self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling,
@@ -212,6 +228,8 @@ class FusedAdamW(Optimizer):
         ):
             if float64_step:
                 float64_step()
+            if capturable:
+                _advance_capturable(self, stepped, scaling)
             _defer_skip(self, scaling)
             return loss
         # The cache is stale (first step, a group added, a checkpoint loaded, state to create or
@@ -234,6 +252,8 @@ class FusedAdamW(Optimizer):
             raise
         if float64_step:
             float64_step()
+        if capturable:
+            _advance_capturable(self, stepped, scaling)
         _defer_skip(self, scaling)
         return loss
 
@@ -344,7 +364,7 @@ def _create_state(optimizer):
                 state = optimizer.state.get(param)
                 if not state:
                     state = optimizer.state[param]
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["step"] = _new_step(param, group["capturable"], 0.0)
                     for key in ("exp_avg", "exp_avg_sq"):
                         state[key] = torch.zeros_like(param, dtype=_state_dtype(param), memory_format=torch.preserve_format)
                     created += [(state, "step"), (state, "exp_avg"), (state, "exp_avg_sq")]
@@ -494,6 +514,56 @@ def _float64_step(optimizer, hparams, scaling):
     return run
 
 
+def _new_step(param, capturable, value):
+    """state['step']: a CPU float32 scalar tensor, or with capturable=True one on the parameter's device
+    (torch's convention), which the step advances with device ops."""
+    device = _local(param).device if capturable else "cpu"
+    return torch.full((), value, dtype=torch.float32, device=device)
+
+
+def _capturable_inputs(optimizer, params):
+    """capturable=True: t of this step (int64) and every group's lr (float32) in tensors on the
+    parameters' device, made with device ops only, so that a step captured in a CUDA graph reads
+    them when it is replayed (lr tensors changed in place by schedulers included). The counter behind
+    t is set up from the step counts outside a capture: the first step (the warm-up torch's capturable
+    optimizers also need) and the first after a load."""
+    device = _local(params[0]).device
+    if any(_local(p).device != device for p in params):
+        raise ValueError("fusedadam: capturable=True needs every parameter on one device")
+    if any(_local(p).dtype == torch.float64 for p in params):
+        raise NotImplementedError("fusedadam: capturable=True with float64 parameters")
+    counter = optimizer._capturable_t
+    if counter is None or counter.device != device:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("fusedadam: take one step with capturable=True before capturing it (a warm-up step)")
+        counts = {float(optimizer.state[p]["step"]) if "step" in optimizer.state.get(p, {}) else 0.0 for p in params}
+        if len(counts) > 1:
+            raise ValueError(f"fusedadam: capturable=True steps every parameter with one step count; they have {sorted(counts)}")
+        counter = torch.full((), int(counts.pop()) if counts else 0, dtype=torch.int64, device=device)
+        optimizer._capturable_t = counter
+        optimizer._capturable_lr = torch.empty(len(optimizer.param_groups), dtype=torch.float32, device=device)
+    lrs = optimizer._capturable_lr
+    if lrs.numel() != len(optimizer.param_groups):
+        lrs = optimizer._capturable_lr = torch.empty(len(optimizer.param_groups), dtype=torch.float32, device=device)
+    for g, group in enumerate(optimizer.param_groups):
+        lrs[g].fill_(group["lr"])  # a tensor lr is copied on the device; a float is the fill's argument
+    return {"device_step": counter + 1, "device_lr": lrs}
+
+
+def _advance_capturable(optimizer, params, scaling):
+    """After a capturable step: the counter and each stepped parameter's step count advance on the
+    device, by 1 - found_inf when a skip flag was given (as torch's capturable optimizers do)."""
+    skip = scaling.get("found_inf") if scaling else None
+    steps = [optimizer.state[p]["step"] for p in params]
+    if skip is None:
+        optimizer._capturable_t.add_(1)
+        torch._foreach_add_(steps, 1.0)
+    else:
+        advance = 1.0 - skip.reshape(())
+        optimizer._capturable_t.add_(advance.to(torch.int64))
+        torch._foreach_add_(steps, advance)
+
+
 def _stepped_params(optimizer):
     return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
@@ -570,7 +640,7 @@ def _defer_skip(optimizer, scaling):
     """After a CUDA step whose skip flag is on the device: the binding advanced the step counts; the
     flag is copied to the host asynchronously, and _resolve_pending_skip takes them back if it was set."""
     skip = scaling.get("found_inf") if scaling else None
-    if skip is None or skip.device.type != "cuda":
+    if skip is None or skip.device.type != "cuda" or optimizer.defaults["capturable"]:
         return
     flag = torch.empty(1, dtype=torch.float32, pin_memory=True)
     flag.copy_(skip, non_blocking=True)
@@ -596,8 +666,9 @@ def _group_hparams(group):
     """A group's hyperparameters as the binding takes them, read at every step (schedulers change lr)."""
     _check_options(group)
     beta1, beta2 = group["betas"]
+    lr = group["lr"]
     return (
-        float(group["lr"]),
+        0.0 if group["capturable"] and torch.is_tensor(lr) else float(lr),  # capturable: lr read from memory
         float(beta1),
         float(beta2),
         float(group["eps"]),
@@ -660,15 +731,15 @@ def _restore_fp32_state(optimizer):
         for key, value in stashed[saved_id].items():
             state[key] = _fp32_like(param, value)
         if "step" in state:
-            state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
+            state["step"] = _new_step(param, optimizer.defaults["capturable"], float(state["step"]))
         # A torch.optim.AdamW checkpoint has no master: the parameter is the best there is.
         if _wants_master(param, group["master_weights"]) and "master_param" not in state:
             state["master_param"] = _fp32_like(param, param)
-    # torch.optim.AdamW(capturable=True)'s checkpoints: the step counts were made CPU tensors above;
-    # this optimizer is not capturable (its step would refuse the flag).
+    # capturable is this optimizer's choice, not the checkpoint's (torch.optim.AdamW(capturable=True)
+    # saves it True): the step counts were placed above for this optimizer's mode.
     for group in optimizer.param_groups:
-        if group.get("capturable"):
-            group["capturable"] = False
+        group["capturable"] = optimizer.defaults["capturable"]
+    optimizer._capturable_t = None  # the step counts changed: the capturable counter starts from them
     # A loaded master the parameter has moved away from (e.g. carried unchanged through a run of
     # another optimizer) would undo that run at the next step. Checked at that step, not here: the
     # model's own state dict may be loaded after the optimizer's.
