@@ -279,6 +279,22 @@ static void test_gradient_scaling_from_memory() {
         else
             CHECK(before.empty() || !same_float(before[0], m.kernel_side[0].exp_avg[0]), "the step changed nothing");
     }
+    /* Bad calls fail whatever the flag says (checked before it), and change nothing. */
+    float set = 1.0f;
+    fadam_step_scaling skip_all = {NULL, &set};
+    fadam_step_source bad_step = {0, NULL, NULL}, good_step = {1, NULL, NULL};
+    CHECK(fadam_cpu_step_scaled(m.reference_side.data(), (int64_t)m.reference_side.size(), NULL,
+                                (int)m.groups.size(), &good_step, &skip_all) == FADAM_ERR_NULL_POINTER,
+          "NULL groups accepted");
+    CHECK(fadam_cpu_step_scaled(m.reference_side.data(), (int64_t)m.reference_side.size(), m.groups.data(),
+                                (int)m.groups.size(), &bad_step, &skip_all) == FADAM_ERR_INVALID_VALUE,
+          "step 0 accepted");
+    fadam_tensor broken = m.reference_side[0];
+    broken.param = NULL;
+    broken.numel = 4;
+    CHECK(fadam_cpu_step_scaled(&broken, 1, m.groups.data(), (int)m.groups.size(), &good_step, &skip_all) !=
+              FADAM_SUCCESS,
+          "a NULL param accepted because found_inf was set");
     check_case_end("kernel_reads_gradient_multiplier_and_found_inf_from_memory");
 }
 
