@@ -490,11 +490,10 @@ def _float64_step(optimizer, hparams, scaling):
             continue
         if not bias_correction:
             raise ValueError("fusedadam: bias_correction=False is not supported for float64 parameters")
-        states = [optimizer.state[p] for p in params]
         grads = [_local_grad(p) if _local(p) is not p else p.grad for p in params]
         options = dict(amsgrad=False, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps,
                        maximize=maximize, decoupled_weight_decay=decoupled)
-        work.append(([_local(p) for p in params], grads, states, options))
+        work.append((params, grads, options))
     if not work:
         return None
     multiplier = scaling.get("grad_multiplier") if scaling else None
@@ -505,11 +504,12 @@ def _float64_step(optimizer, hparams, scaling):
     def run():
         from torch.optim.adam import adam
 
-        for params, grads, states, options in work:
+        for params, grads, options in work:
+            states = [optimizer.state[p] for p in params]  # made by now (_create_state)
             if multiplier is not None:
                 grads = torch._foreach_mul(grads, multiplier.to(torch.float64).reshape(()))
-            adam(params, grads, [_local(s["exp_avg"]) for s in states], [_local(s["exp_avg_sq"]) for s in states],
-                 [], [s["step"] for s in states], foreach=None, **options)
+            adam([_local(p) for p in params], grads, [_local(s["exp_avg"]) for s in states],
+                 [_local(s["exp_avg_sq"]) for s in states], [], [s["step"] for s in states], foreach=None, **options)
 
     return run
 

@@ -37,8 +37,9 @@ OPTIONS = {"lr": 1e-2, "weight_decay": 0.1, "betas": (0.9, 0.95)}
 # NUMERICS.md times the steps taken.
 TRAINED_TOL = {"atol": FP32_TOL["atol"] * STEPS, "rtol": 1e-4}
 # bf16 gradients reduced in another order differ by bf16 ulps (2^-8 relative), which Adam's normalised
-# update can turn into lr-sized steps on the elements whose gradients nearly cancel.
-BF16_TRAINED_TOL = {"atol": OPTIONS["lr"], "rtol": 1e-2}
+# update can turn into lr-sized steps on the odd element whose gradient nearly cancels: bf16 runs are
+# compared over the whole model in the L2 norm, relative (a norm's bias, from 0, alone can be 1.5% off).
+BF16_TRAINED_RTOL = 1e-2  # seen: 1.4e-3 to 2.2e-3; a shard left unstepped: ~30%
 
 
 class Block(torch.nn.Module):
@@ -241,7 +242,13 @@ def worker(rank, seed, port, out_dir):
     if rank == 0:
         bf16_reference = make_model(seed).to(torch.bfloat16)
         train(bf16_reference, FusedAdamW(bf16_reference.parameters(), **OPTIONS), batches)
-    errors += compare_models("bf16 FSDP2", bf16_model, bf16_reference, BF16_TRAINED_TOL)
+    gathered = [(name, full(param.detach()).float()) for name, param in bf16_model.named_parameters()]
+    if rank == 0:
+        difference = sum(float((value - expected.detach().float()).square().sum())
+                         for (_, value), expected in zip(gathered, bf16_reference.parameters()))
+        size = sum(float(expected.detach().float().square().sum()) for expected in bf16_reference.parameters())
+        if not (difference / size) ** 0.5 <= BF16_TRAINED_RTOL:
+            errors.append(f"bf16 FSDP2: the model differs by {(difference / size) ** 0.5:.3g} (L2, relative)")
     results["fsdp2_bf16"] = errors
 
     # DDP over gloo.
