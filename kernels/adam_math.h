@@ -87,6 +87,8 @@ typedef struct fadam_step_kernel_args {
     const fadam_device_state *state; /* optional (the fused step): skip flag, t, lr factor, grad scale */
     const int64_t *device_step;      /* optional: t read at run time */
     const float *device_lr;          /* optional: one lr per group read at run time */
+    /* optional (the fused step): each group's scalars, computed by the norm kernel's last block */
+    const fadam_group_scalars *device_scalars;
     int64_t step;
     int32_t n_groups;
     int32_t scalars_given; /* set by fadam_launch_adam_step only */
@@ -95,6 +97,17 @@ typedef struct fadam_step_kernel_args {
         fadam_group_scalars scalars[FADAM_MAX_GROUPS];
     };
 } fadam_step_kernel_args;
+
+/* Arguments of the fused step's norm kernel (kernels/grad_norm.cu), passed by value (about 2.2 KB). */
+typedef struct fadam_norm_kernel_args {
+    const fadam_table_header *table;   /* device memory; the entries follow the header */
+    double *chunk_partials;            /* one per chunk of the table */
+    fadam_device_state *state;         /* the step's decision goes here */
+    fadam_group_scalars *scalars_out;  /* optional: n_groups scalars for the update (device_scalars) */
+    fadam_fused_step_config config;
+    int32_t n_groups;
+    fadam_hparams groups[FADAM_MAX_GROUPS];
+} fadam_norm_kernel_args;
 
 /* beta^t by repeated squaring in double: only IEEE multiplications, so the host and the device
  * get the same bits (pow() implementations differ in their last ulp). */

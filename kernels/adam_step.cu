@@ -15,8 +15,9 @@
  * Launch shape: a 1-D grid of any size (block b owns a contiguous range of the table's chunks of
  * FADAM_CHUNK_ELEMS elements; production uses one wave: the occupancy API's blocks per SM times the
  * SMs), a 1-D block of at most FADAM_BLOCK_THREADS threads. The per-group scalars for step t come
- * computed from the host (fadam_launch_adam_step), or, when t or lr live in device memory, each block
- * computes them once into shared memory; a tensor's scalars are copied into registers before its loop.
+ * computed from the host (fadam_launch_adam_step), or from the norm kernel's last block (the fused
+ * step: device_scalars), or, when t or lr live in device memory, each block computes them once into
+ * shared memory; a tensor's scalars are copied into registers before its loop.
  * Each dtype path is its own __noinline__ function (named in the sass-check's table): 16-byte
  * accesses where every pointer is 16-byte aligned (4 fp32 or 8 elements per thread when a 16-bit type
  * is involved), the tail of a tensor done in the same pass by the threads past the vector work, and a
@@ -151,20 +152,25 @@ static __device__ __forceinline__ void adam_range_for_grad(const fadam_table_ent
     }
 }
 
-/* 4 blocks of 256 per SM (at most 64 registers): at 48 ptxas spills in the loops. */
+/* 48 registers, no spills: 5 blocks of 256 per SM. The scalars come from one place, shared memory,
+ * copied into registers per tensor (indexing the by-value arguments took 60 registers). A minimum of 5
+ * blocks in the launch bounds gets the same count but one more instruction per element in every loop;
+ * the sass-check's budget holds the 48. */
 __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fadam_step_kernel_args args) {
     __shared__ fadam_group_scalars group_scalars[FADAM_MAX_GROUPS];
     const fadam_table_header *table = args.table;
 
     /* A fused step whose gradients held Inf/NaN changes nothing (the whole block leaves together). */
     if (args.state && args.state->counters.skipped) return;
-    /* t and lr live in device memory (a replayed CUDA graph, the fused step): read them here, once per block. */
-    if (!args.scalars_given) {
-        for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x)
-            group_scalars[g] = fadam_scalars_for_step(&args.groups[g], g, args.step, args.device_step,
-                                                      args.device_lr, args.state);
-        __syncthreads();
-    }
+    /* The groups' scalars, once per block, into shared memory: from the host (scalars_given), from the
+     * norm kernel (the fused step's device_scalars), or computed here when t or lr live in device
+     * memory (a replayed CUDA graph). One source for the chunk loop keeps its registers down. */
+    for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x)
+        group_scalars[g] = args.scalars_given    ? args.scalars[g]
+                           : args.device_scalars ? args.device_scalars[g]
+                                                 : fadam_scalars_for_step(&args.groups[g], g, args.step,
+                                                                          args.device_step, args.device_lr, args.state);
+    __syncthreads();
 
     const fadam_table_entry *entries = fadam_table_entries(table);
     const int64_t n_tensors = table->n_tensors, chunk_elems = table->chunk_elems;
@@ -176,7 +182,7 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fa
         /* A copy in registers: stores through the tensor's pointers could alias the table otherwise. */
         const fadam_table_entry t = entries[tensor];
         if (t.group < 0 || t.group >= args.n_groups) continue;
-        const update_scalars s = loop_scalars(args.scalars_given ? args.scalars[t.group] : group_scalars[t.group]);
+        const update_scalars s = loop_scalars(group_scalars[t.group]);
         const int64_t begin = (chunk - t.first_chunk) * chunk_elems;
         const int64_t end = begin + chunk_elems < t.numel ? begin + chunk_elems : t.numel;
         switch (t.param_dtype) {
@@ -195,7 +201,7 @@ extern "C" cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args
     if (args->n_groups < 0 || args->n_groups > FADAM_MAX_GROUPS) return cudaErrorInvalidValue;
     a = *args;
     a.scalars_given = 0;
-    if (!a.state && !a.device_step && !a.device_lr) { /* t and lr known here: the scalars once, on the host */
+    if (!a.state && !a.device_step && !a.device_lr && !a.device_scalars) { /* t and lr known here: the scalars once, on the host */
         fadam_group_scalars scalars[FADAM_MAX_GROUPS];
         for (int g = 0; g < a.n_groups; g++)
             scalars[g] = fadam_compute_group_scalars(&a.groups[g], a.groups[g].lr, a.step);
