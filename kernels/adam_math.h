@@ -14,8 +14,11 @@
 #define FADAM_HOST_DEVICE
 #endif
 
-/* Elements per chunk: one block updates one chunk at a time. A multiple of every vector width. */
-#define FADAM_CHUNK_ELEMS (64 * 1024)
+/* Elements per chunk: one warp updates one chunk at a time (the norm pass: a warp or a block). Small
+ * enough that a 10M-element tensor keeps 9 warps per SM of an H200 busy (1,221 chunks), large enough
+ * that the norm's per-chunk partials stay few (a 1B-element model: 122K). A multiple of every vector
+ * width. */
+#define FADAM_CHUNK_ELEMS (8 * 1024)
 /* The table's version: "ADATAB2" since vector_ok means 16-byte alignment (8 elements of 16-bit types). */
 #define FADAM_TABLE_MAGIC 0x32424154414441ull /* "ADATAB2" */
 

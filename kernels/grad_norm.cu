@@ -134,7 +134,9 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS, 5) grad_norm_kernel(const
     int64_t chunk, chunk_end, tensor = 0;
     unsigned parity = 0;
     fadam_block_chunks(n_chunks, &chunk, &chunk_end);
-    if (chunk < chunk_end) tensor = fadam_find_tensor(entries, n_tensors, chunk);
+    if (chunk < chunk_end) tensor = fadam_warp_find_tensor(entries, n_tensors, chunk);
+    /* Every warp walks every chunk of the range: the entries of as many tensors into L1 first. */
+    fadam_prefetch_entries(entries, n_tensors, tensor, chunk_end - chunk + 1, threadIdx.x, blockDim.x);
     for (; chunk < chunk_end; chunk++) {
         tensor = fadam_advance_tensor(entries, n_tensors, tensor, chunk);
         const fadam_table_entry *t = &entries[tensor];

@@ -245,7 +245,17 @@ static void test_bad_launch() {
     a.n_groups = FADAM_MAX_GROUPS + 1;
     CHECK(fadam_launch_grad_norm(&a, 2, 64, NULL) == cudaErrorInvalidValue, "n_groups %d accepted", a.n_groups);
     CHECK(state.counters.step == 0 && state.blocks_done == 0, "a refused launch changed the state");
-    check_case_end("norm_launch_refuses_bad_shapes");
+    /* The update: warps own chunks, so whole warps only. */
+    fadam_step_kernel_args u;
+    std::memset(&u, 0, sizeof u);
+    u.table = a.table;
+    u.step = 1;
+    u.n_groups = 1;
+    u.groups[0] = m.groups[0];
+    const unsigned update_blocks[3] = {16, 48, 512};
+    for (unsigned b : update_blocks)
+        CHECK(fadam_launch_adam_step(&u, 2, b, NULL) == cudaErrorInvalidValue, "update block of %u threads accepted", b);
+    check_case_end("launches_refuse_bad_shapes");
 }
 
 int main() {
