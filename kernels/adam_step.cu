@@ -234,7 +234,8 @@ extern "C" cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args
     if (args->n_groups < 0 || args->n_groups > FADAM_MAX_GROUPS) return cudaErrorInvalidValue;
     a = *args;
     a.scalars_given = 0;
-    if (!a.state && !a.device_step && !a.device_lr && !a.device_scalars) { /* t and lr known here: the scalars once, on the host */
+    /* t and lr known here: the scalars once, on the host */
+    if (!a.state && !a.device_step && !a.device_lr && !a.device_scalars) {
         fadam_group_scalars scalars[FADAM_MAX_GROUPS];
         for (int g = 0; g < a.n_groups; g++)
             scalars[g] = fadam_compute_group_scalars(&a.groups[g], a.groups[g].lr, a.step);
