@@ -76,7 +76,9 @@ fadam_status fadam_fused_state_create(fadam_optimizer *opt, cudaStream_t stream)
     initial.counters.lr_scale = 1.0f;
     initial.counters.loss_scale = opt->fused_config.dynamic_loss_scaling ? opt->fused_config.initial_loss_scale : 1.0f;
     initial.grad_scale = 1.0f;
-    partial_bytes = (size_t)(opt->n_chunks > 0 ? opt->n_chunks : 1) * sizeof(double);
+    /* The chunks' partial sums, then the groups' scalars that the norm kernel computes for the update. */
+    partial_bytes = (size_t)(opt->n_chunks > 0 ? opt->n_chunks : 1) * sizeof(double) +
+                    FADAM_MAX_GROUPS * sizeof(fadam_group_scalars);
     opt->fused_state = (fadam_device_state *)fadam_optimizer_alloc(opt, sizeof initial);
     opt->chunk_partials = (double *)fadam_optimizer_alloc(opt, partial_bytes);
     if (!opt->fused_state || !opt->chunk_partials) {
@@ -106,16 +108,29 @@ static fadam_status require_fused(const fadam_optimizer *opt, const char *functi
     return FADAM_SUCCESS;
 }
 
+/* Where the norm kernel leaves the groups' scalars: after the chunks' partials (fadam_fused_state_create). */
+static fadam_group_scalars *device_group_scalars(const fadam_optimizer *opt) {
+    return (fadam_group_scalars *)(opt->chunk_partials + (opt->n_chunks > 0 ? opt->n_chunks : 1));
+}
+
 static fadam_status fused_step_cuda(fadam_optimizer *opt, cudaStream_t stream) {
+    fadam_norm_kernel_args norm;
     fadam_step_kernel_args args;
     cudaError_t error;
-    error = fadam_launch_grad_norm((const fadam_table_header *)opt->device_table, opt->chunk_partials, opt->fused_state,
-                                   &opt->fused_config, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS,
-                                   stream);
+    memset(&norm, 0, sizeof norm);
+    norm.table = (const fadam_table_header *)opt->device_table;
+    norm.chunk_partials = opt->chunk_partials;
+    norm.state = opt->fused_state;
+    norm.scalars_out = device_group_scalars(opt);
+    norm.config = opt->fused_config;
+    norm.n_groups = opt->n_groups;
+    memcpy(norm.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
+    error = fadam_launch_grad_norm(&norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS, stream);
     if (error != cudaSuccess) return fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
     memset(&args, 0, sizeof args);
     args.table = (const fadam_table_header *)opt->device_table;
     args.state = opt->fused_state;
+    args.device_scalars = device_group_scalars(opt);
     args.step = 1; /* unused: the state's step wins */
     args.n_groups = opt->n_groups;
     memcpy(args.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
