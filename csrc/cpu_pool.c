@@ -1,7 +1,8 @@
 /* cpu_pool.c - the persistent worker threads of the CPU path (fadam_cpu_pool): started once, they
  * sleep on a condition variable between steps, so a step pays a wake-up, never a thread creation.
- * The calling thread works too: a pool of n threads starts n - 1. What each thread computes never
- * depends on how many there are (cpu_step.c), so the thread count changes speed, not bits. */
+ * The calling thread works too: a pool of n threads starts n - 1. A job is a count of blocks that
+ * threads claim one at a time; what a block computes never depends on which thread runs it
+ * (cpu_step.c), so the thread count changes speed, not bits. */
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <pthread.h>
 #include <sched.h>
@@ -13,17 +14,21 @@
 #include "internal.h"
 
 struct fadam_cpu_pool {
-    int n_threads;      /* the caller's thread included */
-    int n_workers;      /* threads started: n_threads - 1 */
+    int n_threads; /* the caller's thread included */
+    int n_workers; /* threads started: n_threads - 1 */
     pthread_t *workers;
     pthread_mutex_t mutex;
-    pthread_cond_t wake, done;
-    uint64_t generation; /* bumped per job; a worker runs each generation once */
-    int remaining;       /* workers still on the current job */
+    pthread_cond_t wake, finished;
+    uint64_t generation; /* bumped per job, under the mutex: what sleeping workers wait for */
     int stop;
-    fadam_cpu_job job;
-    void *context;
-    int n_active; /* workers with index < n_active run the job; the others go back to sleep */
+    /* The current job. claim holds the job's number (high 32 bits) and its next block (low 32; all
+     * ones while the job is being written): a worker that woke late for a finished job cannot claim
+     * a block of the next one. */
+    _Atomic uint64_t claim;
+    _Atomic(fadam_cpu_block_job) job;
+    _Atomic(void *) context;
+    _Atomic int64_t n_blocks;
+    _Atomic int64_t blocks_done;
     atomic_int in_use;
     void *scratch;
     size_t scratch_bytes;
@@ -31,13 +36,34 @@ struct fadam_cpu_pool {
 
 typedef struct worker_start {
     fadam_cpu_pool *pool;
-    int index;
 } worker_start;
+
+/* Claims and runs blocks of the current job until none is left. A block is claimed only while its
+ * job is unfinished, so the job's context (the caller's) is alive while it runs. */
+static void run_blocks(fadam_cpu_pool *pool) {
+    /* Sequentially consistent throughout: a worker that reads a newer job's fields than its claim
+     * word then fails its claim, because the caller closed the old job's claims before writing them. */
+    for (;;) {
+        uint64_t claim = atomic_load(&pool->claim);
+        fadam_cpu_block_job job = atomic_load(&pool->job);
+        void *context = atomic_load(&pool->context);
+        int64_t n_blocks = atomic_load(&pool->n_blocks);
+        int64_t block = (int64_t)(claim & 0xFFFFFFFFu);
+        if (block >= n_blocks) return;
+        if (!atomic_compare_exchange_weak(&pool->claim, &claim, claim + 1)) continue;
+        job(context, block);
+        if (atomic_fetch_add(&pool->blocks_done, 1) + 1 == n_blocks) {
+            /* The last block: the caller may be asleep waiting for it. */
+            pthread_mutex_lock(&pool->mutex);
+            pthread_cond_signal(&pool->finished);
+            pthread_mutex_unlock(&pool->mutex);
+        }
+    }
+}
 
 static void *worker_main(void *argument) {
     worker_start *start = (worker_start *)argument;
     fadam_cpu_pool *pool = start->pool;
-    const int index = start->index;
     uint64_t seen = 0;
     free(start);
     pthread_mutex_lock(&pool->mutex);
@@ -45,14 +71,9 @@ static void *worker_main(void *argument) {
         while (pool->generation == seen && !pool->stop) pthread_cond_wait(&pool->wake, &pool->mutex);
         if (pool->stop) break;
         seen = pool->generation;
-        if (index < pool->n_active) {
-            fadam_cpu_job job = pool->job;
-            void *context = pool->context;
-            pthread_mutex_unlock(&pool->mutex);
-            job(context, index);
-            pthread_mutex_lock(&pool->mutex);
-        }
-        if (--pool->remaining == 0) pthread_cond_signal(&pool->done);
+        pthread_mutex_unlock(&pool->mutex);
+        run_blocks(pool);
+        pthread_mutex_lock(&pool->mutex);
     }
     pthread_mutex_unlock(&pool->mutex);
     return NULL;
@@ -96,6 +117,11 @@ fadam_status fadam_cpu_pool_open(fadam_cpu_pool **out, int n_threads, const char
     if (!pool) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the thread pool", function);
     pool->n_threads = n_threads;
     atomic_init(&pool->in_use, 0);
+    atomic_init(&pool->claim, 0);
+    atomic_init(&pool->job, NULL);
+    atomic_init(&pool->context, NULL);
+    atomic_init(&pool->n_blocks, 0);
+    atomic_init(&pool->blocks_done, 0);
     if (n_threads > 1) {
         pool->workers = (pthread_t *)malloc((size_t)(n_threads - 1) * sizeof *pool->workers);
         if (!pool->workers) {
@@ -109,7 +135,7 @@ fadam_status fadam_cpu_pool_open(fadam_cpu_pool **out, int n_threads, const char
         return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: cannot create the thread pool's mutex", function);
     }
     error = pthread_cond_init(&pool->wake, NULL);
-    if (error == 0 && (error = pthread_cond_init(&pool->done, NULL)) != 0) pthread_cond_destroy(&pool->wake);
+    if (error == 0 && (error = pthread_cond_init(&pool->finished, NULL)) != 0) pthread_cond_destroy(&pool->wake);
     if (error != 0) {
         pthread_mutex_destroy(&pool->mutex);
         free(pool->workers);
@@ -126,7 +152,6 @@ fadam_status fadam_cpu_pool_open(fadam_cpu_pool **out, int n_threads, const char
             break;
         }
         start->pool = pool;
-        start->index = i + 1;
         error = pthread_create(&pool->workers[i], NULL, worker_main, start);
         if (error != 0) {
             free(start);
@@ -147,7 +172,7 @@ fadam_status fadam_cpu_pool_open(fadam_cpu_pool **out, int n_threads, const char
 void fadam_cpu_pool_close(fadam_cpu_pool *pool) {
     if (!pool) return;
     stop_workers(pool);
-    pthread_cond_destroy(&pool->done);
+    pthread_cond_destroy(&pool->finished);
     pthread_cond_destroy(&pool->wake);
     pthread_mutex_destroy(&pool->mutex);
     free(pool->workers);
@@ -178,24 +203,34 @@ void *fadam_cpu_pool_scratch(fadam_cpu_pool *pool, size_t bytes) {
     return pool->scratch;
 }
 
-void fadam_cpu_pool_run(fadam_cpu_pool *pool, int n_active, fadam_cpu_job job, void *context) {
-    if (!pool || n_active <= 1 || pool->n_threads <= 1) {
-        job(context, 0);
+void fadam_cpu_pool_run(fadam_cpu_pool *pool, int64_t n_blocks, fadam_cpu_block_job job, void *context) {
+    int64_t block;
+    uint64_t job_number;
+    if (!pool || pool->n_threads <= 1 || n_blocks <= 1) {
+        for (block = 0; block < n_blocks; block++) job(context, block);
         return;
     }
-    if (n_active > pool->n_threads) n_active = pool->n_threads;
+    /* Close every claim of the previous job, write this one, then open it: a worker still looking at
+     * the previous job (it woke late) can claim nothing of it, nor of this one by mistake. */
+    job_number = (atomic_load(&pool->claim) >> 32) + 1;
+    atomic_store(&pool->claim, (job_number << 32) | 0xFFFFFFFFu);
+    atomic_store(&pool->job, job);
+    atomic_store(&pool->context, context);
+    atomic_store(&pool->n_blocks, n_blocks);
+    atomic_store(&pool->blocks_done, 0);
+    atomic_store(&pool->claim, job_number << 32);
     pthread_mutex_lock(&pool->mutex);
-    pool->job = job;
-    pool->context = context;
-    pool->n_active = n_active;
-    pool->remaining = pool->n_workers;
     pool->generation++;
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mutex);
-    job(context, 0);
-    pthread_mutex_lock(&pool->mutex);
-    while (pool->remaining > 0) pthread_cond_wait(&pool->done, &pool->mutex);
-    pthread_mutex_unlock(&pool->mutex);
+    /* The caller works too, and waits only for blocks that a worker is running: a worker that has
+     * not woken yet (another process has its core) finds nothing left and costs nothing. */
+    run_blocks(pool);
+    if (atomic_load(&pool->blocks_done) < n_blocks) {
+        pthread_mutex_lock(&pool->mutex);
+        while (atomic_load(&pool->blocks_done) < n_blocks) pthread_cond_wait(&pool->finished, &pool->mutex);
+        pthread_mutex_unlock(&pool->mutex);
+    }
 }
 
 /* ---- the public pool of the functional call ---- */

@@ -5,7 +5,6 @@
  * element alone, so the split changes no bit; the gradient norm's sum has one fixed order
  * (fadam_reference_sum_of_squares) whatever the threads. tests/test_cpu_fast.c and
  * tests/test_cpu_threads.c hold it to the reference bit for bit. */
-#include <stdatomic.h>
 #include <string.h>
 
 #include "internal.h"
@@ -207,23 +206,18 @@ typedef struct update_work {
     const fadam_group_scalars *scalars;
     const int64_t *starts;
     int64_t total;
-    atomic_llong next_block;
 } update_work;
 
-static void update_job(void *context, int thread_index) {
-    update_work *w = (update_work *)context;
-    (void)thread_index;
-    for (;;) {
-        int64_t low = (int64_t)atomic_fetch_add_explicit(&w->next_block, 1, memory_order_relaxed) * UPDATE_BLOCK_ELEMS;
-        int64_t high, i;
-        if (low >= w->total) return;
-        high = low + UPDATE_BLOCK_ELEMS < w->total ? low + UPDATE_BLOCK_ELEMS : w->total;
-        for (i = tensor_holding(w->starts, w->n_tensors, low); i < w->n_tensors && w->starts[i] < high; i++) {
-            const fadam_tensor *t = &w->tensors[i];
-            int64_t begin = (low > w->starts[i] ? low : w->starts[i]) - w->starts[i];
-            int64_t end = (high < w->starts[i + 1] ? high : w->starts[i + 1]) - w->starts[i];
-            if (begin < end) pick_range(t)(t, begin, end, &w->scalars[t->group]);
-        }
+/* Elements [block * UPDATE_BLOCK_ELEMS, + UPDATE_BLOCK_ELEMS) of the concatenation. */
+static void update_block(void *context, int64_t block) {
+    const update_work *w = (const update_work *)context;
+    int64_t low = block * UPDATE_BLOCK_ELEMS, high = low + UPDATE_BLOCK_ELEMS < w->total ? low + UPDATE_BLOCK_ELEMS : w->total;
+    int64_t i;
+    for (i = tensor_holding(w->starts, w->n_tensors, low); i < w->n_tensors && w->starts[i] < high; i++) {
+        const fadam_tensor *t = &w->tensors[i];
+        int64_t begin = (low > w->starts[i] ? low : w->starts[i]) - w->starts[i];
+        int64_t end = (high < w->starts[i + 1] ? high : w->starts[i + 1]) - w->starts[i];
+        if (begin < end) pick_range(t)(t, begin, end, &w->scalars[t->group]);
     }
 }
 
@@ -244,8 +238,7 @@ void fadam_cpu_update_tensors(fadam_cpu_pool *pool, const fadam_tensor *tensors,
             work.scalars = scalars;
             work.starts = starts;
             work.total = total;
-            atomic_init(&work.next_block, 0);
-            fadam_cpu_pool_run(pool, n_threads, update_job, &work);
+            fadam_cpu_pool_run(pool, (total + UPDATE_BLOCK_ELEMS - 1) / UPDATE_BLOCK_ELEMS, update_block, &work);
             fadam_cpu_pool_release(pool);
             return;
         }
@@ -303,28 +296,22 @@ typedef struct norm_work {
     const int64_t *starts;      /* n_tensors + 1 element offsets */
     const int64_t *first_chunk; /* n_tensors + 1: tensor i's chunks are partials[first_chunk[i]...] */
     double *partials;
-    int64_t total;
-    atomic_llong next_block;
 } norm_work;
 
-/* A block of the concatenation holds the chunks that start in it; each chunk is summed whole, by
- * one thread, into its own slot, so no sum depends on the split. */
-static void norm_job(void *context, int thread_index) {
-    norm_work *w = (norm_work *)context;
-    (void)thread_index;
-    for (;;) {
-        int64_t low = (int64_t)atomic_fetch_add_explicit(&w->next_block, 1, memory_order_relaxed) * FADAM_CHUNK_ELEMS;
-        int64_t high = low + FADAM_CHUNK_ELEMS, i, chunk;
-        if (low >= w->total) return;
-        i = tensor_holding(w->starts, w->n_tensors, low);
-        chunk = (low - w->starts[i] + FADAM_CHUNK_ELEMS - 1) / FADAM_CHUNK_ELEMS; /* first chunk starting at or after low */
-        for (; i < w->n_tensors; i++, chunk = 0) {
-            const fadam_tensor *t = &w->tensors[i];
-            int64_t n_chunks = chunks_of(t);
-            for (; chunk < n_chunks && w->starts[i] + chunk * FADAM_CHUNK_ELEMS < high; chunk++)
-                w->partials[w->first_chunk[i] + chunk] = tensor_chunk_sum(t, chunk);
-            if (chunk < n_chunks || w->starts[i + 1] >= high) break;
-        }
+/* Block b of the concatenation, elements [b * FADAM_CHUNK_ELEMS, + FADAM_CHUNK_ELEMS), holds the
+ * chunks that start in it; each chunk is summed whole, by one thread, into its own slot, so no sum
+ * depends on the split. */
+static void norm_block(void *context, int64_t block) {
+    const norm_work *w = (const norm_work *)context;
+    int64_t low = block * FADAM_CHUNK_ELEMS, high = low + FADAM_CHUNK_ELEMS, i, chunk;
+    i = tensor_holding(w->starts, w->n_tensors, low);
+    chunk = (low - w->starts[i] + FADAM_CHUNK_ELEMS - 1) / FADAM_CHUNK_ELEMS; /* the first starting at or after low */
+    for (; i < w->n_tensors; i++, chunk = 0) {
+        const fadam_tensor *t = &w->tensors[i];
+        int64_t n_chunks = chunks_of(t);
+        for (; chunk < n_chunks && w->starts[i] + chunk * FADAM_CHUNK_ELEMS < high; chunk++)
+            w->partials[w->first_chunk[i] + chunk] = tensor_chunk_sum(t, chunk);
+        if (chunk < n_chunks || w->starts[i + 1] >= high) break;
     }
 }
 
@@ -352,9 +339,7 @@ double fadam_cpu_sum_of_squares(fadam_cpu_pool *pool, const fadam_tensor *tensor
                 work.starts = starts;
                 work.first_chunk = first_chunk;
                 work.partials = partials;
-                work.total = total;
-                atomic_init(&work.next_block, 0);
-                fadam_cpu_pool_run(pool, n_threads, norm_job, &work);
+                fadam_cpu_pool_run(pool, (total + FADAM_CHUNK_ELEMS - 1) / FADAM_CHUNK_ELEMS, norm_block, &work);
                 for (chunk = 0; chunk < n_chunks; chunk++) sum += partials[chunk];
                 fadam_cpu_pool_release(pool);
                 return sum;

@@ -101,8 +101,8 @@ double fadam_reference_sum_of_squares(const fadam_tensor *tensors, int64_t n_ten
 
 /* ---- the CPU path's threads (cpu_pool.c) ---- */
 
-/* Work run on every active thread of a pool; thread_index 0 is the caller's. */
-typedef void (*fadam_cpu_job)(void *context, int thread_index);
+/* One block of a job; blocks run in any order, on any thread. */
+typedef void (*fadam_cpu_block_job)(void *context, int64_t block);
 
 /* n_threads 0: fadam_cpu_default_threads(). FADAM_ERR_INVALID_VALUE / OUT_OF_MEMORY name `function`. */
 fadam_status fadam_cpu_pool_open(fadam_cpu_pool **out, int n_threads, const char *function);
@@ -116,8 +116,9 @@ int fadam_cpu_pool_acquire(fadam_cpu_pool *pool);
 void fadam_cpu_pool_release(fadam_cpu_pool *pool);
 /* At least `bytes` of memory kept by the pool between calls (taken pool only); NULL when out of memory. */
 void *fadam_cpu_pool_scratch(fadam_cpu_pool *pool, size_t bytes);
-/* Runs job on n_active threads (the caller's as index 0) and returns when all have finished. */
-void fadam_cpu_pool_run(fadam_cpu_pool *pool, int n_active, fadam_cpu_job job, void *context);
+/* Runs job(context, b) for b in [0, n_blocks) on the pool's threads and the caller's (pool NULL: the
+ * caller's alone) and returns when every block has run. n_blocks < 2^32. */
+void fadam_cpu_pool_run(fadam_cpu_pool *pool, int64_t n_blocks, fadam_cpu_block_job job, void *context);
 
 /* Round-to-nearest-even conversions written in plain C (the reference's own, not CUDA's). */
 uint16_t fadam_float_to_bf16_bits(float value);
