@@ -147,10 +147,10 @@ fadam_status fadam_fused_step(fadam_optimizer *opt, fadam_stream stream) {
     FADAM_RANGE_PUSH("fused_step");
     if (opt->device == FADAM_DEVICE_CPU) {
         /* Always: the Inf/NaN skip and grad_norm hold in every configuration. */
-        double sum = fadam_cpu_sum_of_squares(opt->tensors, opt->n_tensors);
+        double sum = fadam_cpu_sum_of_squares(opt->cpu_pool, opt->tensors, opt->n_tensors);
         fadam_step_source source = {1, NULL, NULL};
         fadam_decide_step(opt->fused_state, &opt->fused_config, sum);
-        status = fadam_cpu_update_all(opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, &source,
+        status = fadam_cpu_update_all(opt->cpu_pool, opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, &source,
                                       opt->fused_state, "fadam_fused_step");
     } else {
         int previous_device = 0;

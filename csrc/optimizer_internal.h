@@ -34,6 +34,10 @@ struct fadam_optimizer {
     fadam_fused_step_config fused_config;
     fadam_device_state *fused_state; /* device memory on the CUDA device */
     double *chunk_partials;          /* one per chunk, for the norm pass */
+
+    /* The CPU device's threads (cpu_pool.c): the count asked for (0: one per core), started at finalize. */
+    int cpu_threads;
+    fadam_cpu_pool *cpu_pool;
 };
 
 /* fused_step.c: allocates and initialises the fused step's state during finalize (queued on

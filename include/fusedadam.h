@@ -48,6 +48,9 @@ extern "C" {
  * travel by value in the kernel's arguments, so changing lr every step copies nothing. */
 #define FADAM_MAX_GROUPS 64
 
+/* Most threads the CPU implementation may be given (fadam_cpu_pool_create, fadam_set_cpu_threads). */
+#define FADAM_MAX_CPU_THREADS 1024
+
 /* ABI-compatible with cudaStream_t; declared here so this header needs no CUDA header. */
 struct CUstream_st;
 typedef struct CUstream_st *fadam_stream;
@@ -215,6 +218,18 @@ FADAM_API fadam_status fadam_num_groups(const fadam_optimizer *opt, int *count_o
 FADAM_API fadam_status fadam_get_state(const fadam_optimizer *opt, int64_t index, float **master,
                                        float **exp_avg, float **exp_avg_sq);
 
+/* Threads of a CPU optimizer's steps (fadam_step, fadam_step_from, fadam_fused_step), the calling
+ * thread included: n_threads 0 (the default) is one per core this process may run on, at most
+ * FADAM_MAX_CPU_THREADS. The threads start at fadam_finalize (or here when already finalized: the
+ * new threads start, then the old ones stop; FADAM_ERR_OUT_OF_MEMORY when they cannot start leaves
+ * the previous ones in place) and stop at fadam_destroy. The results do not depend on the count.
+ * FADAM_ERR_INVALID_VALUE on the CUDA device, whose steps use no CPU threads. */
+FADAM_API fadam_status fadam_set_cpu_threads(fadam_optimizer *opt, int n_threads);
+
+/* The thread count steps use (the default resolved to a number); FADAM_ERR_INVALID_VALUE on the
+ * CUDA device. */
+FADAM_API fadam_status fadam_get_cpu_threads(const fadam_optimizer *opt, int *n_threads_out);
+
 /* ---------------------------------------------------------------------------------------------
  * Functional call: the caller owns every buffer.
  *
@@ -259,10 +274,35 @@ FADAM_API fadam_status fadam_table_encode(const fadam_tensor *tensors, int64_t n
 FADAM_API fadam_status fadam_step_table(const void *device_table, const fadam_hparams *groups, int n_groups,
                                         const fadam_step_source *source, fadam_stream stream);
 
-/* The same update on host memory, tensor by tensor (the CPU implementation); no skip either. */
+/* The same update on host memory, tensor by tensor (the CPU implementation), on the calling
+ * thread only; no skip either. */
 FADAM_API fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_tensors,
                                       const fadam_hparams *groups, int n_groups,
                                       const fadam_step_source *source);
+
+/* Worker threads for the CPU implementation, started once and asleep between steps, so that a step
+ * pays a wake-up rather than thread creation. The calling thread works as well: a pool of n threads
+ * starts n - 1. The results are the same bits for every thread count (each element's update is
+ * independent; the work is split by element ranges). */
+typedef struct fadam_cpu_pool fadam_cpu_pool;
+
+/* Starts a pool of n_threads (0: one per core this process may run on; at most
+ * FADAM_MAX_CPU_THREADS; 1 starts no thread). FADAM_ERR_INVALID_VALUE for a count out of range,
+ * FADAM_ERR_OUT_OF_MEMORY when memory or a thread cannot be had (nothing is left behind). */
+FADAM_API fadam_status fadam_cpu_pool_create(fadam_cpu_pool **out, int n_threads);
+
+/* Stops and joins the pool's threads and frees it. NULL is a no-op. Not while a step uses it. */
+FADAM_API void fadam_cpu_pool_destroy(fadam_cpu_pool *pool);
+
+/* The pool's thread count, the caller's thread included (0 at create already resolved). */
+FADAM_API fadam_status fadam_cpu_pool_threads(const fadam_cpu_pool *pool, int *n_threads_out);
+
+/* fadam_cpu_step split over `pool`'s threads (NULL: the calling thread, as fadam_cpu_step). Small
+ * steps (under 64K elements in all) stay on the calling thread. A pool serves one call at a time:
+ * a call that finds it busy with another thread's step runs on its own thread alone (same results). */
+FADAM_API fadam_status fadam_cpu_step_pool(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
+                                           const fadam_hparams *groups, int n_groups,
+                                           const fadam_step_source *source);
 
 /* ---------------------------------------------------------------------------------------------
  * The whole step on the device: global gradient norm, clipping, loss-scale unscaling with overflow

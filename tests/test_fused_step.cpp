@@ -234,7 +234,7 @@ static void test_clipping(bool active) {
           state.counters.skipped);
     /* The reference with the kernel's decision. */
     fadam_step_source source = {1, NULL, NULL};
-    CHECK(fadam_cpu_update_all(mirror.tensors.data(), (int64_t)mirror.tensors.size(), mirror.groups.data(),
+    CHECK(fadam_cpu_update_all(nullptr, mirror.tensors.data(), (int64_t)mirror.tensors.size(), mirror.groups.data(),
                                (int)mirror.groups.size(), &source, &state, "test") == FADAM_SUCCESS,
           "%s", fadam_last_error_message());
     for (size_t i = 0; i < m.tensors.size() && !check_case_failed; i++) {
