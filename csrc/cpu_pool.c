@@ -34,10 +34,6 @@ struct fadam_cpu_pool {
     size_t scratch_bytes;
 };
 
-typedef struct worker_start {
-    fadam_cpu_pool *pool;
-} worker_start;
-
 /* Claims and runs blocks of the current job until none is left. A block is claimed only while its
  * job is unfinished, so the job's context (the caller's) is alive while it runs. */
 static void run_blocks(fadam_cpu_pool *pool) {
@@ -62,10 +58,8 @@ static void run_blocks(fadam_cpu_pool *pool) {
 }
 
 static void *worker_main(void *argument) {
-    worker_start *start = (worker_start *)argument;
-    fadam_cpu_pool *pool = start->pool;
+    fadam_cpu_pool *pool = (fadam_cpu_pool *)argument;
     uint64_t seen = 0;
-    free(start);
     pthread_mutex_lock(&pool->mutex);
     for (;;) {
         while (pool->generation == seen && !pool->stop) pthread_cond_wait(&pool->wake, &pool->mutex);
@@ -146,24 +140,15 @@ fadam_status fadam_cpu_pool_open(fadam_cpu_pool **out, int n_threads, const char
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &previous);
     for (i = 0; i < n_threads - 1; i++) {
-        worker_start *start = (worker_start *)malloc(sizeof *start);
-        if (!start) {
-            error = -1;
-            break;
-        }
-        start->pool = pool;
-        error = pthread_create(&pool->workers[i], NULL, worker_main, start);
-        if (error != 0) {
-            free(start);
-            break;
-        }
+        /* The pool itself is the argument: nothing is allocated here that a worker would free. */
+        if ((error = pthread_create(&pool->workers[i], NULL, worker_main, pool)) != 0) break;
         pool->n_workers++;
     }
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
     if (pool->n_workers != n_threads - 1) {
         fadam_cpu_pool_close(pool);
-        return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: started %d of %d worker threads (%s)", function, i,
-                          n_threads - 1, error == -1 ? "no host memory" : "pthread_create failed");
+        return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: started %d of %d worker threads (pthread_create: error %d)",
+                          function, i, n_threads - 1, error);
     }
     *out = pool;
     return FADAM_SUCCESS;

@@ -424,7 +424,7 @@ static model mirror_of(const model &m) {
 /* The reference steps the mirror with the kernel's decision; then both must hold the same bytes. */
 static bool reference_agrees(const model &m, model &mirror, const fadam_device_state &state) {
     fadam_step_source source = {1, NULL, NULL};
-    CHECK(fadam_cpu_update_all(mirror.tensors.data(), (int64_t)mirror.tensors.size(), mirror.groups.data(),
+    CHECK(fadam_cpu_update_all(nullptr, mirror.tensors.data(), (int64_t)mirror.tensors.size(), mirror.groups.data(),
                                (int)mirror.groups.size(), &source, &state, "test") == FADAM_SUCCESS,
           "%s", fadam_last_error_message());
     for (size_t i = 0; i < m.tensors.size(); i++) {
