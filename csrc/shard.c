@@ -81,3 +81,16 @@ fadam_status fadam_shard_range(int64_t total, int rank, int n_ranks, int64_t *of
     *numel_out = end - begin;
     return FADAM_SUCCESS;
 }
+
+fadam_status fadam_set_shard_rank(fadam_optimizer *opt, int rank, int n_ranks) {
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_set_shard_rank");
+    if (opt->finalized)
+        return fadam_fail(FADAM_ERR_BAD_STATE, "fadam_set_shard_rank: call it before fadam_finalize");
+    if (n_ranks < 1 || rank < 0 || rank >= n_ranks)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_set_shard_rank: need 0 <= rank (%d) < n_ranks (%d)", rank,
+                          n_ranks);
+    opt->shard_rank = rank;
+    opt->shard_ranks = n_ranks;
+    return FADAM_SUCCESS;
+}

@@ -392,6 +392,10 @@ FADAM_API fadam_status fadam_add_tensor_shard(fadam_optimizer *opt, const char *
                                               fadam_dtype param_dtype, fadam_dtype grad_dtype, int group,
                                               int64_t *index_out);
 
+/* Names this optimizer's shard for its checkpoints: rank `rank` of n_ranks. Before finalize; required
+ * for fadam_save of an optimizer with shards (fadam_add_tensor_shard). */
+FADAM_API fadam_status fadam_set_shard_rank(fadam_optimizer *opt, int rank, int n_ranks);
+
 /* The conventional slice of `rank` out of n_ranks (the convention of llm.c's ZeRO-1, and of a
  * reduce-scatter over a buffer padded to a multiple of n_ranks): every rank gets
  * S = ceil(total / n_ranks) elements, [rank * S, (rank + 1) * S), cut at total: the last ranks' slices
@@ -473,6 +477,21 @@ FADAM_API fadam_status fadam_save_bytes(const fadam_optimizer *opt, size_t *size
  * its message says so. The file must not be modified in place while it loads (fadam_save replaces
  * files by rename, which is safe). */
 FADAM_API fadam_status fadam_load(fadam_optimizer *opt, const char *path, fadam_stream stream);
+
+/* Sharded checkpoints (data parallelism): each rank saves its own file with fadam_save; with
+ * fadam_set_shard_rank set, its __metadata__ also holds shard.rank, shard.count and, per tensor,
+ * NAME.offset and NAME.full_numel (the slice [offset, offset + numel) of the full tensor; the entries
+ * hold the slice's state). fadam_load takes back the same slicing only (another slice of the same
+ * tensor is FADAM_ERR_MISMATCH). fadam_load_shards reads the n_paths files of one save by N = n_paths
+ * ranks (in any order) and loads this optimizer's slices from them, whatever its own rank count M and
+ * slicing: each file is checked as fadam_load checks one (its checksum included), the files must be
+ * ranks 0..N-1 of one save (same step, hyperparameters and counters), and for every registered tensor
+ * the files' slices must tile the full tensor exactly. A file without shard metadata counts as the one
+ * shard of one rank, so a single-GPU checkpoint loads into sharded ranks too. Reads each file whole
+ * into host memory (all N files: about the whole optimizer state); synchronizes `stream`. On any
+ * error before the final copy, nothing changed. */
+FADAM_API fadam_status fadam_load_shards(fadam_optimizer *opt, const char *const *paths, int n_paths,
+                                         fadam_stream stream);
 
 /* fadam_load from `size` bytes of caller memory (host memory). */
 FADAM_API fadam_status fadam_load_bytes(fadam_optimizer *opt, const void *buffer, size_t size,

@@ -259,6 +259,8 @@ static void *rank_main(void *p) {
     char name[32];
     s = create_optimizer(m, &opt);
     if (s != FADAM_SUCCESS) rank_fail(w, rank, s, "create");
+    if (s == FADAM_SUCCESS && (s = fadam_set_shard_rank(opt, rank, w->n_ranks)) != FADAM_SUCCESS)
+        rank_fail(w, rank, s, "set_shard_rank");
     for (t = 0; t < N_TENSORS; t++) {
         size_t e = fadam_dtype_size(m->param_dtype[t]);
         slice_of(w, rank, t, &offsets[t], &numels[t]);
@@ -273,7 +275,6 @@ static void *rank_main(void *p) {
     if (s == FADAM_SUCCESS && (s = fadam_finalize(opt, NULL)) != FADAM_SUCCESS) rank_fail(w, rank, s, "finalize");
     if (s == FADAM_SUCCESS && (s = fadam_fused_step_reduce_buffer(opt, &buffer, NULL)) != FADAM_SUCCESS)
         rank_fail(w, rank, s, "reduce_buffer");
-#ifdef FADAM_TEST_SHARDED_CHECKPOINTS
     if (s == FADAM_SUCCESS && w->load_pattern) {
         char paths[MAX_RANKS][256];
         const char *list[MAX_RANKS];
@@ -284,7 +285,6 @@ static void *rank_main(void *p) {
         }
         if ((s = fadam_load_shards(opt, list, w->load_ranks, NULL)) != FADAM_SUCCESS) rank_fail(w, rank, s, "load_shards");
     }
-#endif
     static double failed_buffer[FADAM_FUSED_REDUCE_COUNT];
     w->buffers[rank] = buffer ? buffer : failed_buffer;
     for (step = w->first_step; step < w->end_step; step++) {
@@ -310,13 +310,11 @@ static void *rank_main(void *p) {
         memcpy(w->result->exp_avg_sq[t] + offsets[t], vs, n);
         if (master) memcpy(w->result->master[t] + offsets[t], master, n);
     }
-#ifdef FADAM_TEST_SHARDED_CHECKPOINTS
     if (s == FADAM_SUCCESS && w->save_pattern) {
         char path[256];
         snprintf(path, sizeof path, w->save_pattern, rank);
         if ((s = fadam_save(opt, path, NULL)) != FADAM_SUCCESS) rank_fail(w, rank, s, "save");
     }
-#endif
     fadam_destroy(opt);
     for (t = 0; t < N_TENSORS; t++) free(grad[t]);
     return NULL;
@@ -468,6 +466,81 @@ static void test_begin_end_is_fused_step(void) {
     check_case_end("one_rank_begin_end_equals_fused_step");
 }
 
+/* Save at `from` ranks after half the steps, load those files at `to` ranks, go on: equal to the
+ * uninterrupted single-rank run. Also: a missing shard, and fadam_load of another rank's slice. */
+static void test_checkpoint(int from, int to, const char *name) {
+    model m;
+    run_result single, first, second;
+    world *a = (world *)calloc(1, sizeof *a), *b = (world *)calloc(1, sizeof *b);
+    char directory[] = "/tmp/fadam_zero_XXXXXX", pattern[64], path[96];
+    int skipped, same_clip, q;
+    check_case_begin();
+    CHECK(mkdtemp(directory) != NULL, "mkdtemp failed");
+    snprintf(pattern, sizeof pattern, "%s/rank%%d.safetensors", directory);
+    make_model(&m, 8, -1, 1);
+    run_single(&m, &single);
+    a->m = b->m = &m;
+    a->n_ranks = from;
+    a->flat = 1;
+    a->end_step = b->first_step = 4;
+    a->save_pattern = pattern;
+    run_sharded(a, &first, NULL);
+    b->n_ranks = to;
+    b->end_step = m.steps;
+    b->load_pattern = pattern;
+    b->load_ranks = from;
+    run_sharded(b, &second, first.params);
+    same_clip = compare_steps(a, &single, &skipped);
+    same_clip &= compare_steps(b, &single, &skipped);
+    CHECK(b->counters[0][4].step == 5, "the step counter did not resume: t %lld", (long long)b->counters[0][4].step);
+    compare_state(&m, &single, &second, same_clip);
+    if (from > 1) {
+        /* One shard missing: refused, and nothing changed. */
+        fadam_optimizer *opt = NULL;
+        const char *list[MAX_RANKS];
+        char paths[MAX_RANKS][96];
+        static float p[N_TENSORS][16], g[N_TENSORS][16];
+        float *master, *ms, *vs;
+        CHECK(create_optimizer(&m, &opt) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        for (q = 0; q < N_TENSORS; q++) {
+            char tensor[32];
+            tensor_name(q, tensor);
+            CHECK(fadam_add_tensor_shard(opt, tensor, p[q], g[q], m.numel[q] < 16 ? m.numel[q] : 16, m.numel[q], 0,
+                                         m.param_dtype[q], m.grad_dtype[q], m.group[q], NULL) == FADAM_SUCCESS,
+                  "%s", fadam_last_error_message());
+        }
+        CHECK(fadam_set_shard_rank(opt, 0, 1) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_finalize(opt, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        for (q = 0; q < from; q++) {
+            snprintf(paths[q], sizeof paths[q], pattern, q);
+            list[q] = paths[q];
+        }
+        CHECK(fadam_load_shards(opt, list, from - 1, NULL) == FADAM_ERR_MISMATCH, "a missing shard accepted: %s",
+              fadam_last_error_message());
+        list[0] = list[1];
+        CHECK(fadam_load_shards(opt, list, from, NULL) == FADAM_ERR_MISMATCH, "a shard twice accepted: %s",
+              fadam_last_error_message());
+        CHECK(fadam_get_state(opt, N_TENSORS - 1, &master, &ms, &vs) == FADAM_SUCCESS && ms[0] == 0.0f,
+              "a refused load changed the state");
+        /* Rank 1's file into other slices: refused (here by the element counts). */
+        CHECK(fadam_load(opt, paths[1], NULL) == FADAM_ERR_MISMATCH, "another rank's slice loaded: %s",
+              fadam_last_error_message());
+        fadam_destroy(opt);
+    }
+    for (q = 0; q < from; q++) {
+        snprintf(path, sizeof path, pattern, q);
+        unlink(path);
+    }
+    rmdir(directory);
+    free_result(&single);
+    free_result(&first);
+    free_result(&second);
+    free_model(&m);
+    free(a);
+    free(b);
+    check_case_end(name);
+}
+
 static void test_api(void) {
     fadam_optimizer *opt = NULL;
     float p[8] = {0}, g[8] = {0};
@@ -553,6 +626,57 @@ static void test_api(void) {
     check_case_end("shard_range_registration_and_split_step_api");
 }
 
+/* fadam_load takes back the slice that was saved only: rank 1's half of a tensor into rank 0's half
+ * (the same element count) is refused; its own file, or fadam_load_shards of both, loads. */
+static void test_load_other_slice(void) {
+    char directory[] = "/tmp/fadam_zero_XXXXXX", paths[2][96];
+    const char *list[2];
+    float p[2][8], g[2][8], saved[8], *master, *ms[2], *vs;
+    fadam_optimizer *opt[2] = {NULL, NULL};
+    fadam_fused_step_config c = fadam_fused_step_config_default();
+    int r, k;
+    check_case_begin();
+    CHECK(mkdtemp(directory) != NULL, "mkdtemp failed");
+    for (r = 0; r < 2; r++) {
+        snprintf(paths[r], sizeof paths[r], "%s/r%d.safetensors", directory, r);
+        list[r] = paths[r];
+        for (k = 0; k < 8; k++) p[r][k] = (float)(8 * r + k), g[r][k] = 0.25f * (float)(r + 1);
+        CHECK(fadam_create(&opt[r], FADAM_DEVICE_CPU, 0, NULL, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_configure_fused_step(opt[r], &c) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_add_tensor_shard(opt[r], "w", p[r], g[r], 8, 16, 8 * r, FADAM_FLOAT32, FADAM_FLOAT32, 0, NULL) ==
+                  FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_finalize(opt[r], NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_save(opt[r], paths[r], NULL) == FADAM_ERR_BAD_STATE, "a shard saved without its rank");
+        fadam_destroy(opt[r]);
+        CHECK(fadam_create(&opt[r], FADAM_DEVICE_CPU, 0, NULL, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_configure_fused_step(opt[r], &c) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_add_tensor_shard(opt[r], "w", p[r], g[r], 8, 16, 8 * r, FADAM_FLOAT32, FADAM_FLOAT32, 0, NULL) ==
+                  FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_set_shard_rank(opt[r], r, 2) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_finalize(opt[r], NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_set_shard_rank(opt[r], r, 2) == FADAM_ERR_BAD_STATE, "set_shard_rank after finalize accepted");
+        CHECK(fadam_fused_step(opt[r], NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_save(opt[r], paths[r], NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+        CHECK(fadam_get_state(opt[r], 0, &master, &ms[r], &vs) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+    }
+    CHECK(ms[0][0] != ms[1][0], "the two halves' moments are alike: the test cannot tell them apart");
+    memcpy(saved, ms[0], sizeof saved);
+    CHECK(fadam_load(opt[0], paths[1], NULL) == FADAM_ERR_MISMATCH &&
+              strstr(fadam_last_error_message(), "fadam_load_shards"),
+          "rank 1's slice loaded into rank 0's: %s", fadam_last_error_message());
+    CHECK(memcmp(saved, ms[0], sizeof saved) == 0, "a refused load changed the state");
+    CHECK(fadam_load(opt[0], paths[0], NULL) == FADAM_SUCCESS, "its own slice: %s", fadam_last_error_message());
+    memset(ms[0], 0, sizeof saved);
+    CHECK(fadam_load_shards(opt[0], list, 2, NULL) == FADAM_SUCCESS && memcmp(saved, ms[0], sizeof saved) == 0,
+          "load_shards of both halves: %s", fadam_last_error_message());
+    for (r = 0; r < 2; r++) {
+        fadam_destroy(opt[r]);
+        unlink(paths[r]);
+    }
+    rmdir(directory);
+    check_case_end("load_refuses_another_slice_load_shards_reassembles");
+}
+
 int main(void) {
     rng = check_seed("test_zero");
     test_api();
@@ -564,5 +688,9 @@ int main(void) {
     test_ranks(3, 1, -1, 0, "ranks3_flat_shard_equal_single_rank_clipped");
     test_ranks(4, 0, 3, 1, "ranks4_nonfinite_on_one_rank_skips_every_rank_loss_scaled");
     test_ranks(3, 1, 1, 0, "ranks3_flat_nonfinite_skips_every_rank");
+    test_load_other_slice();
+    test_checkpoint(4, 2, "checkpoint_saved_at_4_ranks_loaded_at_2_continues_equal");
+    test_checkpoint(2, 3, "checkpoint_saved_at_2_ranks_loaded_at_3_continues_equal");
+    test_checkpoint(1, 4, "checkpoint_saved_at_1_rank_loaded_at_4_continues_equal");
     return check_exit_code();
 }
