@@ -15,3 +15,11 @@ $(TEST_BIN)/test_split_kernel: tests/test_split_kernel.cpp tests/emul/cuda_emul.
 
 TEST_PROGRAMS += $(TEST_BIN)/test_split_kernel
 TEST_RUN += $(TEST_BIN)/test_split_kernel
+
+# The split step on a GPU (graph capture, two ranks on one device); "skip" without one.
+$(TEST_BIN)/test_zero_gpu: tests/test_zero_gpu.c $(TEST_HEADERS) $(STATIC_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
+
+TEST_PROGRAMS += $(TEST_BIN)/test_zero_gpu
+TEST_RUN += $(TEST_BIN)/test_zero_gpu
