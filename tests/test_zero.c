@@ -631,7 +631,7 @@ static void test_api(void) {
 static void test_load_other_slice(void) {
     char directory[] = "/tmp/fadam_zero_XXXXXX", paths[2][96];
     const char *list[2];
-    float p[2][8], g[2][8], saved[8], *master, *ms[2], *vs;
+    float p[2][10], g[2][10], saved[8], *master, *ms[2], *vs;
     fadam_optimizer *opt[2] = {NULL, NULL};
     fadam_fused_step_config c = fadam_fused_step_config_default();
     int r, k;
@@ -640,7 +640,7 @@ static void test_load_other_slice(void) {
     for (r = 0; r < 2; r++) {
         snprintf(paths[r], sizeof paths[r], "%s/r%d.safetensors", directory, r);
         list[r] = paths[r];
-        for (k = 0; k < 8; k++) p[r][k] = (float)(8 * r + k), g[r][k] = 0.25f * (float)(r + 1);
+        for (k = 0; k < 10; k++) p[r][k] = (float)(8 * r + k), g[r][k] = 0.25f * (float)(r + 1);
         CHECK(fadam_create(&opt[r], FADAM_DEVICE_CPU, 0, NULL, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
         CHECK(fadam_configure_fused_step(opt[r], &c) == FADAM_SUCCESS, "%s", fadam_last_error_message());
         CHECK(fadam_add_tensor_shard(opt[r], "w", p[r], g[r], 8, 16, 8 * r, FADAM_FLOAT32, FADAM_FLOAT32, 0, NULL) ==
@@ -669,6 +669,20 @@ static void test_load_other_slice(void) {
     memset(ms[0], 0, sizeof saved);
     CHECK(fadam_load_shards(opt[0], list, 2, NULL) == FADAM_SUCCESS && memcmp(saved, ms[0], sizeof saved) == 0,
           "load_shards of both halves: %s", fadam_last_error_message());
+    /* A "rank 1" whose slice [6, 16) overlaps rank 0's [0, 8): the files do not tile the tensor. */
+    fadam_destroy(opt[1]);
+    CHECK(fadam_create(&opt[1], FADAM_DEVICE_CPU, 0, NULL, NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+    CHECK(fadam_configure_fused_step(opt[1], &c) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+    CHECK(fadam_add_tensor_shard(opt[1], "w", p[1], g[1], 10, 16, 6, FADAM_FLOAT32, FADAM_FLOAT32, 0, NULL) ==
+              FADAM_SUCCESS, "%s", fadam_last_error_message());
+    CHECK(fadam_set_shard_rank(opt[1], 1, 2) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+    CHECK(fadam_finalize(opt[1], NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+    CHECK(fadam_fused_step(opt[1], NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+    CHECK(fadam_save(opt[1], paths[1], NULL) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+    memcpy(saved, ms[0], sizeof saved);
+    CHECK(fadam_load_shards(opt[0], list, 2, NULL) == FADAM_ERR_MISMATCH && strstr(fadam_last_error_message(), "tile"),
+          "overlapping slices accepted: %s", fadam_last_error_message());
+    CHECK(memcmp(saved, ms[0], sizeof saved) == 0, "a refused load_shards changed the state");
     for (r = 0; r < 2; r++) {
         fadam_destroy(opt[r]);
         unlink(paths[r]);
