@@ -23,3 +23,12 @@ $(TEST_BIN)/test_zero_gpu: tests/test_zero_gpu.c $(TEST_HEADERS) $(STATIC_LIB)
 
 TEST_PROGRAMS += $(TEST_BIN)/test_zero_gpu
 TEST_RUN += $(TEST_BIN)/test_zero_gpu
+
+# Every host allocation of the sharded calls failing in turn (ASan/UBSan/LSan, allocations wrapped).
+$(TEST_BIN)/test_zero_alloc: tests/test_zero_alloc.c $(TEST_HEADERS) $(ASAN_OBJECTS)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_CFLAGS) $(SANITIZE) $< -o $@ $(ASAN_OBJECTS) \
+	    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=aligned_alloc $(LIBS_CUDA) -lstdc++
+
+TEST_PROGRAMS += $(TEST_BIN)/test_zero_alloc
+TEST_RUN += $(TEST_BIN)/test_zero_alloc
