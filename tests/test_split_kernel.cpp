@@ -234,11 +234,37 @@ static void test_split(int ranks, int nan_step, const char *name) {
     check_case_end(name);
 }
 
+/* Another rank's flag alone (its sum finite, e.g. a communicator that summed an Inf into a finite
+ * value) skips the step: the decide kernel trusts the flag, not the sum only. */
+static void test_flag_alone_skips() {
+    check_case_begin();
+    full_model f = make_model(3), state = f;
+    fadam_fused_step_config c = fadam_fused_step_config_default();
+    rank_state r;
+    init_rank(r, rank_table(f, state, 0, 1), c);
+    r.reduce[0] = 4.0;
+    r.reduce[1] = 1.0;
+    fadam_norm_kernel_args a = norm_args(f, r, c, true);
+    CHECK(fadam_launch_fused_decide(&a, NULL) == cudaSuccess, "%s", emul_last_failure_message());
+    CHECK(r.state.counters.skipped == 1 && r.state.counters.step == 0 && r.state.counters.skipped_total == 1,
+          "a flagged buffer with a finite sum did not skip: skipped %d t %lld", r.state.counters.skipped,
+          (long long)r.state.counters.step);
+    r.reduce[1] = 0.0;
+    CHECK(fadam_launch_fused_decide(&a, NULL) == cudaSuccess, "%s", emul_last_failure_message());
+    CHECK(r.state.counters.skipped == 0 && r.state.counters.step == 1 && r.state.counters.grad_norm == 2.0f,
+          "a clean buffer [4, 0]: skipped %d t %lld norm %g", r.state.counters.skipped, (long long)r.state.counters.step,
+          r.state.counters.grad_norm);
+    a.reduce_buffer = NULL;
+    CHECK(fadam_launch_fused_decide(&a, NULL) == cudaErrorInvalidValue, "a decide launch without a buffer accepted");
+    check_case_end("decide_kernel_skips_on_a_flag_alone");
+}
+
 int main() {
     rng = check_seed("test_split_kernel");
     test_split(1, -1, "split_one_rank_equals_fused_kernels");
     test_split(2, -1, "split_2_ranks_kernels_equal_single");
     test_split(3, -1, "split_3_ranks_kernels_equal_single");
     test_split(4, 2, "split_4_ranks_kernels_inf_on_one_rank_skips_all");
+    test_flag_alone_skips();
     return check_exit_code();
 }
