@@ -78,7 +78,7 @@ fadam_status fadam_fused_state_create(fadam_optimizer *opt, cudaStream_t stream)
     initial.grad_scale = 1.0f;
     /* The chunks' partial sums, then the groups' scalars that the norm kernel computes for the update. */
     partial_bytes = (size_t)(opt->n_chunks > 0 ? opt->n_chunks : 1) * sizeof(double) +
-                    FADAM_MAX_GROUPS * sizeof(fadam_group_scalars);
+                    FADAM_MAX_GROUPS * sizeof(fadam_group_scalars) + FADAM_FUSED_REDUCE_COUNT * sizeof(double);
     opt->fused_state = (fadam_device_state *)fadam_optimizer_alloc(opt, sizeof initial);
     opt->chunk_partials = (double *)fadam_optimizer_alloc(opt, partial_bytes);
     if (!opt->fused_state || !opt->chunk_partials) {
@@ -113,20 +113,26 @@ static fadam_group_scalars *device_group_scalars(const fadam_optimizer *opt) {
     return (fadam_group_scalars *)(opt->chunk_partials + (opt->n_chunks > 0 ? opt->n_chunks : 1));
 }
 
-static fadam_status fused_step_cuda(fadam_optimizer *opt, cudaStream_t stream) {
-    fadam_norm_kernel_args norm;
+/* The split step's [sum of squares, non-finite flag]: after the groups' scalars (8-byte aligned: the
+ * scalars are 13 four-byte fields times FADAM_MAX_GROUPS, an even count). */
+static double *reduce_buffer(const fadam_optimizer *opt) {
+    return (double *)(device_group_scalars(opt) + FADAM_MAX_GROUPS);
+}
+
+static void fill_norm_args(const fadam_optimizer *opt, fadam_norm_kernel_args *norm) {
+    memset(norm, 0, sizeof *norm);
+    norm->table = (const fadam_table_header *)opt->device_table;
+    norm->chunk_partials = opt->chunk_partials;
+    norm->state = opt->fused_state;
+    norm->scalars_out = device_group_scalars(opt);
+    norm->config = opt->fused_config;
+    norm->n_groups = opt->n_groups;
+    memcpy(norm->groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
+}
+
+static fadam_status launch_update(const fadam_optimizer *opt, cudaStream_t stream) {
     fadam_step_kernel_args args;
     cudaError_t error;
-    memset(&norm, 0, sizeof norm);
-    norm.table = (const fadam_table_header *)opt->device_table;
-    norm.chunk_partials = opt->chunk_partials;
-    norm.state = opt->fused_state;
-    norm.scalars_out = device_group_scalars(opt);
-    norm.config = opt->fused_config;
-    norm.n_groups = opt->n_groups;
-    memcpy(norm.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
-    error = fadam_launch_grad_norm(&norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS, stream);
-    if (error != cudaSuccess) return fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
     memset(&args, 0, sizeof args);
     args.table = (const fadam_table_header *)opt->device_table;
     args.state = opt->fused_state;
@@ -137,6 +143,15 @@ static fadam_status fused_step_cuda(fadam_optimizer *opt, cudaStream_t stream) {
     error = fadam_launch_adam_step(&args, opt->grid_blocks, FADAM_BLOCK_THREADS, stream);
     if (error != cudaSuccess) return fadam_cuda_fail(error, "adam_step_kernel launch", __FILE__, __LINE__);
     return FADAM_SUCCESS;
+}
+
+static fadam_status fused_step_cuda(fadam_optimizer *opt, cudaStream_t stream) {
+    fadam_norm_kernel_args norm;
+    cudaError_t error;
+    fill_norm_args(opt, &norm);
+    error = fadam_launch_grad_norm(&norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS, stream);
+    if (error != cudaSuccess) return fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
+    return launch_update(opt, stream);
 }
 
 fadam_status fadam_fused_step(fadam_optimizer *opt, fadam_stream stream) {
@@ -157,6 +172,81 @@ fadam_status fadam_fused_step(fadam_optimizer *opt, fadam_stream stream) {
         status = fadam_cuda_enter_device(opt->cuda_device, &previous_device);
         if (status == FADAM_SUCCESS) {
             status = fused_step_cuda(opt, (cudaStream_t)stream);
+            fadam_cuda_leave_device(opt->cuda_device, previous_device);
+        }
+    }
+    FADAM_RANGE_POP();
+    return status;
+}
+
+/* ---- the step split around the caller's all-reduce (data parallelism) ---- */
+
+fadam_status fadam_fused_step_reduce_buffer(const fadam_optimizer *opt, double **buffer, int *count) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step_reduce_buffer");
+    FADAM_REQUIRE_NOT_NULL(buffer, "fadam_fused_step_reduce_buffer");
+    if ((status = require_fused(opt, "fadam_fused_step_reduce_buffer")) != FADAM_SUCCESS) return status;
+    *buffer = reduce_buffer(opt);
+    if (count) *count = FADAM_FUSED_REDUCE_COUNT;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_fused_step_begin(fadam_optimizer *opt, fadam_stream stream) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step_begin");
+    if ((status = require_fused(opt, "fadam_fused_step_begin")) != FADAM_SUCCESS) return status;
+    FADAM_RANGE_PUSH("fused_step_begin");
+    if (opt->device == FADAM_DEVICE_CPU) {
+        double sum = fadam_cpu_sum_of_squares(opt->cpu_pool, opt->tensors, opt->n_tensors);
+        double *out = reduce_buffer(opt);
+        out[0] = sum;
+        out[1] = sum <= 1.0e308 ? 0.0 : 1.0;
+    } else {
+        int previous_device = 0;
+        status = fadam_cuda_enter_device(opt->cuda_device, &previous_device);
+        if (status == FADAM_SUCCESS) {
+            fadam_norm_kernel_args norm;
+            cudaError_t error;
+            fill_norm_args(opt, &norm);
+            norm.reduce_buffer = reduce_buffer(opt);
+            error = fadam_launch_grad_norm(&norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS,
+                                           (cudaStream_t)stream);
+            if (error != cudaSuccess) status = fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
+            fadam_cuda_leave_device(opt->cuda_device, previous_device);
+        }
+    }
+    FADAM_RANGE_POP();
+    return status;
+}
+
+fadam_status fadam_fused_step_end(fadam_optimizer *opt, fadam_stream stream) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step_end");
+    if ((status = require_fused(opt, "fadam_fused_step_end")) != FADAM_SUCCESS) return status;
+    FADAM_RANGE_PUSH("fused_step_end");
+    if (opt->device == FADAM_DEVICE_CPU) {
+        const double *in = reduce_buffer(opt);
+        double sum = in[0];
+        fadam_step_source source = {1, NULL, NULL};
+        /* Any rank's Inf/NaN skips the step everywhere (fused_decide_kernel does the same). */
+        if (in[1] != 0.0 && sum == sum) sum = HUGE_VAL;
+        fadam_decide_step(opt->fused_state, &opt->fused_config, sum);
+        status = fadam_cpu_update_all(opt->cpu_pool, opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, &source,
+                                      opt->fused_state, "fadam_fused_step_end");
+    } else {
+        int previous_device = 0;
+        status = fadam_cuda_enter_device(opt->cuda_device, &previous_device);
+        if (status == FADAM_SUCCESS) {
+            fadam_norm_kernel_args norm;
+            cudaError_t error;
+            fill_norm_args(opt, &norm);
+            norm.reduce_buffer = reduce_buffer(opt);
+            error = fadam_launch_fused_decide(&norm, (cudaStream_t)stream);
+            if (error != cudaSuccess) status = fadam_cuda_fail(error, "fused_decide_kernel launch", __FILE__, __LINE__);
+            else status = launch_update(opt, (cudaStream_t)stream);
             fadam_cuda_leave_device(opt->cuda_device, previous_device);
         }
     }

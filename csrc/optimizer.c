@@ -107,6 +107,7 @@ void fadam_destroy(fadam_optimizer *opt) {
     for (i = 0; i < opt->n_tensors; i++) free(opt->names[i]);
     free(opt->names);
     free(opt->tensors);
+    fadam_shard_free(opt);
     free(opt);
 }
 

@@ -383,6 +383,68 @@ FADAM_API fadam_status fadam_read_step_counters(const fadam_optimizer *opt, fada
                                                 fadam_stream stream);
 
 /* ---------------------------------------------------------------------------------------------
+ * Data parallelism (ZeRO-1) over the caller's communicator. The library links no NCCL or MPI.
+ *
+ * Each rank registers the slices of the tensors it owns (fadam_add_tensor_shard) with the gradients
+ * of its slice (e.g. the output of a reduce-scatter), so it holds the master weights and moments of
+ * its shard only. The fused step is split around one all-reduce of FADAM_FUSED_REDUCE_COUNT doubles:
+ *
+ *     fadam_fused_step_reduce_buffer(opt, &buffer, &count);     once, after finalize
+ *     every step, all on `stream`:
+ *       fadam_fused_step_begin(opt, stream);                    this rank's gradient pass
+ *       ncclAllReduce(buffer, buffer, count, ncclFloat64, ncclSum, comm, stream);
+ *       fadam_fused_step_end(opt, stream);                      decision + update of this shard
+ *     then the caller all-gathers the params.
+ *
+ * The buffer holds [this rank's sum of squares of its gradients, 1 if that sum is Inf/NaN else 0];
+ * summed over the ranks it gives the global norm and, when nonzero, the count of ranks with an
+ * Inf/NaN gradient, which skips the step on every rank, as fadam_fused_step does on one GPU. Every rank
+ * then takes the same decision (norm, clip coefficient, loss scale, schedule, counters). Nothing
+ * synchronizes the host: begin, the all-reduce and end can be captured together in one CUDA graph.
+ * With no all-reduce in between, begin + end is exactly fadam_fused_step (same bits).
+ * ------------------------------------------------------------------------------------------- */
+#define FADAM_FUSED_REDUCE_COUNT 2
+
+/* The double array (device memory on the CUDA device, host memory on the CPU) that fadam_fused_step_begin
+ * fills and fadam_fused_step_end reads: sum it over the ranks in place between the two, on the same
+ * stream. *count (optional) gets FADAM_FUSED_REDUCE_COUNT. Fixed from finalize to destroy. Needs the
+ * fused step configured and a finalized optimizer. */
+FADAM_API fadam_status fadam_fused_step_reduce_buffer(const fadam_optimizer *opt, double **buffer, int *count);
+
+/* Queues this rank's gradient pass on `stream`; leaves its partial sum of squares and Inf/NaN flag in
+ * the reduce buffer and decides nothing. Asynchronous, capturable. */
+FADAM_API fadam_status fadam_fused_step_begin(fadam_optimizer *opt, fadam_stream stream);
+
+/* Queues the decision from the (reduced) buffer - global norm, clipping, skip if any rank saw Inf/NaN,
+ * loss scale, schedule, counters - and the update of this rank's tensors, on `stream`. Call it after
+ * fadam_fused_step_begin and the caller's all-reduce. Asynchronous, capturable. */
+FADAM_API fadam_status fadam_fused_step_end(fadam_optimizer *opt, fadam_stream stream);
+
+/* Registers the slice of a tensor this rank owns: elements [offset, offset + numel) of the tensor
+ * `name` of full_numel elements, 0 <= offset, offset + numel <= full_numel; numel may be 0. param and
+ * grad point at the slice's first element (e.g. full_param + offset, and the reduce-scattered
+ * gradient). Everything else is fadam_add_tensor's (fadam_add_tensor is the case offset 0, numel ==
+ * full_numel). Any slicing works; the conventional one is fadam_shard_range's. full_numel and offset
+ * go into checkpoints, so that fadam_load_shards can reassemble a tensor from the slices of any number
+ * of ranks. */
+FADAM_API fadam_status fadam_add_tensor_shard(fadam_optimizer *opt, const char *name, void *param, const void *grad,
+                                              int64_t numel, int64_t full_numel, int64_t offset,
+                                              fadam_dtype param_dtype, fadam_dtype grad_dtype, int group,
+                                              int64_t *index_out);
+
+/* Names this optimizer's shard for its checkpoints: rank `rank` of n_ranks. Before finalize; required
+ * for fadam_save of an optimizer with shards (fadam_add_tensor_shard). */
+FADAM_API fadam_status fadam_set_shard_rank(fadam_optimizer *opt, int rank, int n_ranks);
+
+/* The conventional slice of `rank` out of n_ranks (the convention of llm.c's ZeRO-1, and of a
+ * reduce-scatter over a buffer padded to a multiple of n_ranks): every rank gets
+ * S = ceil(total / n_ranks) elements, [rank * S, (rank + 1) * S), cut at total: the last ranks' slices
+ * are shorter or empty (the padding belongs to no one). Apply it to each tensor, or to the flat
+ * concatenation of all tensors and intersect with each. Pure function. */
+FADAM_API fadam_status fadam_shard_range(int64_t total, int rank, int n_ranks, int64_t *offset_out,
+                                         int64_t *numel_out);
+
+/* ---------------------------------------------------------------------------------------------
  * Devices
  * ------------------------------------------------------------------------------------------- */
 /* Number of usable CUDA devices (0 without a GPU or driver; never an error). */
@@ -455,6 +517,21 @@ FADAM_API fadam_status fadam_save_bytes(const fadam_optimizer *opt, size_t *size
  * its message says so. The file must not be modified in place while it loads (fadam_save replaces
  * files by rename, which is safe). */
 FADAM_API fadam_status fadam_load(fadam_optimizer *opt, const char *path, fadam_stream stream);
+
+/* Sharded checkpoints (data parallelism): each rank saves its own file with fadam_save; with
+ * fadam_set_shard_rank set, its __metadata__ also holds shard.rank, shard.count and, per tensor,
+ * NAME.offset and NAME.full_numel (the slice [offset, offset + numel) of the full tensor; the entries
+ * hold the slice's state). fadam_load takes back the same slicing only (another slice of the same
+ * tensor is FADAM_ERR_MISMATCH). fadam_load_shards reads the n_paths files of one save by N = n_paths
+ * ranks (in any order) and loads this optimizer's slices from them, whatever its own rank count M and
+ * slicing: each file is checked as fadam_load checks one (its checksum included), the files must be
+ * ranks 0..N-1 of one save (same step, hyperparameters and counters), and for every registered tensor
+ * the files' slices must tile the full tensor exactly. A file without shard metadata counts as the one
+ * shard of one rank, so a single-GPU checkpoint loads into sharded ranks too. Reads each file whole
+ * into host memory (all N files: about the whole optimizer state); synchronizes `stream`. On any
+ * error before the final copy, nothing changed. */
+FADAM_API fadam_status fadam_load_shards(fadam_optimizer *opt, const char *const *paths, int n_paths,
+                                         fadam_stream stream);
 
 /* fadam_load from `size` bytes of caller memory (host memory). */
 FADAM_API fadam_status fadam_load_bytes(fadam_optimizer *opt, const void *buffer, size_t size,

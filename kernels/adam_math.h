@@ -107,6 +107,9 @@ typedef struct fadam_norm_kernel_args {
     double *chunk_partials;            /* one per chunk of the table */
     fadam_device_state *state;         /* the step's decision goes here */
     fadam_group_scalars *scalars_out;  /* optional: n_groups scalars for the update (device_scalars) */
+    /* optional (the split step, fadam_fused_step_begin): the norm kernel leaves [sum of squares,
+     * non-finite flag] here instead of deciding; the decide kernel reads them back once reduced */
+    double *reduce_buffer;
     fadam_fused_step_config config;
     int32_t n_groups;
     fadam_hparams groups[FADAM_MAX_GROUPS];

@@ -190,13 +190,41 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS, 5) grad_norm_kernel(const
     }
     sum = block_sum(sum, warp_sums[parity]);
     if (threadIdx.x == 0) {
-        fadam_decide_step(args.state, &args.config, sum);
+        if (args.reduce_buffer) {
+            /* This rank's share; the caller sums it over the ranks, fused_decide_kernel decides. */
+            args.reduce_buffer[0] = sum;
+            args.reduce_buffer[1] = sum <= 1.0e308 ? 0.0 : 1.0;
+        } else {
+            fadam_decide_step(args.state, &args.config, sum);
+        }
         args.state->blocks_done = 0; /* ready for the next launch, or the next replay of a graph */
     }
+    if (args.reduce_buffer) return;
     __syncthreads(); /* the decision (t, lr factor, gradient scale) is visible to the whole block */
     if (args.scalars_out)
         for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x)
             args.scalars_out[g] = fadam_scalars_for_step(&args.groups[g], g, 0, NULL, NULL, args.state);
+}
+
+/* The split step's decision from the all-reduced [sum of squares, non-finite count]: any rank's Inf/NaN
+ * skips the step everywhere, even if the sum itself came out finite. One block; the same code as the
+ * norm kernel's last block, so one rank decides exactly as fadam_fused_step does. */
+__global__ void __launch_bounds__(FADAM_MAX_GROUPS) fused_decide_kernel(const fadam_norm_kernel_args args) {
+    if (threadIdx.x == 0) {
+        double sum = args.reduce_buffer[0];
+        if (args.reduce_buffer[1] != 0.0 && sum == sum) sum = HUGE_VAL;
+        fadam_decide_step(args.state, &args.config, sum);
+    }
+    __syncthreads();
+    if (args.scalars_out)
+        for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x)
+            args.scalars_out[g] = fadam_scalars_for_step(&args.groups[g], g, 0, NULL, NULL, args.state);
+}
+
+extern "C" cudaError_t fadam_launch_fused_decide(const fadam_norm_kernel_args *args, cudaStream_t stream) {
+    if (!args->reduce_buffer || args->n_groups < 0 || args->n_groups > FADAM_MAX_GROUPS) return cudaErrorInvalidValue;
+    FADAM_LAUNCH(fused_decide_kernel, dim3(1), dim3(FADAM_MAX_GROUPS), 0, stream, *args);
+    return FADAM_LAUNCH_ERROR();
 }
 
 extern "C" cudaError_t fadam_launch_grad_norm(const fadam_norm_kernel_args *args, unsigned grid_blocks,

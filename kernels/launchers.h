@@ -32,6 +32,10 @@ cudaError_t fadam_launch_master_init(const fadam_table_header *table, unsigned g
 cudaError_t fadam_launch_grad_norm(const fadam_norm_kernel_args *args, unsigned grid_blocks, unsigned block_threads,
                                    cudaStream_t stream);
 
+/* kernels/grad_norm.cu: the split step's decision (fadam_fused_step_end): one block reads the reduced
+ * [sum of squares, non-finite flag] at args->reduce_buffer, decides, and writes the groups' scalars. */
+cudaError_t fadam_launch_fused_decide(const fadam_norm_kernel_args *args, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif
