@@ -145,36 +145,63 @@ static fadam_status launch_update(const fadam_optimizer *opt, cudaStream_t strea
     return FADAM_SUCCESS;
 }
 
-static fadam_status fused_step_cuda(fadam_optimizer *opt, cudaStream_t stream) {
+/* The fused step whole, or one side of the caller's all-reduce of reduce_buffer (data parallelism). */
+typedef enum fused_part { FUSED_WHOLE, FUSED_BEGIN, FUSED_END } fused_part;
+
+static fadam_status fused_cpu(fadam_optimizer *opt, fused_part part, const char *function) {
+    double *reduced = reduce_buffer(opt);
+    fadam_step_source source = {1, NULL, NULL};
+    double sum;
+    if (part == FUSED_END) {
+        sum = reduced[0];
+        /* Any rank's Inf/NaN skips the step everywhere (fused_decide_kernel does the same). */
+        if (reduced[1] != 0.0 && sum == sum) sum = HUGE_VAL;
+    } else {
+        /* Always: the Inf/NaN skip and grad_norm hold in every configuration. */
+        sum = fadam_cpu_sum_of_squares(opt->cpu_pool, opt->tensors, opt->n_tensors);
+    }
+    if (part == FUSED_BEGIN) {
+        reduced[0] = sum;
+        reduced[1] = sum <= 1.0e308 ? 0.0 : 1.0;
+        return FADAM_SUCCESS;
+    }
+    fadam_decide_step(opt->fused_state, &opt->fused_config, sum);
+    return fadam_cpu_update_all(opt->cpu_pool, opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, &source,
+                                opt->fused_state, function);
+}
+
+static fadam_status fused_cuda(fadam_optimizer *opt, fused_part part, cudaStream_t stream) {
     fadam_norm_kernel_args norm;
     cudaError_t error;
     fill_norm_args(opt, &norm);
-    error = fadam_launch_grad_norm(&norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS, stream);
-    if (error != cudaSuccess) return fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
-    return launch_update(opt, stream);
+    if (part != FUSED_WHOLE) norm.reduce_buffer = reduce_buffer(opt);
+    if (part == FUSED_END) {
+        if ((error = fadam_launch_fused_decide(&norm, stream)) != cudaSuccess)
+            return fadam_cuda_fail(error, "fused_decide_kernel launch", __FILE__, __LINE__);
+    } else {
+        error = fadam_launch_grad_norm(&norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS, stream);
+        if (error != cudaSuccess) return fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
+    }
+    return part == FUSED_BEGIN ? FADAM_SUCCESS : launch_update(opt, stream);
+}
+
+static fadam_status run_fused(fadam_optimizer *opt, fused_part part, fadam_stream stream, const char *function) {
+    fadam_status status;
+    int previous_device = 0;
+    if ((status = require_fused(opt, function)) != FADAM_SUCCESS) return status;
+    if (opt->device == FADAM_DEVICE_CPU) return fused_cpu(opt, part, function);
+    if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
+    status = fused_cuda(opt, part, (cudaStream_t)stream);
+    fadam_cuda_leave_device(opt->cuda_device, previous_device);
+    return status;
 }
 
 fadam_status fadam_fused_step(fadam_optimizer *opt, fadam_stream stream) {
     fadam_status status;
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step");
-    if ((status = require_fused(opt, "fadam_fused_step")) != FADAM_SUCCESS) return status;
     FADAM_RANGE_PUSH("fused_step");
-    if (opt->device == FADAM_DEVICE_CPU) {
-        /* Always: the Inf/NaN skip and grad_norm hold in every configuration. */
-        double sum = fadam_cpu_sum_of_squares(opt->cpu_pool, opt->tensors, opt->n_tensors);
-        fadam_step_source source = {1, NULL, NULL};
-        fadam_decide_step(opt->fused_state, &opt->fused_config, sum);
-        status = fadam_cpu_update_all(opt->cpu_pool, opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, &source,
-                                      opt->fused_state, "fadam_fused_step");
-    } else {
-        int previous_device = 0;
-        status = fadam_cuda_enter_device(opt->cuda_device, &previous_device);
-        if (status == FADAM_SUCCESS) {
-            status = fused_step_cuda(opt, (cudaStream_t)stream);
-            fadam_cuda_leave_device(opt->cuda_device, previous_device);
-        }
-    }
+    status = run_fused(opt, FUSED_WHOLE, stream, "fadam_fused_step");
     FADAM_RANGE_POP();
     return status;
 }
@@ -196,27 +223,8 @@ fadam_status fadam_fused_step_begin(fadam_optimizer *opt, fadam_stream stream) {
     fadam_status status;
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step_begin");
-    if ((status = require_fused(opt, "fadam_fused_step_begin")) != FADAM_SUCCESS) return status;
     FADAM_RANGE_PUSH("fused_step_begin");
-    if (opt->device == FADAM_DEVICE_CPU) {
-        double sum = fadam_cpu_sum_of_squares(opt->cpu_pool, opt->tensors, opt->n_tensors);
-        double *out = reduce_buffer(opt);
-        out[0] = sum;
-        out[1] = sum <= 1.0e308 ? 0.0 : 1.0;
-    } else {
-        int previous_device = 0;
-        status = fadam_cuda_enter_device(opt->cuda_device, &previous_device);
-        if (status == FADAM_SUCCESS) {
-            fadam_norm_kernel_args norm;
-            cudaError_t error;
-            fill_norm_args(opt, &norm);
-            norm.reduce_buffer = reduce_buffer(opt);
-            error = fadam_launch_grad_norm(&norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS,
-                                           (cudaStream_t)stream);
-            if (error != cudaSuccess) status = fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
-            fadam_cuda_leave_device(opt->cuda_device, previous_device);
-        }
-    }
+    status = run_fused(opt, FUSED_BEGIN, stream, "fadam_fused_step_begin");
     FADAM_RANGE_POP();
     return status;
 }
@@ -225,31 +233,8 @@ fadam_status fadam_fused_step_end(fadam_optimizer *opt, fadam_stream stream) {
     fadam_status status;
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step_end");
-    if ((status = require_fused(opt, "fadam_fused_step_end")) != FADAM_SUCCESS) return status;
     FADAM_RANGE_PUSH("fused_step_end");
-    if (opt->device == FADAM_DEVICE_CPU) {
-        const double *in = reduce_buffer(opt);
-        double sum = in[0];
-        fadam_step_source source = {1, NULL, NULL};
-        /* Any rank's Inf/NaN skips the step everywhere (fused_decide_kernel does the same). */
-        if (in[1] != 0.0 && sum == sum) sum = HUGE_VAL;
-        fadam_decide_step(opt->fused_state, &opt->fused_config, sum);
-        status = fadam_cpu_update_all(opt->cpu_pool, opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, &source,
-                                      opt->fused_state, "fadam_fused_step_end");
-    } else {
-        int previous_device = 0;
-        status = fadam_cuda_enter_device(opt->cuda_device, &previous_device);
-        if (status == FADAM_SUCCESS) {
-            fadam_norm_kernel_args norm;
-            cudaError_t error;
-            fill_norm_args(opt, &norm);
-            norm.reduce_buffer = reduce_buffer(opt);
-            error = fadam_launch_fused_decide(&norm, (cudaStream_t)stream);
-            if (error != cudaSuccess) status = fadam_cuda_fail(error, "fused_decide_kernel launch", __FILE__, __LINE__);
-            else status = launch_update(opt, (cudaStream_t)stream);
-            fadam_cuda_leave_device(opt->cuda_device, previous_device);
-        }
-    }
+    status = run_fused(opt, FUSED_END, stream, "fadam_fused_step_end");
     FADAM_RANGE_POP();
     return status;
 }
