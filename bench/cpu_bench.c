@@ -5,17 +5,19 @@
  * Versions, each validated bit for bit against version 0 after one step from the same inputs, then timed:
  *   0  the readable reference, fadam_reference_update tensor by tensor (csrc/reference.c, internal):
  *      every ratio is against it
- *   1  fadam_cpu_step: the library's CPU path as users call it (csrc/cpu_step.c)
- *   2  the managed optimizer on FADAM_DEVICE_CPU (fadam_step): the same path, the optimizer's own state
+ *   1  fadam_cpu_step: the library's CPU path as users call it (csrc/cpu_step.c), on the calling thread
+ *   2  the managed optimizer on FADAM_DEVICE_CPU (fadam_step): the same path on its default threads
+ *      (one per core), the optimizer's own state
  *   3  a loop written here, one function per dtype pair with the scalars hoisted and every pointer
  *      restrict, which the compiler vectorizes. Not library code: a yardstick for the library's path.
  *   4  version 3 split over OpenMP threads in 64K-element chunks.
+ *   5  fadam_cpu_step_pool with a fadam_cpu_pool of one thread per core: version 1 threaded.
  * Per case: elements, tensors, bytes moved (../shared/NUMERICS.md), median time per step, GB/s, percent
  * of one thread's memcpy bandwidth (read + write), and speed relative to version 0.
  * A set is replicated and the replicas stepped in turn until a step's inputs were last touched two
  * last-level caches' worth of data ago, so no step finds them in the cache.
  *
- * Usage: cpu_bench [--sets=NAME,...] [--versions=0,1,2,3,4] [--seconds=S] [--dump-shapes]
+ * Usage: cpu_bench [--sets=NAME,...] [--versions=0,1,2,3,4,5] [--seconds=S] [--dump-shapes]
  *   --dump-shapes   print every parameter set as TSV (torch_bench.py reads it) and exit
  */
 #define _POSIX_C_SOURCE 200809L
@@ -36,7 +38,7 @@
 #include "internal.h" /* fadam_reference_update: the readable loop, version 0 */
 #include "model_shapes.h"
 
-#define N_VERSIONS 5
+#define N_VERSIONS 6
 #define MAX_REPEATS 200
 #define MIN_REPEATS 5
 #define MAX_REPLICAS 8
@@ -45,10 +47,11 @@
 
 static const char *const version_names[N_VERSIONS] = {
     "0 readable reference",
-    "1 fadam_cpu_step",
-    "2 managed optimizer, CPU",
+    "1 fadam_cpu_step, 1 thread",
+    "2 managed optimizer, CPU, all threads",
     "3 bench loop, 1 thread",
     "4 bench loop, OpenMP",
+    "5 fadam_cpu_step_pool, all threads",
 };
 
 static double now_seconds(void) {
@@ -414,6 +417,7 @@ typedef struct version_result {
 
 typedef struct version_state {
     fadam_optimizer *optimizers[MAX_REPLICAS]; /* version 2 */
+    fadam_cpu_pool *pool;                      /* version 5 */
     chunk_list chunks;                         /* version 4 */
     int64_t step;
 } version_state;
@@ -436,6 +440,10 @@ static void run_one_step(bench_case *c, version_state *state, int version, int r
     case 1: require_ok(fadam_cpu_step(c->tensors[replica], c->model->n_tensors, c->groups, 2, &source), "fadam_cpu_step"); break;
     case 2: require_ok(fadam_step(state->optimizers[replica], NULL), "fadam_step"); break;
     case 3: specialized_step(c->tensors[replica], c->model->n_tensors, c->groups, state->step); break;
+    case 5:
+        require_ok(fadam_cpu_step_pool(state->pool, c->tensors[replica], c->model->n_tensors, c->groups, 2, &source),
+                   "fadam_cpu_step_pool");
+        break;
     default: specialized_step_threads(c->tensors[replica], &state->chunks, c->groups, state->step); break;
     }
 }
@@ -484,6 +492,7 @@ static version_result run_version(bench_case *c, int version, double target_seco
     memset(&state, 0, sizeof state);
     if (version == 2) setup_managed(c, &state);
     if (version == 4) state.chunks = make_chunks(c->model);
+    if (version == 5) require_ok(fadam_cpu_pool_create(&state.pool, 0), "fadam_cpu_pool_create");
 
     /* One step at t = 1 from the pristine inputs; version 0's result is what the others must match. */
     memcpy(c->blocks[0], c->pristine, c->block_bytes);
@@ -510,6 +519,7 @@ static version_result run_version(bench_case *c, int version, double target_seco
         result.ran = 1;
     }
     for (r = 0; r < c->replicas; r++) fadam_destroy(state.optimizers[r]);
+    fadam_cpu_pool_destroy(state.pool);
     free(state.chunks.chunks);
     return result;
 }
@@ -554,6 +564,16 @@ static int parse_list(const char *text, const char *const *names, int n_names, i
     return 1;
 }
 
+/* What fadam_cpu_pool_create(.., 0) starts: a pool says its own count. */
+static int default_threads(void) {
+    fadam_cpu_pool *pool = NULL;
+    int n = 1;
+    require_ok(fadam_cpu_pool_create(&pool, 0), "fadam_cpu_pool_create");
+    require_ok(fadam_cpu_pool_threads(pool, &n), "fadam_cpu_pool_threads");
+    fadam_cpu_pool_destroy(pool);
+    return n;
+}
+
 static void print_cpu_model(void) {
     FILE *info = fopen("/proc/cpuinfo", "r");
     char line[256];
@@ -582,7 +602,7 @@ static void print_cpu_model(void) {
 }
 
 int main(int argc, char **argv) {
-    static const char *const version_keys[N_VERSIONS] = {"0", "1", "2", "3", "4"};
+    static const char *const version_keys[N_VERSIONS] = {"0", "1", "2", "3", "4", "5"};
     int sets[BENCH_N_SETS], versions[N_VERSIONS], s, p, v, i, failures = 0;
     double target_seconds = 0.25, copy_bandwidth;
     for (s = 0; s < BENCH_N_SETS; s++) sets[s] = 1;
@@ -598,7 +618,7 @@ int main(int argc, char **argv) {
         } else if (strncmp(argv[i], "--seconds=", 10) == 0) {
             target_seconds = atof(argv[i] + 10);
         } else {
-            fprintf(stderr, "usage: %s [--sets=NAME,...] [--versions=0,1,2,3,4] [--seconds=S] [--dump-shapes]\n"
+            fprintf(stderr, "usage: %s [--sets=NAME,...] [--versions=0,1,2,3,4,5] [--seconds=S] [--dump-shapes]\n"
                             "sets: gpt2-124M gpt2-1.5B llama3-8B 10k-small one-2^30\n", argv[0]);
             return 2;
         }
@@ -610,9 +630,11 @@ int main(int argc, char **argv) {
     copy_bandwidth = measure_memcpy_bandwidth();
     printf("memcpy bandwidth, 1 thread, 256 MiB (read + write): %.1f GB/s\n", copy_bandwidth / 1e9);
     printf("versions: 0 = the readable reference loop (csrc/reference.c), the base of every ratio;\n"
-           "          1 = fadam_cpu_step (the library's CPU path); 2 = managed optimizer (fadam_step, CPU);\n"
+           "          1 = fadam_cpu_step (the library's CPU path, 1 thread); 2 = managed optimizer (fadam_step, CPU,\n"
+           "          its default threads); 5 = fadam_cpu_step_pool, a pool of the default threads (all: %d);\n"
            "          3, 4 = a loop written in the bench (not library code), 1 thread / OpenMP: a yardstick.\n"
-           "check: bitwise against version 0 after one step. speedup: version 0 time / this time.\n\n");
+           "check: bitwise against version 0 after one step. speedup: version 0 time / this time.\n\n",
+           default_threads());
     printf("| set | precision | version | elements | tensors | MB moved | median ms | GB/s | %% memcpy | speedup | check |\n");
     printf("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
     fflush(stdout);

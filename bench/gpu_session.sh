@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # What a session with a GPU lease runs. From the repository root on the GPU machine:
 #   bash bench/gpu_session.sh all        the one command to use: build, then `make test` beside
-#                                        compute-sanitizer, then the benchmarks; ends in ~5 minutes
-#                                        (every stage has a hard time limit; the worst case is ~8)
+#                                        compute-sanitizer, the ZeRO-1 example (examples/zero1.c) on
+#                                        every GPU, then the benchmarks; ends in ~5 minutes
+#                                        (every stage has a hard time limit; 8.5 minutes at worst, inside
+#                                        one 10-minute device command)
 #   bash bench/gpu_session.sh tests      build, every test on the GPU (make test), register/spill report
 #   bash bench/gpu_session.sh sanitize   compute-sanitizer memcheck, racecheck, synccheck, initcheck
 #   bash bench/gpu_session.sh bench      make bench-record: the GPU table appended to bench/RESULTS.md
@@ -21,11 +23,11 @@ logs=build/gpu-session
 mkdir -p "$out" "$logs"
 export FADAM_TORCH_PYTHON=${FADAM_TORCH_PYTHON:-$(command -v python3)}
 jobs=$(nproc 2>/dev/null || echo 4)
-sanitize_tests="build/tests/test_managed build/tests/test_fused_managed build/test_checkpoint"
+sanitize_tests="build/tests/test_managed build/tests/test_fused_managed build/test_checkpoint build/tests/test_zero_gpu"
 
-# Stage limits (seconds) for `all`; the sum stays under 8 minutes whatever hangs.
+# Stage limits (seconds) for `all`; their sum (with 2 x 25 s of zero1) is 8.5 minutes whatever hangs, inside one 10-minute device command.
 build_limit=${GPU_BUILD_LIMIT:-150}
-check_limit=${GPU_CHECK_LIMIT:-210}
+check_limit=${GPU_CHECK_LIMIT:-200}
 bench_limit=${GPU_BENCH_LIMIT:-110}
 
 describe_device() {
@@ -85,6 +87,12 @@ all)
     grep -E '^ *(FAIL|skip) ' "$logs/test.log" | tee -a "$logs/summary.txt"
     note "compute-sanitizer: exit $(cat "$logs/sanitize.code")"
     tee -a "$logs/summary.txt" <"$logs/sanitize.log"
+
+    # The ZeRO-1 example over NCCL on every GPU there (one at least), eager and captured in a graph.
+    for mode in "" --graph; do
+        timeout 25 ./build/zero1 --steps 200 $mode >"$logs/zero1$mode.log" 2>&1
+        note "zero1 $mode: exit $? -> $(tail -1 "$logs/zero1$mode.log")"
+    done
 
     # The benchmarks alone on the machine (timing). RESULTS.md gets a new section; it is copied out.
     lines_before=$(wc -l <bench/RESULTS.md)

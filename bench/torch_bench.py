@@ -2,8 +2,11 @@
 """torch_bench.py - PyTorch's AdamW against fusedadam on the benchmark's parameter sets, in one process.
 
 CPU section (any machine with torch): torch.optim.AdamW on CPU tensors (for-loop default, foreach,
-fused when this torch has it) against fusedadam's CPU implementation (fadam_cpu_step, called through
-ctypes on torch-owned buffers), on the scaled-down sets cpu_bench uses.
+fused when this torch has it) against fusedadam's CPU implementation (fadam_cpu_step_pool, called
+through ctypes on torch-owned buffers, and FusedAdamW), on the scaled-down sets cpu_bench uses, at each
+thread count of --threads (default 1 and all cores: torch.set_num_threads for torch and the binding, a
+fadam_cpu_pool of that many threads for the ctypes path), then a summary of fusedadam's speedup over
+torch fused per set and thread count.
 
 GPU section (when torch sees CUDA): torch.optim.AdamW(fused=True) and (foreach=True) against fusedadam's
 managed optimizer (ctypes: fadam_create(CUDA) + fadam_step on torch's stream) and
@@ -126,6 +129,11 @@ def load_library(path):
     lib.fadam_last_error_message.restype = ctypes.c_char_p
     lib.fadam_cpu_step.argtypes = [ctypes.POINTER(FadamTensor), i64, ctypes.POINTER(FadamHparams), i32,
                                    ctypes.POINTER(FadamStepSource)]
+    lib.fadam_cpu_step_pool.argtypes = [vp, ctypes.POINTER(FadamTensor), i64, ctypes.POINTER(FadamHparams), i32,
+                                        ctypes.POINTER(FadamStepSource)]
+    lib.fadam_cpu_pool_create.argtypes = [ctypes.POINTER(vp), i32]
+    lib.fadam_cpu_pool_destroy.argtypes = [vp]
+    lib.fadam_cpu_pool_destroy.restype = None
     lib.fadam_create.argtypes = [ctypes.POINTER(vp), i32, i32, ctypes.POINTER(FadamHparams), vp]
     lib.fadam_add_group.argtypes = [vp, ctypes.POINTER(FadamHparams), ctypes.POINTER(i32)]
     lib.fadam_add_tensor.argtypes = [vp, ctypes.c_char_p, vp, vp, i64, i32, i32, i32, ctypes.POINTER(i64)]
@@ -134,8 +142,8 @@ def load_library(path):
     lib.fadam_destroy.argtypes = [vp]
     lib.fadam_destroy.restype = None
     lib.fadam_cuda_device_count.restype = i32
-    for name in ("fadam_cpu_step", "fadam_create", "fadam_add_group", "fadam_add_tensor", "fadam_finalize",
-                 "fadam_step"):
+    for name in ("fadam_cpu_step", "fadam_cpu_step_pool", "fadam_cpu_pool_create", "fadam_create", "fadam_add_group",
+                 "fadam_add_tensor", "fadam_finalize", "fadam_step"):
         getattr(lib, name).restype = i32
     return lib
 
@@ -231,10 +239,13 @@ def torch_impl(case, variant):
     return step, restore, lambda: (optimizers.clear(), copies.clear())
 
 
-def ours_cpu_impl(case, lib):
-    """fadam_cpu_step on torch-owned host buffers; master, m, v are torch tensors too."""
+def ours_cpu_impl(case, lib, threads):
+    """fadam_cpu_step_pool on torch-owned host buffers, with a pool of `threads`; master, m, v are torch
+    tensors too."""
     torch = case.torch
     groups = (FadamHparams * 2)(hparams(DECAY), hparams(0.0))
+    pool = ctypes.c_void_p()
+    check(lib, lib.fadam_cpu_pool_create(ctypes.byref(pool), threads), "fadam_cpu_pool_create")
     tables, keep = [], []
     for r in range(case.replicas):
         table = (FadamTensor * len(case.shapes))()
@@ -252,8 +263,8 @@ def ours_cpu_impl(case, lib):
     def step(r):
         counter[0] += 1
         source = FadamStepSource(counter[0], None, None)
-        check(lib, lib.fadam_cpu_step(tables[r], len(case.shapes), groups, 2, ctypes.byref(source)),
-              "fadam_cpu_step")
+        check(lib, lib.fadam_cpu_step_pool(pool, tables[r], len(case.shapes), groups, 2, ctypes.byref(source)),
+              "fadam_cpu_step_pool")
 
     def restore():
         for i, p in enumerate(case.params[0]):
@@ -261,7 +272,12 @@ def ours_cpu_impl(case, lib):
             if master is not None:
                 master.copy_(p)
 
-    return step, restore, lambda: (tables.clear(), keep.clear())
+    def close():
+        lib.fadam_cpu_pool_destroy(pool)
+        tables.clear()
+        keep.clear()
+
+    return step, restore, close
 
 
 def ours_cuda_impl(case, lib):
@@ -383,24 +399,27 @@ def run_impl(case, make, seconds, cuda):
             torch.cuda.empty_cache()
 
 
-def print_rows(label, case, results, candidates, cuda):
-    """One row per implementation; "ours" is the first of `candidates` that ran."""
+def print_rows(label, case, results, candidates, cuda, label_is_row=False, threads=None):
+    """One row per implementation; "ours" is the first of `candidates` that ran. With label_is_row the
+    label already holds the precision column, and `threads` fills a column after it."""
     ours_name = next((name for name in candidates if results.get(name, (None,))[0] is not None), None)
     ours = results[ours_name][0] if ours_name else None
     reference_snap = results.get(ours_name, (None, None, None))[2]
     floor = case.elements * case.floor_bytes
+    head = label if label_is_row else "%s | %s" % (label, case.label)
+    if threads is not None:
+        head += " | %d" % threads
     for name, (median, host, snap, error) in results.items():
         if median is None:
-            print("| %s | %s | %s | - | - |%s - | - | %s |" % (label, case.label, name, " - |" if cuda else "",
-                                                             error))
+            print("| %s | %s | - | - |%s - | - | %s |" % (head, name, " - |" if cuda else "", error))
             continue
         speedup = "%.2fx" % (median / ours) if ours and name != ours_name else "-"
         difference = max_difference(snap, reference_snap) if name != ours_name else None
         diff_text = "%.1e" % difference if difference is not None else "-"
         host_text = " %.1f |" % (host * 1e6) if cuda else ""
         time_text = "%.1f" % (median * 1e6) if cuda else "%.2f" % (median * 1e3)
-        print("| %s | %s | %s | %s | %.2f |%s %s | %s | |" % (label, case.label, name, time_text, floor / median / 1e9,
-                                                             host_text, speedup, diff_text))
+        print("| %s | %s | %s | %.2f |%s %s | %s | |" % (head, name, time_text, floor / median / 1e9, host_text, speedup,
+                                                        diff_text))
     sys.stdout.flush()
 
 
@@ -409,19 +428,27 @@ def print_rows(label, case, results, candidates, cuda):
 BINDING = "fusedadam.torch.FusedAdamW"
 
 
-def cpu_section(torch, sets, selected, lib, binding, seconds):
+CTYPES_CPU = "fusedadam fadam_cpu_step_pool"
+
+
+def cpu_section(torch, sets, selected, lib, binding, seconds, thread_counts, rounds):
     print("## PyTorch on the CPU against fusedadam's CPU implementation (scaled-down sets)\n")
-    ours_name = BINDING if binding is not None else "fusedadam fadam_cpu_step"
-    print("torch %s, %d thread(s) (--threads); fusedadam's CPU step: 1 thread. t / t(ours): this row's time over %s's\n"
-          "(fadam_cpu_step's where that did not run), so on a torch row it is fusedadam's speedup.\n"
-          % (torch.__version__, torch.get_num_threads(), ours_name))
+    ours_name = BINDING if binding is not None else CTYPES_CPU
+    print("torch %s, %d core(s) online. Each case at %s thread(s): torch.set_num_threads(n) for torch and %s,\n"
+          "a fadam_cpu_pool of n threads for fadam_cpu_step_pool; torch's for-loop and foreach AdamW at 1 thread only.\n"
+          "fusedadam and torch fused: the best of %d alternating rounds (--rounds), each a median over --seconds.\n"
+          "t / t(ours): this row's time over %s's at the same thread count (%s's where that did not run),\n"
+          "so on a torch row it is fusedadam's speedup.\n"
+          % (torch.__version__, os.cpu_count() or 1, " and ".join(str(n) for n in thread_counts), BINDING, rounds,
+             ours_name, CTYPES_CPU))
     if lib is None:
         print("fusedadam shared library not found (build/libfusedadam.so): its ctypes rows skipped\n")
     if binding is None:
         print("fusedadam.torch.FusedAdamW: not importable (binding not built: make torch-ext): its rows skipped\n")
-    print("| set | precision | implementation | median ms | GB/s | t / t(ours) | max abs dp vs ours | note |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
+    print("| set | precision | threads | implementation | median ms | GB/s | t / t(ours) | max abs dp vs ours | note |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
     rotation = 2 * last_level_cache_bytes()
+    summary = []  # (label, precision, threads, ours name, ours ms, torch fused ms)
     for name in selected:
         divisor = max(d for (n, d) in sets if n == name)
         shapes = sets[(name, divisor)]
@@ -431,15 +458,50 @@ def cpu_section(torch, sets, selected, lib, binding, seconds):
             footprint = sum(s[1] for s in shapes) * (18 if precision[1] else 16)
             replicas = max(1, min(8, -(-rotation // footprint)))
             case = Case(torch, shapes, precision, "cpu", replicas)
-            results = {}
-            if binding is not None:
-                results[BINDING] = run_impl(case, lambda: binding_impl(case, binding), seconds, False)
-            if lib is not None:
-                results["fusedadam fadam_cpu_step"] = run_impl(case, lambda: ours_cpu_impl(case, lib), seconds, False)
-            for variant in ("for-loop", "foreach", "fused"):
-                results["torch AdamW " + variant] = run_impl(case, lambda: torch_impl(case, variant), seconds, False)
-            print_rows(label, case, results, [BINDING, "fusedadam fadam_cpu_step"], False)
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                results = {}
+                # fusedadam and torch fused in `rounds` alternating rounds, each keeping its best median,
+                # so that a burst of load from another process does not land on one side only.
+                for _ in range(rounds):
+                    round_results = {}
+                    if binding is not None:
+                        round_results[BINDING] = run_impl(case, lambda: binding_impl(case, binding), seconds, False)
+                    if lib is not None:
+                        round_results[CTYPES_CPU] = run_impl(case, lambda: ours_cpu_impl(case, lib, threads), seconds,
+                                                             False)
+                    round_results["torch AdamW fused"] = run_impl(case, lambda: torch_impl(case, "fused"), seconds,
+                                                                  False)
+                    for key, value in round_results.items():
+                        if key not in results or (value[0] is not None and (results[key][0] is None or
+                                                                             value[0] < results[key][0])):
+                            results[key] = value
+                if threads == 1:
+                    for variant in ("for-loop", "foreach"):
+                        results["torch AdamW " + variant] = run_impl(case, lambda: torch_impl(case, variant), seconds,
+                                                                     False)
+                print_rows("%s | %s" % (label, case.label), case, results, [BINDING, CTYPES_CPU], False,
+                           label_is_row=True, threads=threads)
+                ours = next((n for n in (BINDING, CTYPES_CPU) if results.get(n, (None,))[0] is not None), None)
+                fused = results.get("torch AdamW fused", (None,))[0]
+                summary.append((label, case.label, threads, ours, results[ours][0] if ours else None, fused))
             del case
+    print()
+    print("### fusedadam against torch.optim.AdamW(fused=True), CPU\n")
+    print("Speedup = torch fused time / fusedadam's time at the same thread count (above 1: fusedadam is faster);\n"
+          "fusedadam is %s where it ran, else %s.\n" % (BINDING, CTYPES_CPU))
+    counts = list(thread_counts)
+    print("| set | precision | " + " | ".join("%d thread(s): ours ms / fused ms / speedup" % n for n in counts) + " |")
+    print("| --- | --- | " + " | ".join("---:" for _ in counts) + " |")
+    rows = {}
+    for label, precision, threads, ours, ours_ms, fused_ms in summary:
+        cell = "-"
+        if ours_ms and fused_ms:
+            cell = "%.2f / %.2f / %.2fx%s" % (ours_ms * 1e3, fused_ms * 1e3, fused_ms / ours_ms,
+                                             "" if ours == BINDING else " (ctypes)")
+        rows.setdefault((label, precision), {})[threads] = cell
+    for (label, precision), cells in rows.items():
+        print("| %s | %s | %s |" % (label, precision, " | ".join(cells.get(n, "-") for n in counts)))
     print()
 
 
@@ -498,9 +560,10 @@ def main():
     parser.add_argument("--shapes", help="a TSV file written by cpu_bench --dump-shapes")
     parser.add_argument("--sets", default=",".join(SET_NAMES))
     parser.add_argument("--seconds", type=float, default=0.25, help="time per implementation per case (GPU: at least 1)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch's CPU threads in the CPU section (0: torch's default). 1 by default: fusedadam's "
-                             "CPU step is one thread, and on a shared machine torch's threads make the times noise")
+    parser.add_argument("--threads", default="1,0",
+                        help="thread counts of the CPU section, comma-separated (0: all cores, os.cpu_count())")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="CPU section: alternating rounds of fusedadam and torch fused, the best kept")
     parser.add_argument("--no-cpu", action="store_true")
     parser.add_argument("--no-gpu", action="store_true")
     args = parser.parse_args()
@@ -527,9 +590,12 @@ def main():
 
     if not args.no_cpu:
         default_threads = torch.get_num_threads()
-        if args.threads > 0:
-            torch.set_num_threads(args.threads)
-        cpu_section(torch, sets, selected, lib, binding, args.seconds)
+        counts = []
+        for text in args.threads.split(","):
+            n = int(text) if int(text) > 0 else (os.cpu_count() or 1)
+            if n not in counts:
+                counts.append(n)
+        cpu_section(torch, sets, selected, lib, binding, args.seconds, counts, max(1, args.rounds))
         torch.set_num_threads(default_threads)
     if args.no_gpu:
         pass

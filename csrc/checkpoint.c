@@ -389,6 +389,17 @@ static void add_fused_metadata(save_plan *plan, const fadam_step_counters *c) {
     add_metadata_sized(plan, "fused.skipped_at_min_scale", "", number, WIDEST_INTEGER);
 }
 
+/* A sharded optimizer's tensor: where its slice lies in the full tensor (fadam_add_tensor_shard). */
+static void add_shard_metadata(save_plan *plan, const fadam_optimizer *opt, int64_t t) {
+    char number[48];
+    int64_t offset, full_numel;
+    fadam_tensor_shard_of(opt, t, &offset, &full_numel);
+    snprintf(number, sizeof number, "%lld", (long long)offset);
+    add_metadata(plan, opt->names[t], ".offset", number);
+    snprintf(number, sizeof number, "%lld", (long long)full_numel);
+    add_metadata(plan, opt->names[t], ".full_numel", number);
+}
+
 /* `counters`: the fused step's, or NULL when it is not configured. */
 static fadam_status build_plan(const fadam_optimizer *opt, const fadam_step_counters *counters, save_plan *plan,
                                const char *function) {
@@ -420,6 +431,17 @@ static fadam_status build_plan(const fadam_optimizer *opt, const fadam_step_coun
         add_metadata(plan, opt->names[t], ".param_dtype", param_dtype_name(tensor->param_dtype));
         snprintf(number, sizeof number, "%d", tensor->group);
         add_metadata(plan, opt->names[t], ".group", number);
+        if (opt->shard_ranks > 0) add_shard_metadata(plan, opt, t);
+    }
+    if (opt->shard_count > 0 && opt->shard_ranks == 0)
+        return fadam_fail(FADAM_ERR_BAD_STATE, "%s: tensors were registered as shards: call fadam_set_shard_rank before "
+                                               "fadam_finalize, so the checkpoint can name its shard",
+                          function);
+    if (opt->shard_ranks > 0) {
+        snprintf(number, sizeof number, "%d", opt->shard_rank);
+        add_metadata(plan, "shard.rank", "", number);
+        snprintf(number, sizeof number, "%d", opt->shard_ranks);
+        add_metadata(plan, "shard.count", "", number);
     }
     add_metadata(plan, "format", "", FORMAT_NAME);
     snprintf(number, sizeof number, "%d", FADAM_CHECKPOINT_FORMAT_VERSION);
@@ -1404,6 +1426,45 @@ static fadam_status match_entry(load_plan *plan, const fadam_optimizer *opt, int
     return FADAM_SUCCESS;
 }
 
+/* A file's slice of a tensor: NAME.offset and NAME.full_numel, or (not sharded) the whole tensor. */
+static fadam_status file_slice(const parsed_header *parsed, const char *name, int64_t numel, int64_t *offset,
+                               int64_t *full_numel, const char *function) {
+    char key[FADAM_MAX_NAME_LENGTH + 32];
+    const char *value;
+    *offset = 0;
+    *full_numel = numel;
+    snprintf(key, sizeof key, "%s.offset", name);
+    if ((value = find_metadata(parsed, key)) != NULL && !parse_count(value, offset))
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%.*s.offset\" is \"%.40s\", not a count", function,
+                          NAME_CLIP, name, value);
+    snprintf(key, sizeof key, "%s.full_numel", name);
+    if ((value = find_metadata(parsed, key)) != NULL && !parse_count(value, full_numel))
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%.*s.full_numel\" is \"%.40s\", not a count", function,
+                          NAME_CLIP, name, value);
+    if (*offset > *full_numel || numel > *full_numel - *offset)
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: tensor '%.*s': the slice [%lld, +%lld) lies outside its %lld elements",
+                          function, NAME_CLIP, name, (long long)*offset, (long long)numel, (long long)*full_numel);
+    return FADAM_SUCCESS;
+}
+
+/* fadam_load restores the slice that was saved: the same offset and full size (fadam_load_shards
+ * reassembles other slicings). */
+static fadam_status match_slice(load_plan *plan, const fadam_optimizer *opt, int64_t t, const char *function) {
+    int64_t offset, full_numel, want_offset, want_full;
+    fadam_status status;
+    status = file_slice(&plan->parsed, opt->names[t], opt->tensors[t].numel, &offset, &full_numel, function);
+    if (status != FADAM_SUCCESS) return status;
+    fadam_tensor_shard_of(opt, t, &want_offset, &want_full);
+    if (offset != want_offset || full_numel != want_full)
+        return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': the checkpoint holds elements [%lld, +%lld) of %lld, "
+                                              "registered are [%lld, +%lld) of %lld (fadam_load_shards reassembles "
+                                              "another slicing)",
+                          function, NAME_CLIP, opt->names[t], (long long)offset, (long long)opt->tensors[t].numel,
+                          (long long)full_numel, (long long)want_offset, (long long)opt->tensors[t].numel,
+                          (long long)want_full);
+    return FADAM_SUCCESS;
+}
+
 /* Every registered tensor in registration order, then every entry no tensor claimed. */
 static fadam_status match_tensors(load_plan *plan, const fadam_optimizer *opt, const char *function) {
     char key[FADAM_MAX_NAME_LENGTH + 32];
@@ -1429,6 +1490,7 @@ static fadam_status match_tensors(load_plan *plan, const fadam_optimizer *opt, c
         if (group != tensor->group)
             return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': group %lld in the checkpoint, %d registered", function,
                               NAME_CLIP, name, (long long)group, tensor->group);
+        if ((status = match_slice(plan, opt, t, function)) != FADAM_SUCCESS) return status;
         for (kind = STATE_EXP_AVG_SQ; kind < state_count(tensor); kind++)
             if ((status = match_entry(plan, opt, t, kind, function)) != FADAM_SUCCESS) return status;
     }
@@ -1528,7 +1590,11 @@ static fadam_status commit_state(fadam_optimizer *opt, load_plan *plan, const so
     return FADAM_SUCCESS;
 }
 
-static fadam_status load_checkpoint(fadam_optimizer *opt, source *in, fadam_stream stream, const char *function) {
+/* Reads the header of `in` and checks everything that does not depend on the registration's tensors:
+ * bounds, JSON, keys, byte ranges, format, version, step, groups, the fused step's counters. The
+ * header text stays in *header_copy (file sources), which the caller frees with the plan. */
+static fadam_status read_checked_plan(const fadam_optimizer *opt, source *in, load_plan *out, char **header_copy_out,
+                                      const char *function) {
     unsigned char prefix[8];
     char *header_copy = NULL;
     const char *header_text;
@@ -1537,6 +1603,8 @@ static fadam_status load_checkpoint(fadam_optimizer *opt, source *in, fadam_stre
     fadam_status status;
     int i;
     memset(&plan, 0, sizeof plan);
+    memset(out, 0, sizeof *out);
+    *header_copy_out = NULL;
     if (in->size < 8)
         return fadam_fail(FADAM_ERR_CORRUPT, "%s: the checkpoint is %llu bytes, shorter than the 8-byte header length",
                           function, (unsigned long long)in->size);
@@ -1579,6 +1647,15 @@ static fadam_status load_checkpoint(fadam_optimizer *opt, source *in, fadam_stre
     if (status == FADAM_SUCCESS) status = check_byte_ranges(&plan, in->size - in->data_offset, function);
     if (status == FADAM_SUCCESS) status = check_metadata(opt, &plan, function);
     if (status == FADAM_SUCCESS) status = check_fused_metadata(&plan, function);
+    *out = plan;
+    *header_copy_out = header_copy;
+    return status;
+}
+
+static fadam_status load_checkpoint(fadam_optimizer *opt, source *in, fadam_stream stream, const char *function) {
+    char *header_copy = NULL;
+    load_plan plan;
+    fadam_status status = read_checked_plan(opt, in, &plan, &header_copy, function);
     if (status == FADAM_SUCCESS) status = match_tensors(&plan, opt, function);
     if (status == FADAM_SUCCESS) status = verify_checksum(&plan, in, function);
     /* Everything checked: from here on the optimizer changes. */
@@ -1674,6 +1751,258 @@ fadam_status fadam_load_bytes(fadam_optimizer *opt, const void *buffer, size_t s
     fadam_status status;
     FADAM_RANGE_PUSH("load");
     status = load_from_bytes(opt, buffer, size, stream);
+    FADAM_RANGE_POP();
+    return status;
+}
+
+/* ---- sharded checkpoints: N ranks' files reassembled for this rank's slices ---- */
+
+typedef struct shard_file {
+    source in;
+    unsigned char *data; /* the whole file */
+    load_plan plan;
+    char *header_copy;
+    int64_t rank, count;
+} shard_file;
+
+typedef struct shard_piece {
+    int64_t offset, numel;
+} shard_piece;
+
+static int compare_pieces(const void *a, const void *b) {
+    const shard_piece *x = (const shard_piece *)a, *y = (const shard_piece *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static void free_shard_file(shard_file *f) {
+    free_load_plan(&f->plan);
+    free(f->header_copy);
+    free(f->data);
+}
+
+/* Reads one rank's file whole and checks it alone: everything fadam_load checks except the match with
+ * the registration, the checksum included; then its shard.rank and shard.count (a file without them
+ * is the one shard of one rank). */
+static fadam_status read_shard_file(const fadam_optimizer *opt, const char *path, shard_file *f, const char *function) {
+    struct stat file_status;
+    source disk;
+    const char *value;
+    fadam_status status;
+    memset(f, 0, sizeof *f);
+    memset(&disk, 0, sizeof disk);
+    if (!path) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: a path is NULL", function);
+    disk.path = path;
+    disk.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (disk.fd < 0) return io_fail(function, "opening", path);
+    if (fstat(disk.fd, &file_status) != 0 || !S_ISREG(file_status.st_mode) ||
+        (uint64_t)file_status.st_size > (uint64_t)SIZE_MAX - 1) {
+        close(disk.fd);
+        return fadam_fail(FADAM_ERR_IO, "%s: '%.300s' is not a regular file that fits in memory", function, path);
+    }
+    disk.size = (uint64_t)file_status.st_size;
+    f->data = (unsigned char *)malloc((size_t)disk.size + 1);
+    if (!f->data) {
+        close(disk.fd);
+        return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory to read '%.300s'", function, path);
+    }
+    status = source_read(&disk, 0, f->data, (size_t)disk.size, function);
+    close(disk.fd);
+    if (status != FADAM_SUCCESS) return status;
+    f->in.memory = f->data;
+    f->in.fd = -1;
+    f->in.path = path;
+    f->in.size = disk.size;
+    if ((status = read_checked_plan(opt, &f->in, &f->plan, &f->header_copy, function)) != FADAM_SUCCESS ||
+        (status = verify_checksum(&f->plan, &f->in, function)) != FADAM_SUCCESS)
+        return status;
+    f->rank = 0;
+    f->count = 1;
+    if ((value = find_metadata(&f->plan.parsed, "shard.rank")) != NULL && !parse_count(value, &f->rank))
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: '%.300s': shard.rank \"%.40s\" is not a count", function, path, value);
+    if ((value = find_metadata(&f->plan.parsed, "shard.count")) != NULL && !parse_count(value, &f->count))
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: '%.300s': shard.count \"%.40s\" is not a count", function, path, value);
+    return FADAM_SUCCESS;
+}
+
+/* One state kind of registered tensor t from every file holding a slice of it, into `host` (its numel
+ * floats). The files' slices must tile the full tensor exactly. */
+static fadam_status gather_tensor(const fadam_optimizer *opt, int64_t t, const shard_file *files, int n_files,
+                                  shard_piece *pieces, float *const host[3], const char *function) {
+    const fadam_tensor *tensor = &opt->tensors[t];
+    const char *name = opt->names[t];
+    char key[FADAM_MAX_NAME_LENGTH + 32];
+    int64_t want_offset, want_full, end = 0, group;
+    int i, kind, n_pieces = 0;
+    fadam_status status;
+    fadam_tensor_shard_of(opt, t, &want_offset, &want_full);
+    for (i = 0; i < n_files; i++) {
+        const load_plan *plan = &files[i].plan;
+        const char *value;
+        int64_t offset, full_numel, numel, lo, hi;
+        size_t index;
+        load_entry *entry;
+        snprintf(key, sizeof key, "%s%s", name, state_suffix[STATE_EXP_AVG]);
+        if (!(entry = find_entry(plan, key, &index))) continue;
+        numel = (int64_t)entry->numel;
+        if (entry->shape_overflows || entry->numel > (uint64_t)INT64_MAX)
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: '%.300s': tensor '%.*s': shape out of range", function,
+                              files[i].in.path, NAME_CLIP, name);
+        if ((status = file_slice(&plan->parsed, name, numel, &offset, &full_numel, function)) != FADAM_SUCCESS)
+            return status;
+        if (full_numel != want_full)
+            return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s': tensor '%.*s' has %lld elements there, %lld registered",
+                              function, files[i].in.path, NAME_CLIP, name, (long long)full_numel, (long long)want_full);
+        snprintf(key, sizeof key, "%s.param_dtype", name);
+        if ((status = require_metadata(&plan->parsed, key, &value, function)) != FADAM_SUCCESS) return status;
+        if (strcmp(value, param_dtype_name(tensor->param_dtype)) != 0)
+            return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': param dtype %.20s in '%.300s', %s registered",
+                              function, NAME_CLIP, name, value, files[i].in.path, param_dtype_name(tensor->param_dtype));
+        snprintf(key, sizeof key, "%s.group", name);
+        if ((status = require_metadata(&plan->parsed, key, &value, function)) != FADAM_SUCCESS) return status;
+        if (!parse_count(value, &group) || group != tensor->group)
+            return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': group \"%.40s\" in '%.300s', %d registered",
+                              function, NAME_CLIP, name, value, files[i].in.path, tensor->group);
+        pieces[n_pieces].offset = offset;
+        pieces[n_pieces++].numel = numel;
+        lo = offset > want_offset ? offset : want_offset;
+        hi = offset + numel < want_offset + tensor->numel ? offset + numel : want_offset + tensor->numel;
+        for (kind = 0; kind < state_count(tensor); kind++) {
+            snprintf(key, sizeof key, "%s%s", name, state_suffix[kind]);
+            entry = find_entry(plan, key, &index);
+            if (!entry || strcmp(entry->dtype, "F32") != 0 || entry->n_dims != 1 || (int64_t)entry->numel != numel)
+                return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s': tensor '%.*s' %s: missing, or not F32 [%lld]", function,
+                                  files[i].in.path, NAME_CLIP, name, state_suffix[kind] + 1, (long long)numel);
+            if (lo < hi)
+                memcpy(host[kind] + (lo - want_offset),
+                       files[i].data + files[i].in.data_offset + entry->begin + (uint64_t)(lo - offset) * sizeof(float),
+                       (size_t)(hi - lo) * sizeof(float));
+        }
+    }
+    if (n_pieces == 0)
+        return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s' is in none of the %d checkpoint(s)", function, NAME_CLIP,
+                          name, n_files);
+    qsort(pieces, (size_t)n_pieces, sizeof *pieces, compare_pieces);
+    for (i = 0; i < n_pieces; i++) {
+        if (pieces[i].numel == 0) continue;
+        if (pieces[i].offset != end) break;
+        end += pieces[i].numel;
+    }
+    if (i < n_pieces || end != want_full)
+        return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': the checkpoints' slices do not tile its %lld elements "
+                                              "(a gap or an overlap at element %lld)",
+                          function, NAME_CLIP, name, (long long)want_full, (long long)end);
+    return FADAM_SUCCESS;
+}
+
+/* Every file is a shard of the same save: ranks 0..n-1 once each, the same step, groups and counters. */
+static fadam_status check_shard_set(const shard_file *files, int n_files, const char *function) {
+    int i, j;
+    for (i = 0; i < n_files; i++) {
+        if (files[i].count != n_files || files[i].rank >= n_files)
+            return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s' is shard %lld of %lld, but %d file(s) were given", function,
+                              files[i].in.path, (long long)files[i].rank, (long long)files[i].count, n_files);
+        for (j = 0; j < i; j++)
+            if (files[j].rank == files[i].rank)
+                return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s' and '%.300s' are both shard %lld", function,
+                                  files[j].in.path, files[i].in.path, (long long)files[i].rank);
+        if (files[i].plan.step != files[0].plan.step || files[i].plan.has_fused != files[0].plan.has_fused ||
+            memcmp(files[i].plan.groups, files[0].plan.groups, sizeof files[0].plan.groups) != 0 ||
+            (files[0].plan.has_fused &&
+             (files[i].plan.fused.step != files[0].plan.fused.step ||
+              files[i].plan.fused.skipped_total != files[0].plan.fused.skipped_total ||
+              files[i].plan.fused.loss_scale != files[0].plan.fused.loss_scale ||
+              files[i].plan.fused.good_steps != files[0].plan.fused.good_steps)))
+            return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s' and '%.300s' differ in step, hyperparameters or the fused "
+                                                  "step's counters: not shards of one save",
+                              function, files[0].in.path, files[i].in.path);
+    }
+    return FADAM_SUCCESS;
+}
+
+/* Copies the gathered state and the counters in: the only part that writes. */
+static fadam_status commit_gathered(fadam_optimizer *opt, float *const *host, const load_plan *plan,
+                                    fadam_stream stream, const char *function) {
+    fadam_status status = FADAM_SUCCESS;
+    int previous_device = 0;
+    int64_t t;
+    int kind;
+    fadam_step_counters counters = plan->fused;
+    void *target = NULL;
+    const void *from = plan->has_fused ? (const void *)&counters : (const void *)&plan->step;
+    size_t counter_bytes = plan->has_fused ? sizeof counters : sizeof(int64_t);
+    if (opt->fused_state)
+        target = plan->has_fused ? (void *)&opt->fused_state->counters : (void *)&opt->fused_state->counters.step;
+    if (opt->device == FADAM_DEVICE_CUDA &&
+        (status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS)
+        return status;
+    for (t = 0; t < opt->n_tensors && status == FADAM_SUCCESS; t++)
+        for (kind = 0; kind < state_count(&opt->tensors[t]) && status == FADAM_SUCCESS; kind++) {
+            size_t bytes = (size_t)opt->tensors[t].numel * sizeof(float);
+            float *state = state_pointer(&opt->tensors[t], kind);
+            if (bytes == 0) continue;
+            if (opt->device == FADAM_DEVICE_CPU) memcpy(state, host[3 * t + kind], bytes);
+            else if (cudaMemcpyAsync(state, host[3 * t + kind], bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream) !=
+                     cudaSuccess)
+                status = fadam_cuda_fail(cudaGetLastError(), "cudaMemcpyAsync(state)", __FILE__, __LINE__);
+        }
+    if (status == FADAM_SUCCESS && target) {
+        if (opt->device == FADAM_DEVICE_CPU) memcpy(target, from, counter_bytes);
+        else if (cudaMemcpyAsync(target, from, counter_bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream) != cudaSuccess)
+            status = fadam_cuda_fail(cudaGetLastError(), "cudaMemcpyAsync(step counters)", __FILE__, __LINE__);
+    }
+    /* The host buffers are freed after this returns. */
+    if (status == FADAM_SUCCESS && opt->device == FADAM_DEVICE_CUDA &&
+        cudaStreamSynchronize((cudaStream_t)stream) != cudaSuccess)
+        status = fadam_cuda_fail(cudaGetLastError(), "cudaStreamSynchronize", __FILE__, __LINE__);
+    if (opt->device == FADAM_DEVICE_CUDA) fadam_cuda_leave_device(opt->cuda_device, previous_device);
+    if (status != FADAM_SUCCESS) {
+        char message[512];
+        snprintf(message, sizeof message, "%s", fadam_last_error_message());
+        return fadam_fail(status, "%s: state partly loaded, load again: %s", function, message);
+    }
+    opt->step = plan->has_fused && !opt->fused_state ? plan->fused.step : plan->step;
+    memcpy(opt->groups, plan->groups, (size_t)opt->n_groups * sizeof *opt->groups);
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_load_shards(fadam_optimizer *opt, const char *const *paths, int n_paths, fadam_stream stream) {
+    const char *function = "fadam_load_shards";
+    shard_file *files = NULL;
+    shard_piece *pieces = NULL;
+    float **host = NULL;
+    fadam_status status;
+    int64_t t;
+    int i, kind, n_read = 0;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_load_shards");
+    FADAM_REQUIRE_NOT_NULL(paths, "fadam_load_shards");
+    if ((status = require_finalized_for(opt, function)) != FADAM_SUCCESS) return status;
+    if (n_paths < 1 || n_paths > 65536)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_paths=%d must be in [1, 65536]", function, n_paths);
+    FADAM_RANGE_PUSH("load_shards");
+    files = (shard_file *)calloc((size_t)n_paths, sizeof *files);
+    pieces = (shard_piece *)calloc((size_t)n_paths, sizeof *pieces);
+    host = (float **)calloc((size_t)(opt->n_tensors > 0 ? opt->n_tensors : 1) * 3, sizeof *host);
+    status = files && pieces && host ? FADAM_SUCCESS
+                                     : fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the shard list", function);
+    for (i = 0; i < n_paths && status == FADAM_SUCCESS; i++, n_read++) status = read_shard_file(opt, paths[i], &files[i], function);
+    if (status == FADAM_SUCCESS) status = check_shard_set(files, n_paths, function);
+    for (t = 0; t < opt->n_tensors && status == FADAM_SUCCESS; t++) {
+        for (kind = 0; kind < state_count(&opt->tensors[t]); kind++) {
+            host[3 * t + kind] = (float *)malloc((size_t)opt->tensors[t].numel * sizeof(float) + 1);
+            if (!host[3 * t + kind]) status = fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the state", function);
+        }
+        if (status == FADAM_SUCCESS) status = gather_tensor(opt, t, files, n_paths, pieces, &host[3 * t], function);
+    }
+    /* Everything read and checked: from here on the optimizer changes. */
+    if (status == FADAM_SUCCESS) status = commit_gathered(opt, host, &files[0].plan, stream, function);
+    if (host)
+        for (t = 0; t < 3 * (opt->n_tensors > 0 ? opt->n_tensors : 1); t++) free(host[t]);
+    free(host);
+    free(pieces);
+    for (i = 0; files && i < n_paths; i++) free_shard_file(&files[i]);
+    free(files);
+    (void)n_read;
     FADAM_RANGE_POP();
     return status;
 }

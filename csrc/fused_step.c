@@ -76,7 +76,9 @@ fadam_status fadam_fused_state_create(fadam_optimizer *opt, cudaStream_t stream)
     initial.counters.lr_scale = 1.0f;
     initial.counters.loss_scale = opt->fused_config.dynamic_loss_scaling ? opt->fused_config.initial_loss_scale : 1.0f;
     initial.grad_scale = 1.0f;
-    partial_bytes = (size_t)(opt->n_chunks > 0 ? opt->n_chunks : 1) * sizeof(double);
+    /* The chunks' partial sums, then the groups' scalars that the norm kernel computes for the update. */
+    partial_bytes = (size_t)(opt->n_chunks > 0 ? opt->n_chunks : 1) * sizeof(double) +
+                    FADAM_MAX_GROUPS * sizeof(fadam_group_scalars) + FADAM_FUSED_REDUCE_COUNT * sizeof(double);
     opt->fused_state = (fadam_device_state *)fadam_optimizer_alloc(opt, sizeof initial);
     opt->chunk_partials = (double *)fadam_optimizer_alloc(opt, partial_bytes);
     if (!opt->fused_state || !opt->chunk_partials) {
@@ -106,16 +108,35 @@ static fadam_status require_fused(const fadam_optimizer *opt, const char *functi
     return FADAM_SUCCESS;
 }
 
-static fadam_status fused_step_cuda(fadam_optimizer *opt, cudaStream_t stream) {
+/* Where the norm kernel leaves the groups' scalars: after the chunks' partials (fadam_fused_state_create). */
+static fadam_group_scalars *device_group_scalars(const fadam_optimizer *opt) {
+    return (fadam_group_scalars *)(opt->chunk_partials + (opt->n_chunks > 0 ? opt->n_chunks : 1));
+}
+
+/* The split step's [sum of squares, non-finite flag]: after the groups' scalars (8-byte aligned: the
+ * scalars are 13 four-byte fields times FADAM_MAX_GROUPS, an even count). */
+static double *reduce_buffer(const fadam_optimizer *opt) {
+    return (double *)(device_group_scalars(opt) + FADAM_MAX_GROUPS);
+}
+
+static void fill_norm_args(const fadam_optimizer *opt, fadam_norm_kernel_args *norm) {
+    memset(norm, 0, sizeof *norm);
+    norm->table = (const fadam_table_header *)opt->device_table;
+    norm->chunk_partials = opt->chunk_partials;
+    norm->state = opt->fused_state;
+    norm->scalars_out = device_group_scalars(opt);
+    norm->config = opt->fused_config;
+    norm->n_groups = opt->n_groups;
+    memcpy(norm->groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
+}
+
+static fadam_status launch_update(const fadam_optimizer *opt, cudaStream_t stream) {
     fadam_step_kernel_args args;
     cudaError_t error;
-    error = fadam_launch_grad_norm((const fadam_table_header *)opt->device_table, opt->chunk_partials, opt->fused_state,
-                                   &opt->fused_config, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS,
-                                   stream);
-    if (error != cudaSuccess) return fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
     memset(&args, 0, sizeof args);
     args.table = (const fadam_table_header *)opt->device_table;
     args.state = opt->fused_state;
+    args.device_scalars = device_group_scalars(opt);
     args.step = 1; /* unused: the state's step wins */
     args.n_groups = opt->n_groups;
     memcpy(args.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
@@ -124,27 +145,96 @@ static fadam_status fused_step_cuda(fadam_optimizer *opt, cudaStream_t stream) {
     return FADAM_SUCCESS;
 }
 
+/* The fused step whole, or one side of the caller's all-reduce of reduce_buffer (data parallelism). */
+typedef enum fused_part { FUSED_WHOLE, FUSED_BEGIN, FUSED_END } fused_part;
+
+static fadam_status fused_cpu(fadam_optimizer *opt, fused_part part, const char *function) {
+    double *reduced = reduce_buffer(opt);
+    fadam_step_source source = {1, NULL, NULL};
+    double sum;
+    if (part == FUSED_END) {
+        sum = reduced[0];
+        /* Any rank's Inf/NaN skips the step everywhere (fused_decide_kernel does the same). */
+        if (reduced[1] != 0.0 && sum == sum) sum = HUGE_VAL;
+    } else {
+        /* Always: the Inf/NaN skip and grad_norm hold in every configuration. */
+        sum = fadam_cpu_sum_of_squares(opt->cpu_pool, opt->tensors, opt->n_tensors);
+    }
+    if (part == FUSED_BEGIN) {
+        reduced[0] = sum;
+        reduced[1] = sum <= 1.0e308 ? 0.0 : 1.0;
+        return FADAM_SUCCESS;
+    }
+    fadam_decide_step(opt->fused_state, &opt->fused_config, sum);
+    return fadam_cpu_update_all(opt->cpu_pool, opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, &source,
+                                opt->fused_state, function);
+}
+
+static fadam_status fused_cuda(fadam_optimizer *opt, fused_part part, cudaStream_t stream) {
+    fadam_norm_kernel_args norm;
+    cudaError_t error;
+    fill_norm_args(opt, &norm);
+    if (part != FUSED_WHOLE) norm.reduce_buffer = reduce_buffer(opt);
+    if (part == FUSED_END) {
+        if ((error = fadam_launch_fused_decide(&norm, stream)) != cudaSuccess)
+            return fadam_cuda_fail(error, "fused_decide_kernel launch", __FILE__, __LINE__);
+    } else {
+        error = fadam_launch_grad_norm(&norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS, stream);
+        if (error != cudaSuccess) return fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
+    }
+    return part == FUSED_BEGIN ? FADAM_SUCCESS : launch_update(opt, stream);
+}
+
+static fadam_status run_fused(fadam_optimizer *opt, fused_part part, fadam_stream stream, const char *function) {
+    fadam_status status;
+    int previous_device = 0;
+    if ((status = require_fused(opt, function)) != FADAM_SUCCESS) return status;
+    if (opt->device == FADAM_DEVICE_CPU) return fused_cpu(opt, part, function);
+    if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
+    status = fused_cuda(opt, part, (cudaStream_t)stream);
+    fadam_cuda_leave_device(opt->cuda_device, previous_device);
+    return status;
+}
+
 fadam_status fadam_fused_step(fadam_optimizer *opt, fadam_stream stream) {
     fadam_status status;
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step");
-    if ((status = require_fused(opt, "fadam_fused_step")) != FADAM_SUCCESS) return status;
     FADAM_RANGE_PUSH("fused_step");
-    if (opt->device == FADAM_DEVICE_CPU) {
-        /* Always: the Inf/NaN skip and grad_norm hold in every configuration. */
-        double sum = fadam_cpu_sum_of_squares(opt->tensors, opt->n_tensors);
-        fadam_step_source source = {1, NULL, NULL};
-        fadam_decide_step(opt->fused_state, &opt->fused_config, sum);
-        status = fadam_cpu_update_all(opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, &source,
-                                      opt->fused_state, "fadam_fused_step");
-    } else {
-        int previous_device = 0;
-        status = fadam_cuda_enter_device(opt->cuda_device, &previous_device);
-        if (status == FADAM_SUCCESS) {
-            status = fused_step_cuda(opt, (cudaStream_t)stream);
-            fadam_cuda_leave_device(opt->cuda_device, previous_device);
-        }
-    }
+    status = run_fused(opt, FUSED_WHOLE, stream, "fadam_fused_step");
+    FADAM_RANGE_POP();
+    return status;
+}
+
+/* ---- the step split around the caller's all-reduce (data parallelism) ---- */
+
+fadam_status fadam_fused_step_reduce_buffer(const fadam_optimizer *opt, double **buffer, int *count) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step_reduce_buffer");
+    FADAM_REQUIRE_NOT_NULL(buffer, "fadam_fused_step_reduce_buffer");
+    if ((status = require_fused(opt, "fadam_fused_step_reduce_buffer")) != FADAM_SUCCESS) return status;
+    *buffer = reduce_buffer(opt);
+    if (count) *count = FADAM_FUSED_REDUCE_COUNT;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_fused_step_begin(fadam_optimizer *opt, fadam_stream stream) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step_begin");
+    FADAM_RANGE_PUSH("fused_step_begin");
+    status = run_fused(opt, FUSED_BEGIN, stream, "fadam_fused_step_begin");
+    FADAM_RANGE_POP();
+    return status;
+}
+
+fadam_status fadam_fused_step_end(fadam_optimizer *opt, fadam_stream stream) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_fused_step_end");
+    FADAM_RANGE_PUSH("fused_step_end");
+    status = run_fused(opt, FUSED_END, stream, "fadam_fused_step_end");
     FADAM_RANGE_POP();
     return status;
 }

@@ -82,17 +82,43 @@ fadam_status fadam_check_step_source(const fadam_step_source *source, const char
 void fadam_reference_update(const fadam_tensor *tensor, const fadam_group_scalars *scalars);
 
 /* The CPU device's fast path (cpu_step.c): fadam_reference_update's arithmetic, vectorized and
- * threaded, bit for bit the same. scalars[g] belong to group g. */
-void fadam_cpu_update_tensors(const fadam_tensor *tensors, int64_t n_tensors, const fadam_group_scalars *scalars);
+ * split over the pool's threads (pool NULL: the calling thread), bit for bit the same. scalars[g]
+ * belong to group g. */
+void fadam_cpu_update_tensors(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
+                              const fadam_group_scalars *scalars);
 
 /* fadam_cpu_step without the argument checks (the managed optimizer checked them at finalize);
  * `state`, when not NULL, is a fused step's decision: skip, t, lr factor, gradient scale. */
-fadam_status fadam_cpu_update_all(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
-                                  int n_groups, const fadam_step_source *source, const fadam_device_state *state,
-                                  const char *function);
+fadam_status fadam_cpu_update_all(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
+                                  const fadam_hparams *groups, int n_groups, const fadam_step_source *source,
+                                  const fadam_device_state *state, const char *function);
 
-/* The fused step's norm pass on host memory: the sum of squares of every gradient, in double. */
-double fadam_cpu_sum_of_squares(const fadam_tensor *tensors, int64_t n_tensors);
+/* The fused step's norm pass on host memory: the sum of squares of every gradient, in double, with
+ * the pool's threads; the same bits as fadam_reference_sum_of_squares (reference.c, which defines
+ * the order) whatever the thread count. */
+double fadam_cpu_sum_of_squares(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors);
+double fadam_reference_sum_of_squares(const fadam_tensor *tensors, int64_t n_tensors);
+
+/* ---- the CPU path's threads (cpu_pool.c) ---- */
+
+/* One block of a job; blocks run in any order, on any thread. */
+typedef void (*fadam_cpu_block_job)(void *context, int64_t block);
+
+/* n_threads 0: fadam_cpu_default_threads(). FADAM_ERR_INVALID_VALUE / OUT_OF_MEMORY name `function`. */
+fadam_status fadam_cpu_pool_open(fadam_cpu_pool **out, int n_threads, const char *function);
+void fadam_cpu_pool_close(fadam_cpu_pool *pool);
+/* The cores this process may run on. */
+int fadam_cpu_default_threads(void);
+/* Threads of the pool, the caller's included; 1 for NULL. */
+int fadam_cpu_pool_size(const fadam_cpu_pool *pool);
+/* Takes the pool for one call (1), or says another thread has it (0); NULL is always free. */
+int fadam_cpu_pool_acquire(fadam_cpu_pool *pool);
+void fadam_cpu_pool_release(fadam_cpu_pool *pool);
+/* At least `bytes` of memory kept by the pool between calls (taken pool only); NULL when out of memory. */
+void *fadam_cpu_pool_scratch(fadam_cpu_pool *pool, size_t bytes);
+/* Runs job(context, b) for b in [0, n_blocks) on the pool's threads and the caller's (pool NULL: the
+ * caller's alone) and returns when every block has run. n_blocks < 2^32. */
+void fadam_cpu_pool_run(fadam_cpu_pool *pool, int64_t n_blocks, fadam_cpu_block_job job, void *context);
 
 /* Round-to-nearest-even conversions written in plain C (the reference's own, not CUDA's). */
 uint16_t fadam_float_to_bf16_bits(float value);

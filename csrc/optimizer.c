@@ -81,6 +81,8 @@ fadam_status fadam_create(fadam_optimizer **out, fadam_device_kind device, int c
 }
 
 static void free_state(fadam_optimizer *opt) {
+    fadam_cpu_pool_close(opt->cpu_pool);
+    opt->cpu_pool = NULL;
     fadam_fused_state_free(opt);
     fadam_optimizer_free(opt, opt->state_block);
     fadam_optimizer_free(opt, opt->device_table);
@@ -105,6 +107,7 @@ void fadam_destroy(fadam_optimizer *opt) {
     for (i = 0; i < opt->n_tensors; i++) free(opt->names[i]);
     free(opt->names);
     free(opt->tensors);
+    fadam_shard_free(opt);
     free(opt);
 }
 
@@ -330,6 +333,8 @@ fadam_status fadam_finalize(fadam_optimizer *opt, fadam_stream stream) {
 
     if ((status = fadam_fused_state_create(opt, (cudaStream_t)stream)) != FADAM_SUCCESS) goto fail;
     if (opt->device == FADAM_DEVICE_CPU) {
+        if ((status = fadam_cpu_pool_open(&opt->cpu_pool, opt->cpu_threads, "fadam_finalize")) != FADAM_SUCCESS)
+            goto fail;
         init_cpu_state(opt);
     } else {
         opt->device_table = fadam_optimizer_alloc(opt, table_bytes);
@@ -368,7 +373,8 @@ static fadam_status run_step(fadam_optimizer *opt, const fadam_step_source *sour
                              const char *function) {
     fadam_status status;
     if (opt->device == FADAM_DEVICE_CPU) {
-        return fadam_cpu_update_all(opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, source, NULL, function);
+        return fadam_cpu_update_all(opt->cpu_pool, opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, source,
+                                    NULL, function);
     } else {
         fadam_step_kernel_args args;
         int previous_device = 0;
@@ -506,5 +512,46 @@ fadam_status fadam_get_state(const fadam_optimizer *opt, int64_t index, float **
     if (master) *master = opt->tensors[index].master;
     if (exp_avg) *exp_avg = opt->tensors[index].exp_avg;
     if (exp_avg_sq) *exp_avg_sq = opt->tensors[index].exp_avg_sq;
+    return FADAM_SUCCESS;
+}
+
+/* ---- the CPU device's threads ---- */
+
+static fadam_status require_cpu(const fadam_optimizer *opt, const char *function) {
+    if (opt->device != FADAM_DEVICE_CPU)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: the optimizer is on a CUDA device, whose steps use no CPU "
+                                                   "threads",
+                          function);
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_set_cpu_threads(fadam_optimizer *opt, int n_threads) {
+    fadam_cpu_pool *pool = NULL;
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_set_cpu_threads");
+    if ((status = require_cpu(opt, "fadam_set_cpu_threads")) != FADAM_SUCCESS) return status;
+    if (n_threads < 0 || n_threads > FADAM_MAX_CPU_THREADS)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_set_cpu_threads: n_threads=%d must be in [0, %d] (0: one "
+                                                   "per core)",
+                          n_threads, FADAM_MAX_CPU_THREADS);
+    if (opt->finalized) {
+        /* The new threads first: if they cannot start, the old ones still serve. */
+        if ((status = fadam_cpu_pool_open(&pool, n_threads, "fadam_set_cpu_threads")) != FADAM_SUCCESS) return status;
+        fadam_cpu_pool_close(opt->cpu_pool);
+        opt->cpu_pool = pool;
+    }
+    opt->cpu_threads = n_threads;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_get_cpu_threads(const fadam_optimizer *opt, int *n_threads_out) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_get_cpu_threads");
+    FADAM_REQUIRE_NOT_NULL(n_threads_out, "fadam_get_cpu_threads");
+    if ((status = require_cpu(opt, "fadam_get_cpu_threads")) != FADAM_SUCCESS) return status;
+    *n_threads_out = opt->cpu_pool ? fadam_cpu_pool_size(opt->cpu_pool)
+                                   : opt->cpu_threads ? opt->cpu_threads : fadam_cpu_default_threads();
     return FADAM_SUCCESS;
 }

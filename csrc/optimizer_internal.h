@@ -34,7 +34,21 @@ struct fadam_optimizer {
     fadam_fused_step_config fused_config;
     fadam_device_state *fused_state; /* device memory on the CUDA device */
     double *chunk_partials;          /* one per chunk, for the norm pass */
+
+    /* The CPU device's threads (cpu_pool.c): the count asked for (0: one per core), started at finalize. */
+    int cpu_threads;
+    fadam_cpu_pool *cpu_pool;
+
+    /* Sharded registration (shard.c): per tensor, the slice's offset into the full tensor and the full
+     * tensor's numel; tensors from shard_count on are whole (offset 0, full numel = numel). */
+    int64_t *shard_offset, *shard_full_numel;
+    int64_t shard_count, shard_capacity;
+    int shard_rank, shard_ranks; /* fadam_set_shard_rank; 0 ranks: not set */
 };
+
+/* shard.c: tensor i's place in the full tensor, and the release of the shard arrays (destroy). */
+void fadam_tensor_shard_of(const fadam_optimizer *opt, int64_t index, int64_t *offset, int64_t *full_numel);
+void fadam_shard_free(fadam_optimizer *opt);
 
 /* fused_step.c: allocates and initialises the fused step's state during finalize (queued on
  * `stream`, which finalize then waits for), and frees it. */

@@ -99,9 +99,9 @@ void fadam_reference_update(const fadam_tensor *t, const fadam_group_scalars *s)
     }
 }
 
-fadam_status fadam_cpu_update_all(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
-                                  int n_groups, const fadam_step_source *source, const fadam_device_state *state,
-                                  const char *function) {
+fadam_status fadam_cpu_update_all(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
+                                  const fadam_hparams *groups, int n_groups, const fadam_step_source *source,
+                                  const fadam_device_state *state, const char *function) {
     fadam_group_scalars scalars[FADAM_MAX_GROUPS];
     int64_t step = source->device_step ? *source->device_step : source->step;
     int g;
@@ -114,28 +114,36 @@ fadam_status fadam_cpu_update_all(const fadam_tensor *tensors, int64_t n_tensors
                           (long long)step);
     for (g = 0; g < n_groups; g++)
         scalars[g] = fadam_scalars_for_step(&groups[g], g, source->step, source->device_step, source->device_lr, state);
-    fadam_cpu_update_tensors(tensors, n_tensors, scalars);
+    fadam_cpu_update_tensors(pool, tensors, n_tensors, scalars);
     return FADAM_SUCCESS;
+}
+
+/* The checks of fadam_cpu_step and fadam_cpu_step_pool, then the update. */
+static fadam_status checked_cpu_step(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
+                                     const fadam_hparams *groups, int n_groups, const fadam_step_source *source,
+                                     const char *function) {
+    fadam_status status;
+    int g;
+    FADAM_REQUIRE_NOT_NULL(groups, function);
+    FADAM_REQUIRE_NOT_NULL(source, function);
+    status = fadam_table_check(tensors, n_tensors, n_groups, function);
+    if (status != FADAM_SUCCESS) return status;
+    for (g = 0; g < n_groups; g++) {
+        status = fadam_check_hparams(&groups[g], function, g);
+        if (status != FADAM_SUCCESS) return status;
+    }
+    return fadam_cpu_update_all(pool, tensors, n_tensors, groups, n_groups, source, NULL, function);
 }
 
 fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups, int n_groups,
                             const fadam_step_source *source) {
-    fadam_status status;
-    int g;
     fadam_clear_error();
-    FADAM_REQUIRE_NOT_NULL(groups, "fadam_cpu_step");
-    FADAM_REQUIRE_NOT_NULL(source, "fadam_cpu_step");
-    status = fadam_table_check(tensors, n_tensors, n_groups, "fadam_cpu_step");
-    if (status != FADAM_SUCCESS) return status;
-    for (g = 0; g < n_groups; g++) {
-        status = fadam_check_hparams(&groups[g], "fadam_cpu_step", g);
-        if (status != FADAM_SUCCESS) return status;
-    }
-    return fadam_cpu_update_all(tensors, n_tensors, groups, n_groups, source, NULL, "fadam_cpu_step");
+    return checked_cpu_step(NULL, tensors, n_tensors, groups, n_groups, source, "fadam_cpu_step");
 }
 
-fadam_status fadam_cpu_step_scaled(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
-                                   int n_groups, const fadam_step_source *source, const fadam_step_scaling *scaling) {
+fadam_status fadam_cpu_step_scaled(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
+                                   const fadam_hparams *groups, int n_groups, const fadam_step_source *source,
+                                   const fadam_step_scaling *scaling) {
     fadam_group_scalars scalars[FADAM_MAX_GROUPS];
     fadam_status status;
     int64_t step;
@@ -159,18 +167,35 @@ fadam_status fadam_cpu_step_scaled(const fadam_tensor *tensors, int64_t n_tensor
         scalars[g] = fadam_scalars_for_step(&groups[g], g, source->step, source->device_step, source->device_lr, NULL);
         if (scaling && scaling->grad_multiplier) scalars[g].grad_scale = scalars[g].grad_scale * *scaling->grad_multiplier;
     }
-    fadam_cpu_update_tensors(tensors, n_tensors, scalars);
+    fadam_cpu_update_tensors(pool, tensors, n_tensors, scalars);
     return FADAM_SUCCESS;
 }
 
-double fadam_cpu_sum_of_squares(const fadam_tensor *tensors, int64_t n_tensors) {
+fadam_status fadam_cpu_step_pool(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
+                                 const fadam_hparams *groups, int n_groups, const fadam_step_source *source) {
+    fadam_clear_error();
+    return checked_cpu_step(pool, tensors, n_tensors, groups, n_groups, source, "fadam_cpu_step_pool");
+}
+
+/* The fused step's sum of squares, in the one order the CPU path keeps whatever its threads: per
+ * tensor, per chunk of FADAM_CHUNK_ELEMS elements, 16 running sums (element k of the chunk into sum
+ * k % 16) added 0 to 15; then the chunks' sums in order. In double: squares of fp32 gradients are
+ * exact there and neither overflow nor underflow. */
+double fadam_reference_sum_of_squares(const fadam_tensor *tensors, int64_t n_tensors) {
     double sum = 0.0;
-    int64_t i, k;
-    /* In double: squares of fp32 gradients neither overflow nor underflow there. */
+    int64_t i, begin, k;
     for (i = 0; i < n_tensors; i++)
-        for (k = 0; k < tensors[i].numel; k++) {
-            double g = load_as_float(tensors[i].grad, tensors[i].grad_dtype, k);
-            sum += g * g;
+        for (begin = 0; begin < tensors[i].numel; begin += FADAM_CHUNK_ELEMS) {
+            int64_t end = begin + FADAM_CHUNK_ELEMS < tensors[i].numel ? begin + FADAM_CHUNK_ELEMS : tensors[i].numel;
+            double lanes[16] = {0}, chunk;
+            int j;
+            for (k = begin; k < end; k++) {
+                double g = load_as_float(tensors[i].grad, tensors[i].grad_dtype, k);
+                lanes[(k - begin) % 16] += g * g;
+            }
+            chunk = lanes[0];
+            for (j = 1; j < 16; j++) chunk += lanes[j];
+            sum += chunk;
         }
     return sum;
 }

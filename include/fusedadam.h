@@ -48,6 +48,9 @@ extern "C" {
  * travel by value in the kernel's arguments, so changing lr every step copies nothing. */
 #define FADAM_MAX_GROUPS 64
 
+/* Most threads the CPU implementation may be given (fadam_cpu_pool_create, fadam_set_cpu_threads). */
+#define FADAM_MAX_CPU_THREADS 1024
+
 /* ABI-compatible with cudaStream_t; declared here so this header needs no CUDA header. */
 struct CUstream_st;
 typedef struct CUstream_st *fadam_stream;
@@ -215,6 +218,18 @@ FADAM_API fadam_status fadam_num_groups(const fadam_optimizer *opt, int *count_o
 FADAM_API fadam_status fadam_get_state(const fadam_optimizer *opt, int64_t index, float **master,
                                        float **exp_avg, float **exp_avg_sq);
 
+/* Threads of a CPU optimizer's steps (fadam_step, fadam_step_from, fadam_fused_step), the calling
+ * thread included: n_threads 0 (the default) is one per core this process may run on, at most
+ * FADAM_MAX_CPU_THREADS. The threads start at fadam_finalize (or here when already finalized: the
+ * new threads start, then the old ones stop; FADAM_ERR_OUT_OF_MEMORY when they cannot start leaves
+ * the previous ones in place) and stop at fadam_destroy. The results do not depend on the count.
+ * FADAM_ERR_INVALID_VALUE on the CUDA device, whose steps use no CPU threads. */
+FADAM_API fadam_status fadam_set_cpu_threads(fadam_optimizer *opt, int n_threads);
+
+/* The thread count steps use (the default resolved to a number); FADAM_ERR_INVALID_VALUE on the
+ * CUDA device. */
+FADAM_API fadam_status fadam_get_cpu_threads(const fadam_optimizer *opt, int *n_threads_out);
+
 /* ---------------------------------------------------------------------------------------------
  * Functional call: the caller owns every buffer.
  *
@@ -259,10 +274,35 @@ FADAM_API fadam_status fadam_table_encode(const fadam_tensor *tensors, int64_t n
 FADAM_API fadam_status fadam_step_table(const void *device_table, const fadam_hparams *groups, int n_groups,
                                         const fadam_step_source *source, fadam_stream stream);
 
-/* The same update on host memory, tensor by tensor (the CPU implementation); no skip either. */
+/* The same update on host memory, tensor by tensor (the CPU implementation), on the calling
+ * thread only; no skip either. */
 FADAM_API fadam_status fadam_cpu_step(const fadam_tensor *tensors, int64_t n_tensors,
                                       const fadam_hparams *groups, int n_groups,
                                       const fadam_step_source *source);
+
+/* Worker threads for the CPU implementation, started once and asleep between steps, so that a step
+ * pays a wake-up rather than thread creation. The calling thread works as well: a pool of n threads
+ * starts n - 1. The results are the same bits for every thread count (each element's update is
+ * independent; the work is split by element ranges). */
+typedef struct fadam_cpu_pool fadam_cpu_pool;
+
+/* Starts a pool of n_threads (0: one per core this process may run on; at most
+ * FADAM_MAX_CPU_THREADS; 1 starts no thread). FADAM_ERR_INVALID_VALUE for a count out of range,
+ * FADAM_ERR_OUT_OF_MEMORY when memory or a thread cannot be had (nothing is left behind). */
+FADAM_API fadam_status fadam_cpu_pool_create(fadam_cpu_pool **out, int n_threads);
+
+/* Stops and joins the pool's threads and frees it. NULL is a no-op. Not while a step uses it. */
+FADAM_API void fadam_cpu_pool_destroy(fadam_cpu_pool *pool);
+
+/* The pool's thread count, the caller's thread included (0 at create already resolved). */
+FADAM_API fadam_status fadam_cpu_pool_threads(const fadam_cpu_pool *pool, int *n_threads_out);
+
+/* fadam_cpu_step split over `pool`'s threads (NULL: the calling thread, as fadam_cpu_step). Small
+ * steps (under 64K elements in all) stay on the calling thread. A pool serves one call at a time:
+ * a call that finds it busy with another thread's step runs on its own thread alone (same results). */
+FADAM_API fadam_status fadam_cpu_step_pool(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
+                                           const fadam_hparams *groups, int n_groups,
+                                           const fadam_step_source *source);
 
 /* Gradient scaling decided on the device, read when the update runs: a loss scale's inverse or a
  * clip coefficient computed by the caller's kernels (e.g. from a global norm all-reduced across
@@ -276,11 +316,12 @@ typedef struct fadam_step_scaling {
                                      moment); the caller's step count must then not advance */
 } fadam_step_scaling;
 
-/* fadam_step_table and fadam_cpu_step with gradient scaling; scaling may be NULL (none). */
+/* fadam_step_table and fadam_cpu_step_pool with gradient scaling; scaling may be NULL (none), pool too
+ * (the calling thread alone). */
 FADAM_API fadam_status fadam_step_table_scaled(const void *device_table, const fadam_hparams *groups, int n_groups,
                                                const fadam_step_source *source, const fadam_step_scaling *scaling,
                                                fadam_stream stream);
-FADAM_API fadam_status fadam_cpu_step_scaled(const fadam_tensor *tensors, int64_t n_tensors,
+FADAM_API fadam_status fadam_cpu_step_scaled(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
                                              const fadam_hparams *groups, int n_groups,
                                              const fadam_step_source *source, const fadam_step_scaling *scaling);
 
@@ -363,6 +404,68 @@ FADAM_API fadam_status fadam_read_step_counters(const fadam_optimizer *opt, fada
                                                 fadam_stream stream);
 
 /* ---------------------------------------------------------------------------------------------
+ * Data parallelism (ZeRO-1) over the caller's communicator. The library links no NCCL or MPI.
+ *
+ * Each rank registers the slices of the tensors it owns (fadam_add_tensor_shard) with the gradients
+ * of its slice (e.g. the output of a reduce-scatter), so it holds the master weights and moments of
+ * its shard only. The fused step is split around one all-reduce of FADAM_FUSED_REDUCE_COUNT doubles:
+ *
+ *     fadam_fused_step_reduce_buffer(opt, &buffer, &count);     once, after finalize
+ *     every step, all on `stream`:
+ *       fadam_fused_step_begin(opt, stream);                    this rank's gradient pass
+ *       ncclAllReduce(buffer, buffer, count, ncclFloat64, ncclSum, comm, stream);
+ *       fadam_fused_step_end(opt, stream);                      decision + update of this shard
+ *     then the caller all-gathers the params.
+ *
+ * The buffer holds [this rank's sum of squares of its gradients, 1 if that sum is Inf/NaN else 0];
+ * summed over the ranks it gives the global norm and, when nonzero, the count of ranks with an
+ * Inf/NaN gradient, which skips the step on every rank, as fadam_fused_step does on one GPU. Every rank
+ * then takes the same decision (norm, clip coefficient, loss scale, schedule, counters). Nothing
+ * synchronizes the host: begin, the all-reduce and end can be captured together in one CUDA graph.
+ * With no all-reduce in between, begin + end is exactly fadam_fused_step (same bits).
+ * ------------------------------------------------------------------------------------------- */
+#define FADAM_FUSED_REDUCE_COUNT 2
+
+/* The double array (device memory on the CUDA device, host memory on the CPU) that fadam_fused_step_begin
+ * fills and fadam_fused_step_end reads: sum it over the ranks in place between the two, on the same
+ * stream. *count (optional) gets FADAM_FUSED_REDUCE_COUNT. Fixed from finalize to destroy. Needs the
+ * fused step configured and a finalized optimizer. */
+FADAM_API fadam_status fadam_fused_step_reduce_buffer(const fadam_optimizer *opt, double **buffer, int *count);
+
+/* Queues this rank's gradient pass on `stream`; leaves its partial sum of squares and Inf/NaN flag in
+ * the reduce buffer and decides nothing. Asynchronous, capturable. */
+FADAM_API fadam_status fadam_fused_step_begin(fadam_optimizer *opt, fadam_stream stream);
+
+/* Queues the decision from the (reduced) buffer - global norm, clipping, skip if any rank saw Inf/NaN,
+ * loss scale, schedule, counters - and the update of this rank's tensors, on `stream`. Call it after
+ * fadam_fused_step_begin and the caller's all-reduce. Asynchronous, capturable. */
+FADAM_API fadam_status fadam_fused_step_end(fadam_optimizer *opt, fadam_stream stream);
+
+/* Registers the slice of a tensor this rank owns: elements [offset, offset + numel) of the tensor
+ * `name` of full_numel elements, 0 <= offset, offset + numel <= full_numel; numel may be 0. param and
+ * grad point at the slice's first element (e.g. full_param + offset, and the reduce-scattered
+ * gradient). Everything else is fadam_add_tensor's (fadam_add_tensor is the case offset 0, numel ==
+ * full_numel). Any slicing works; the conventional one is fadam_shard_range's. full_numel and offset
+ * go into checkpoints, so that fadam_load_shards can reassemble a tensor from the slices of any number
+ * of ranks. */
+FADAM_API fadam_status fadam_add_tensor_shard(fadam_optimizer *opt, const char *name, void *param, const void *grad,
+                                              int64_t numel, int64_t full_numel, int64_t offset,
+                                              fadam_dtype param_dtype, fadam_dtype grad_dtype, int group,
+                                              int64_t *index_out);
+
+/* Names this optimizer's shard for its checkpoints: rank `rank` of n_ranks. Before finalize; required
+ * for fadam_save of an optimizer with shards (fadam_add_tensor_shard). */
+FADAM_API fadam_status fadam_set_shard_rank(fadam_optimizer *opt, int rank, int n_ranks);
+
+/* The conventional slice of `rank` out of n_ranks (the convention of llm.c's ZeRO-1, and of a
+ * reduce-scatter over a buffer padded to a multiple of n_ranks): every rank gets
+ * S = ceil(total / n_ranks) elements, [rank * S, (rank + 1) * S), cut at total: the last ranks' slices
+ * are shorter or empty (the padding belongs to no one). Apply it to each tensor, or to the flat
+ * concatenation of all tensors and intersect with each. Pure function. */
+FADAM_API fadam_status fadam_shard_range(int64_t total, int rank, int n_ranks, int64_t *offset_out,
+                                         int64_t *numel_out);
+
+/* ---------------------------------------------------------------------------------------------
  * Devices
  * ------------------------------------------------------------------------------------------- */
 /* Number of usable CUDA devices (0 without a GPU or driver; never an error). */
@@ -435,6 +538,21 @@ FADAM_API fadam_status fadam_save_bytes(const fadam_optimizer *opt, size_t *size
  * its message says so. The file must not be modified in place while it loads (fadam_save replaces
  * files by rename, which is safe). */
 FADAM_API fadam_status fadam_load(fadam_optimizer *opt, const char *path, fadam_stream stream);
+
+/* Sharded checkpoints (data parallelism): each rank saves its own file with fadam_save; with
+ * fadam_set_shard_rank set, its __metadata__ also holds shard.rank, shard.count and, per tensor,
+ * NAME.offset and NAME.full_numel (the slice [offset, offset + numel) of the full tensor; the entries
+ * hold the slice's state). fadam_load takes back the same slicing only (another slice of the same
+ * tensor is FADAM_ERR_MISMATCH). fadam_load_shards reads the n_paths files of one save by N = n_paths
+ * ranks (in any order) and loads this optimizer's slices from them, whatever its own rank count M and
+ * slicing: each file is checked as fadam_load checks one (its checksum included), the files must be
+ * ranks 0..N-1 of one save (same step, hyperparameters and counters), and for every registered tensor
+ * the files' slices must tile the full tensor exactly. A file without shard metadata counts as the one
+ * shard of one rank, so a single-GPU checkpoint loads into sharded ranks too. Reads each file whole
+ * into host memory (all N files: about the whole optimizer state); synchronizes `stream`. On any
+ * error before the final copy, nothing changed. */
+FADAM_API fadam_status fadam_load_shards(fadam_optimizer *opt, const char *const *paths, int n_paths,
+                                         fadam_stream stream);
 
 /* fadam_load from `size` bytes of caller memory (host memory). */
 FADAM_API fadam_status fadam_load_bytes(fadam_optimizer *opt, const void *buffer, size_t size,

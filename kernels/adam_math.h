@@ -14,8 +14,11 @@
 #define FADAM_HOST_DEVICE
 #endif
 
-/* Elements per chunk: one block updates one chunk at a time. A multiple of every vector width. */
-#define FADAM_CHUNK_ELEMS (64 * 1024)
+/* Elements per chunk: one warp updates one chunk at a time (the norm pass: a warp or a block). Small
+ * enough that a 10M-element tensor keeps 9 warps per SM of an H200 busy (1,221 chunks), large enough
+ * that the norm's per-chunk partials stay few (a 1B-element model: 122K). A multiple of every vector
+ * width. */
+#define FADAM_CHUNK_ELEMS (8 * 1024)
 /* The table's version: "ADATAB2" since vector_ok means 16-byte alignment (8 elements of 16-bit types). */
 #define FADAM_TABLE_MAGIC 0x32424154414441ull /* "ADATAB2" */
 
@@ -87,6 +90,8 @@ typedef struct fadam_step_kernel_args {
     const fadam_device_state *state; /* optional (the fused step): skip flag, t, lr factor, grad scale */
     const int64_t *device_step;      /* optional: t read at run time */
     const float *device_lr;          /* optional: one lr per group read at run time */
+    /* optional (the fused step): each group's scalars, computed by the norm kernel's last block */
+    const fadam_group_scalars *device_scalars;
     const float *grad_multiplier;    /* optional (fadam_step_scaling): multiplies the gradient scale */
     const float *found_inf;          /* optional (fadam_step_scaling): nonzero skips the launch */
     int64_t step;
@@ -97,6 +102,20 @@ typedef struct fadam_step_kernel_args {
         fadam_group_scalars scalars[FADAM_MAX_GROUPS];
     };
 } fadam_step_kernel_args;
+
+/* Arguments of the fused step's norm kernel (kernels/grad_norm.cu), passed by value (about 2.2 KB). */
+typedef struct fadam_norm_kernel_args {
+    const fadam_table_header *table;   /* device memory; the entries follow the header */
+    double *chunk_partials;            /* one per chunk of the table */
+    fadam_device_state *state;         /* the step's decision goes here */
+    fadam_group_scalars *scalars_out;  /* optional: n_groups scalars for the update (device_scalars) */
+    /* optional (the split step, fadam_fused_step_begin): the norm kernel leaves [sum of squares,
+     * non-finite flag] here instead of deciding; the decide kernel reads them back once reduced */
+    double *reduce_buffer;
+    fadam_fused_step_config config;
+    int32_t n_groups;
+    fadam_hparams groups[FADAM_MAX_GROUPS];
+} fadam_norm_kernel_args;
 
 /* beta^t by repeated squaring in double: only IEEE multiplications, so the host and the device
  * get the same bits (pow() implementations differ in their last ulp). */

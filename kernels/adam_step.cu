@@ -12,14 +12,33 @@
  *   16-bit param, fp32 grad, fp32 master:       16 + 14 = 30 B
  *   16-bit param updated in place (no master):  10-12 + 10 = 20-22 B
  *
- * Launch shape: a 1-D grid of any size (block b owns a contiguous range of the table's chunks of
- * FADAM_CHUNK_ELEMS elements; production uses one wave: the occupancy API's blocks per SM times the
- * SMs), a 1-D block of at most FADAM_BLOCK_THREADS threads. The per-group scalars for step t come
- * computed from the host (fadam_launch_adam_step), or, when t or lr live in device memory, each block
- * computes them once into shared memory; a tensor's scalars are copied into registers before its loop.
- * Each dtype path is its own __noinline__ function (named in the sass-check's table): 16-byte
- * accesses where every pointer is 16-byte aligned (4 fp32 or 8 elements per thread when a 16-bit type
- * is involved), the tail of a tensor done in the same pass by the threads past the vector work, and a
+ * Launch shape: a 1-D grid of any size (production: one wave, the occupancy API's blocks per SM times
+ * the SMs), a 1-D block of 32 to FADAM_BLOCK_THREADS threads, a multiple of 32. Warps own contiguous
+ * ranges of the table's chunks of FADAM_CHUNK_ELEMS (8K) elements (warp w of block b is the grid's warp
+ * b + w * gridDim.x, so a small model still spreads over every SM), find their first tensor with a
+ * 32-ary search by the whole warp, prefetch the entries they will walk, and update each chunk with
+ * their 32 lanes. The per-group scalars for step t come computed from the host
+ * (fadam_launch_adam_step), or from the norm kernel's last block (the fused step: device_scalars), or,
+ * when t or lr live in device memory, each block computes them once; all go to shared memory, and a
+ * tensor's scalars are copied into registers before its loop.
+ *
+ * Small tensors (issue 11, target 2), estimated from the code for 10,000 tensors of 300 elements, bf16
+ * params and grads with fp32 master (84 MB moved) on an H200 (132 SMs, 1.98 GHz, 4.8 TB/s: 18.4 B per
+ * clock per SM; copy kernels reach ~90%), taking ~950 cycles per DRAM access and ~1,000 cycles for one
+ * iteration's arithmetic (8 elements x ~61 instructions per lane):
+ *   grid 5 x 132 = 660 blocks of 8 warps = 5,280 warps for 10,000 chunks (one per tensor): 1-2 each.
+ *   Per warp, a dependent chain of: search 3 rounds (~2,900 cycles) + per chunk a walk step hitting L1
+ *   after the prefetch (~1,000 with the entry's own load) + 2 iterations of load and arithmetic (lanes
+ *   0-5 hold 2 of the 38 16-byte groups; ~3,900) = ~13,000 cycles, 6.6 us; the 84 MB need 19.5 us at
+ *   copy bandwidth, and the SM's 40 warps keep ~170 KB of loads in flight where HBM needs ~18 KB. So
+ *   the set is bandwidth-bound: >= 80% of copy bandwidth (the chain only delays the start).
+ *   Before (a block per chunk: 41 of 256 threads busy, one chunk at a time per block, 15 chunks per
+ *   block in a row, a 14-level search): ~15 x 3,350 + 10,000 cycles = 31 us, ~63% of copy; before
+ *   commit f3f3a8b (a search per chunk, two waves, a second pass for tails): the issue's 25-33%.
+ * A GPU measurement (make bench, set small_10k_300) replaces these figures when one is available.
+ * Each dtype path is a loop inlined into the kernel (named in the sass-check's table by what it does):
+ * 16-byte accesses where every pointer is 16-byte aligned (4 fp32 or 8 elements per lane when a 16-bit
+ * type is involved), the tail of a tensor done in the same pass by the lanes past the vector work, and a
  * scalar loop for misaligned tensors. Built with -fmad=false so the GPU, the emulated CPU run and the
  * C reference agree bit for bit.
  */
@@ -70,6 +89,18 @@ static __device__ __forceinline__ void adam_update_element(float &param, float g
     param = param - s.step_size * exp_avg / denom;
 }
 
+/* 32, unknown to the compiler: with the stride a constant it keeps one pointer per stream and iteration
+ * offset live across the loops (more registers). */
+static __device__ __forceinline__ int32_t opaque_warp_size() {
+#if defined(__CUDA_ARCH__)
+    int32_t size;
+    asm("mov.u32 %0, WARP_SZ;" : "=r"(size));
+    return size;
+#else
+    return 32;
+#endif
+}
+
 /* The n elements of one chunk of a tensor (pointers at the chunk's start). With vector_ok,
  * groups of VEC elements per thread in 16-byte accesses; the last (end - begin) % VEC elements go to
  * the threads after the last group's, so they run alongside the vector work rather than after it.
@@ -81,7 +112,7 @@ static __device__ __forceinline__ void adam_range(ParamT *__restrict__ param, co
                                                float *__restrict__ exp_avg_sq, int32_t n, bool vector_ok,
                                                const update_scalars s) {
     constexpr int VEC = sizeof(ParamT) == 4 && sizeof(GradT) == 4 ? 4 : 8;
-    const int32_t stride = blockDim.x, thread = threadIdx.x;
+    const int32_t stride = opaque_warp_size(), thread = threadIdx.x % 32;
     int32_t scalar_begin = 0, offset = thread;
     if (vector_ok) {
         const int32_t groups = n / VEC;
@@ -151,7 +182,11 @@ static __device__ __forceinline__ void adam_range_for_grad(const fadam_table_ent
     }
 }
 
-/* 4 blocks of 256 per SM (at most 64 registers): at 48 ptxas spills in the loops. */
+/* 47 registers, no spills: 5 blocks of 256 per SM. What the loops need besides their data stays in
+ * uniform registers because it is the same for the whole warp: the scalars come from one place, shared
+ * memory (indexing the by-value arguments took 60 registers), and the warp index is broadcast by a
+ * shuffle (ptxas cannot tell threadIdx.x / 32 is warp-uniform: 79 registers). A minimum of 5 blocks in
+ * the launch bounds costs an instruction per element in every loop; the sass-check's budget holds 47. */
 __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fadam_step_kernel_args args) {
     __shared__ fadam_group_scalars group_scalars[FADAM_MAX_GROUPS];
     const fadam_table_header *table = args.table;
@@ -159,28 +194,31 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fa
     /* A fused step whose gradients held Inf/NaN changes nothing (the whole block leaves together). */
     if (args.state && args.state->counters.skipped) return;
     if (args.found_inf && *args.found_inf != 0.0f) return; /* the caller's overflow flag (fadam_step_scaling) */
-    /* t and lr live in device memory (a replayed CUDA graph, the fused step): read them here, once per block. */
-    if (!args.scalars_given) {
-        for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x) {
-            group_scalars[g] = fadam_scalars_for_step(&args.groups[g], g, args.step, args.device_step,
-                                                      args.device_lr, args.state);
-            /* the caller's multiplier (fadam_step_scaling), folded in here: the loops stay as they are */
-            if (args.grad_multiplier) group_scalars[g].grad_scale = group_scalars[g].grad_scale * *args.grad_multiplier;
-        }
-        __syncthreads();
+    /* The groups' scalars, once per block, into shared memory: from the host (scalars_given), from the
+     * norm kernel (the fused step's device_scalars), or computed here when t or lr live in device
+     * memory (a replayed CUDA graph). One source for the chunk loop keeps its registers down. */
+    for (int g = threadIdx.x; g < args.n_groups; g += blockDim.x) {
+        group_scalars[g] = args.scalars_given    ? args.scalars[g]
+                           : args.device_scalars ? args.device_scalars[g]
+                                                 : fadam_scalars_for_step(&args.groups[g], g, args.step,
+                                                                          args.device_step, args.device_lr, args.state);
+        /* the caller's multiplier (fadam_step_scaling), folded in here: the loops stay as they are */
+        if (args.grad_multiplier) group_scalars[g].grad_scale = group_scalars[g].grad_scale * *args.grad_multiplier;
     }
+    __syncthreads();
 
     const fadam_table_entry *entries = fadam_table_entries(table);
     const int64_t n_tensors = table->n_tensors, chunk_elems = table->chunk_elems;
     int64_t chunk, chunk_end, tensor = 0;
-    fadam_block_chunks(table->n_chunks, &chunk, &chunk_end);
-    if (chunk < chunk_end) tensor = fadam_find_tensor(entries, n_tensors, chunk);
+    fadam_warp_chunks(table->n_chunks, &chunk, &chunk_end);
+    if (chunk < chunk_end) tensor = fadam_warp_find_tensor(entries, n_tensors, chunk);
+    fadam_prefetch_entries(entries, n_tensors, tensor, chunk_end - chunk + 1, threadIdx.x % 32, 32);
     for (; chunk < chunk_end; chunk++) {
         tensor = fadam_advance_tensor(entries, n_tensors, tensor, chunk);
         /* A copy in registers: stores through the tensor's pointers could alias the table otherwise. */
         const fadam_table_entry t = entries[tensor];
         if (t.group < 0 || t.group >= args.n_groups) continue;
-        const update_scalars s = loop_scalars(args.scalars_given ? args.scalars[t.group] : group_scalars[t.group]);
+        const update_scalars s = loop_scalars(group_scalars[t.group]);
         const int64_t begin = (chunk - t.first_chunk) * chunk_elems;
         const int64_t end = begin + chunk_elems < t.numel ? begin + chunk_elems : t.numel;
         switch (t.param_dtype) {
@@ -196,11 +234,12 @@ extern "C" cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args
                                               unsigned block_threads, cudaStream_t stream) {
     fadam_step_kernel_args a;
     if (grid_blocks == 0) return cudaSuccess; /* nothing to update */
+    if (block_threads == 0 || block_threads % 32 || block_threads > FADAM_BLOCK_THREADS) return cudaErrorInvalidValue;
     if (args->n_groups < 0 || args->n_groups > FADAM_MAX_GROUPS) return cudaErrorInvalidValue;
     a = *args;
     a.scalars_given = 0;
-    /* t, lr and the gradient multiplier known here: the scalars once, on the host */
-    if (!a.state && !a.device_step && !a.device_lr && !a.grad_multiplier) {
+    /* t and lr known here: the scalars once, on the host */
+    if (!a.state && !a.device_step && !a.device_lr && !a.device_scalars) {
         fadam_group_scalars scalars[FADAM_MAX_GROUPS];
         for (int g = 0; g < a.n_groups; g++)
             scalars[g] = fadam_compute_group_scalars(&a.groups[g], a.groups[g].lr, a.step);

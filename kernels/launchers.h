@@ -27,10 +27,14 @@ cudaError_t fadam_launch_master_init(const fadam_table_header *table, unsigned g
                                      unsigned block_threads, cudaStream_t stream);
 
 /* kernels/grad_norm.cu: the fused step's first pass: the global gradient norm, then the step's
- * decision in `state`. chunk_partials holds one double per chunk of the table. */
-cudaError_t fadam_launch_grad_norm(const fadam_table_header *table, double *chunk_partials,
-                                   fadam_device_state *state, const fadam_fused_step_config *config,
-                                   unsigned grid_blocks, unsigned block_threads, cudaStream_t stream);
+ * decision in args->state and, when args->scalars_out is set, each group's scalars for the update.
+ * block_threads: a power of two from 32 to FADAM_BLOCK_THREADS. */
+cudaError_t fadam_launch_grad_norm(const fadam_norm_kernel_args *args, unsigned grid_blocks, unsigned block_threads,
+                                   cudaStream_t stream);
+
+/* kernels/grad_norm.cu: the split step's decision (fadam_fused_step_end): one block reads the reduced
+ * [sum of squares, non-finite flag] at args->reduce_buffer, decides, and writes the groups' scalars. */
+cudaError_t fadam_launch_fused_decide(const fadam_norm_kernel_args *args, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

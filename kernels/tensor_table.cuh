@@ -36,12 +36,58 @@ static __device__ __forceinline__ void fadam_block_chunks(int64_t n_chunks, int6
     *end = *first + per + (b < extra ? 1 : 0);
 }
 
+/* Warps own contiguous chunk ranges: warp w of block b is warp b + w * gridDim.x of the grid (warp-
+ * major, so that a model with fewer chunks than warps still spreads over every block and SM), and
+ * takes chunks [first, end) of the n, balanced to one chunk. Overflow-free for any n and grid. The warp
+ * index comes through a shuffle so the compiler knows it is the same in every lane (it then keeps the
+ * range, the tensor and its pointers in uniform registers). A 1-D block, a multiple of 32 threads. */
+static __device__ __forceinline__ void fadam_warp_chunks(int64_t n_chunks, int64_t *first, int64_t *end) {
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
+    const int64_t w = (int64_t)blockIdx.x + (int64_t)__shfl_sync(0xffffffffu, threadIdx.x / 32, 0) * gridDim.x;
+    const int64_t per = n_chunks / warps, extra = n_chunks % warps;
+    *first = w * per + (w < extra ? w : extra);
+    *end = *first + per + (w < extra ? 1 : 0);
+}
+
 /* The tensor owning `chunk`, from the owner of an earlier chunk: steps over the tensors in between
  * (empty tensors share their first_chunk with the next one). */
 static __device__ __forceinline__ int64_t fadam_advance_tensor(const fadam_table_entry *entries, int64_t n_tensors,
                                                                int64_t tensor, int64_t chunk) {
     while (tensor + 1 < n_tensors && entries[tensor + 1].first_chunk <= chunk) tensor++;
     return tensor;
+}
+
+/* The owner of `chunk` searched by one whole warp: each round its 32 lanes probe 32 points of the
+ * range left and vote, so 10,000 tensors take 3 rounds of one load each, not 14 dependent loads. */
+static __device__ __forceinline__ int64_t fadam_warp_find_tensor(const fadam_table_entry *entries, int64_t n_tensors,
+                                                                 int64_t chunk) {
+    const int64_t lane = threadIdx.x % 32;
+    int64_t low = 0, high = n_tensors - 1; /* the owner is in [low, high]; entry 0 starts at chunk 0 */
+    while (low < high) {
+        const int64_t span = high - low; /* lane l probes low + ceil(span * (l + 1) / 32): in (low, high] */
+        const int64_t probe = low + (span * (lane + 1) + 31) / 32;
+        const unsigned below = __ballot_sync(0xffffffffu, entries[probe].first_chunk <= chunk);
+        const int k = __popc(below); /* probes at or before the owner: a prefix of the lanes */
+        const int64_t next = low + (span * (k + 1) + 31) / 32; /* lane k's probe, past the owner */
+        if (k > 0) low = low + (span * k + 31) / 32;
+        if (k < 32) high = next - 1;
+    }
+    return low;
+}
+
+/* Brings entries [first, first + count) into L1, one entry per thread of `threads` (this is `thread`),
+ * so that the walk over them, a chain of dependent loads, hits L1 rather than DRAM at each step. */
+static __device__ __forceinline__ void fadam_prefetch_entries(const fadam_table_entry *entries, int64_t n_tensors,
+                                                              int64_t first, int64_t count, unsigned thread,
+                                                              unsigned threads) {
+#if defined(__CUDA_ARCH__)
+    for (int64_t e = first + thread; e < first + count && e < n_tensors; e += threads) {
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(&entries[e].param));       /* pointers */
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(&entries[e].first_chunk)); /* numel, first_chunk, kinds */
+    }
+#else
+    (void)entries, (void)n_tensors, (void)first, (void)count, (void)thread, (void)threads;
+#endif
 }
 
 static __device__ __forceinline__ float fadam_to_float(float x) { return x; }

@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include "check.h"
+#include "checkpoint_blob.h"
 #include "fusedadam.h"
 #include "fuzz/fuzz_model.h"
 #include "sha256.h"
@@ -291,30 +292,9 @@ static void params_restore(model *m, const unsigned char *copy) {
 
 /* ---- checkpoint bytes and edits of their header ---- */
 
-typedef struct blob {
-    unsigned char *bytes;
-    size_t size;
-} blob;
-
-static blob save_to_blob(const model *m) {
-    blob out = {NULL, 0};
-    size_t size = 0;
-    if (fadam_save_bytes(m->opt, &size, NULL, 0, NULL) != FADAM_SUCCESS) return out;
-    out.bytes = (unsigned char *)malloc(size);
-    if (out.bytes && fadam_save_bytes(m->opt, &size, out.bytes, size, NULL) == FADAM_SUCCESS) out.size = size;
-    return out;
-}
-
-static size_t header_length_of(const blob *b) {
-    uint64_t length = 0;
-    int i;
-    for (i = 7; i >= 0; i--) length = length << 8 | b->bytes[i];
-    return (size_t)length;
-}
-
 /* The header as a C string (malloc'd). */
 static char *header_text(const blob *b) {
-    size_t length = header_length_of(b);
+    size_t length = blob_header_length(b);
     char *text = (char *)malloc(length + 1);
     memcpy(text, b->bytes + 8, length);
     text[length] = '\0';
@@ -323,14 +303,14 @@ static char *header_text(const blob *b) {
 
 /* A checkpoint with `header` (any length) in front of b's data section. */
 static blob with_header(const blob *b, const char *header, size_t header_length) {
-    size_t data = b->size - 8 - header_length_of(b);
+    size_t data = b->size - 8 - blob_header_length(b);
     blob out;
     int i;
     out.size = 8 + header_length + data;
     out.bytes = (unsigned char *)malloc(out.size + 1);
     for (i = 0; i < 8; i++) out.bytes[i] = (unsigned char)((uint64_t)header_length >> (8 * i));
     memcpy(out.bytes + 8, header, header_length);
-    memcpy(out.bytes + 8 + header_length, b->bytes + 8 + header_length_of(b), data);
+    memcpy(out.bytes + 8 + header_length, b->bytes + 8 + blob_header_length(b), data);
     return out;
 }
 
@@ -496,10 +476,10 @@ static void bad_file_corpus(uint64_t seed) {
         check_case_end("bad_file/setup");
         return;
     }
-    good = save_to_blob(&source);
+    good = blob_of(source.opt);
     c.good = &good;
     snapshot_take(&c.target, &c.before);
-    header_length = header_length_of(&good);
+    header_length = blob_header_length(&good);
     text = header_text(&good);
 
     /* Truncated at every byte of the length prefix and the header, and inside every entry's data. */
@@ -734,7 +714,7 @@ static void bad_file_corpus(uint64_t seed) {
         other.n_tensors = 7;
         other.n_groups = 2;
         if (model_create(&variant, &other, FADAM_DEVICE_CPU, seed + 5) == FADAM_SUCCESS) {
-            expect_refused(&c, "name_extra_tensor", save_to_blob(&variant), FADAM_ERR_MISMATCH,
+            expect_refused(&c, "name_extra_tensor", blob_of(variant.opt), FADAM_ERR_MISMATCH,
                            "extra entry 'lm_head.exp_avg' in the checkpoint");
         } else {
             expect_refused(&c, "name_extra_tensor", (blob){NULL, 0}, FADAM_ERR_MISMATCH, NULL);
@@ -745,7 +725,7 @@ static void bad_file_corpus(uint64_t seed) {
         snprintf(other_storage[0].name, sizeof other_storage[0].name, "wpe");
         other.n_tensors = 6;
         if (model_create(&variant, &other, FADAM_DEVICE_CPU, seed + 5) == FADAM_SUCCESS)
-            expect_refused(&c, "name_missing_tensor", save_to_blob(&variant), FADAM_ERR_MISMATCH,
+            expect_refused(&c, "name_missing_tensor", blob_of(variant.opt), FADAM_ERR_MISMATCH,
                            "tensor 'wte' is missing from the checkpoint (no entry 'wte.exp_avg')");
         model_destroy(&variant);
         /* One more element: "wrong shape". */
@@ -756,35 +736,35 @@ static void bad_file_corpus(uint64_t seed) {
                      "tensor 'h.0.attn.weight' exp_avg: wrong shape: [%lld] (%lld elements) in the checkpoint, %lld "
                      "elements registered",
                      (long long)other_storage[1].numel, (long long)other_storage[1].numel, (long long)storage[1].numel);
-            expect_refused(&c, "name_wrong_shape", save_to_blob(&variant), FADAM_ERR_MISMATCH, replacement);
+            expect_refused(&c, "name_wrong_shape", blob_of(variant.opt), FADAM_ERR_MISMATCH, replacement);
         }
         model_destroy(&variant);
         /* bf16 saved, fp16 registered: "param dtype". */
         memcpy(other_storage, storage, sizeof storage);
         other_storage[1].param_dtype = FADAM_FLOAT16;
         if (model_create(&variant, &other, FADAM_DEVICE_CPU, seed + 5) == FADAM_SUCCESS)
-            expect_refused(&c, "name_wrong_param_dtype", save_to_blob(&variant), FADAM_ERR_MISMATCH,
+            expect_refused(&c, "name_wrong_param_dtype", blob_of(variant.opt), FADAM_ERR_MISMATCH,
                            "tensor 'h.0.attn.weight': param dtype F16 in the checkpoint, BF16 registered");
         model_destroy(&variant);
         /* fp32 saved, bf16 registered. */
         memcpy(other_storage, storage, sizeof storage);
         other_storage[2].param_dtype = FADAM_FLOAT32;
         if (model_create(&variant, &other, FADAM_DEVICE_CPU, seed + 5) == FADAM_SUCCESS)
-            expect_refused(&c, "name_fp32_param_saved", save_to_blob(&variant), FADAM_ERR_MISMATCH,
+            expect_refused(&c, "name_fp32_param_saved", blob_of(variant.opt), FADAM_ERR_MISMATCH,
                            "param dtype F32 in the checkpoint, F16 registered");
         model_destroy(&variant);
         /* Another group. */
         memcpy(other_storage, storage, sizeof storage);
         other_storage[0].group = 1;
         if (model_create(&variant, &other, FADAM_DEVICE_CPU, seed + 5) == FADAM_SUCCESS)
-            expect_refused(&c, "name_wrong_group", save_to_blob(&variant), FADAM_ERR_MISMATCH,
+            expect_refused(&c, "name_wrong_group", blob_of(variant.opt), FADAM_ERR_MISMATCH,
                            "tensor 'wte': group 1 in the checkpoint, 0 registered");
         model_destroy(&variant);
         /* Another group count. */
         memcpy(other_storage, storage, sizeof storage);
         other.n_groups = 3;
         if (model_create(&variant, &other, FADAM_DEVICE_CPU, seed + 5) == FADAM_SUCCESS)
-            expect_refused(&c, "groups_count_differs", save_to_blob(&variant), FADAM_ERR_MISMATCH,
+            expect_refused(&c, "groups_count_differs", blob_of(variant.opt), FADAM_ERR_MISMATCH,
                            "the checkpoint has 3 parameter group(s), the optimizer 2");
         model_destroy(&variant);
     }
@@ -1009,7 +989,7 @@ static void test_round_trip(fadam_device_kind save_device, fadam_device_kind loa
             CHECK(fadam_save(a.opt, path, NULL) == FADAM_SUCCESS, "save: %s", fadam_last_error_message());
             CHECK(fadam_load(b.opt, path, NULL) == FADAM_SUCCESS, "load: %s", fadam_last_error_message());
         } else {
-            blob saved = save_to_blob(&a);
+            blob saved = blob_of(a.opt);
             CHECK(saved.size > 0, "save_bytes: %s", fadam_last_error_message());
             CHECK(fadam_load_bytes(b.opt, saved.bytes, saved.size, NULL) == FADAM_SUCCESS, "load_bytes: %s",
                   fadam_last_error_message());
@@ -1318,7 +1298,7 @@ static void test_arguments(uint64_t seed) {
     CHECK(status == FADAM_ERR_IO, "directory: %s: %s", fadam_status_string(status), fadam_last_error_message());
     /* A truncated file on disk, through the file path. */
     {
-        blob saved = save_to_blob(&a);
+        blob saved = blob_of(a.opt);
         snprintf(path, sizeof path, "%s/truncated.safetensors", temp_dir);
         write_file(path, saved.bytes, saved.size - 5);
         status = fadam_load(a.opt, path, NULL);
@@ -1353,7 +1333,7 @@ static void test_header_variants(uint64_t seed) {
     standard_spec(&spec, storage, &rng);
     CHECK(model_create(&a, &spec, FADAM_DEVICE_CPU, seed) == FADAM_SUCCESS && model_train(&a, 1, 2, seed), "setup");
     CHECK(model_create(&b, &spec, FADAM_DEVICE_CPU, seed + 1) == FADAM_SUCCESS, "setup");
-    good = save_to_blob(&a);
+    good = blob_of(a.opt);
     text = header_text(&good);
     spaced = (char *)malloc(3 * strlen(text) + 1);
     /* A newline and a space after each separator that precedes a value or key (names here hold no
@@ -1412,7 +1392,7 @@ static void test_sizes(uint64_t seed) {
     spec.n_tensors = 0;
     spec.n_groups = 1;
     CHECK(model_create(&a, &spec, FADAM_DEVICE_CPU, seed) == FADAM_SUCCESS, "empty create");
-    saved = save_to_blob(&a);
+    saved = blob_of(a.opt);
     CHECK(saved.size > 0 && fadam_load_bytes(a.opt, saved.bytes, saved.size, NULL) == FADAM_SUCCESS,
           "empty optimizer round trip: %s", fadam_last_error_message());
     free(saved.bytes);
@@ -1428,7 +1408,7 @@ static void test_sizes(uint64_t seed) {
     spec.n_tensors = MANY;
     CHECK(model_create(&a, &spec, FADAM_DEVICE_CPU, seed) == FADAM_SUCCESS && model_train(&a, 1, 2, seed), "create");
     CHECK(model_create(&b, &spec, FADAM_DEVICE_CPU, seed + 1) == FADAM_SUCCESS, "create");
-    saved = save_to_blob(&a);
+    saved = blob_of(a.opt);
     CHECK(saved.size > 0 && fadam_load_bytes(b.opt, saved.bytes, saved.size, NULL) == FADAM_SUCCESS, "%d tensors: %s",
           MANY, fadam_last_error_message());
     snapshot_take(&a, &want);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "check.h"
+#include "checkpoint_blob.h"
 #include "fusedadam.h"
 #include "sha256.h"
 
@@ -86,27 +87,6 @@ static int snapshot_equal(const snapshot *a, const snapshot *b) { return memcmp(
 
 /* ---- checkpoints edited and re-signed ---- */
 
-typedef struct blob {
-    unsigned char *bytes;
-    size_t size;
-} blob;
-
-static blob save_blob(const model *m) {
-    blob out = {NULL, 0};
-    size_t size = 0;
-    if (fadam_save_bytes(m->opt, &size, NULL, 0, NULL) != FADAM_SUCCESS) return out;
-    out.bytes = (unsigned char *)malloc(size);
-    if (out.bytes && fadam_save_bytes(m->opt, &size, out.bytes, size, NULL) == FADAM_SUCCESS) out.size = size;
-    return out;
-}
-
-static size_t header_length(const blob *b) {
-    uint64_t length = 0;
-    int i;
-    for (i = 7; i >= 0; i--) length = length << 8 | b->bytes[i];
-    return (size_t)length;
-}
-
 typedef struct pair {
     char key[64], value[96];
 } pair;
@@ -133,7 +113,7 @@ static int read_string(const char **p, char *out, size_t capacity) {
 
 /* Recomputes the checksum as README.md defines it and writes it into the header. 1 on success. */
 static int resign(blob *b) {
-    size_t length = header_length(b), n_pairs = 0, n_entries = 0, i;
+    size_t length = blob_header_length(b), n_pairs = 0, n_entries = 0, i;
     char *text = (char *)malloc(length + 1), *checksum;
     const char *p;
     pair pairs[64];
@@ -192,7 +172,7 @@ done:
 /* A re-signed copy of `good` whose "key" metadata value is `value` (value NULL: the key removed).
  * The header keeps its length where the padding allows. bytes NULL when the edit did not apply. */
 static blob edited(const blob *good, const char *key, const char *value) {
-    size_t length = header_length(good), data = good->size - 8 - length, new_length;
+    size_t length = blob_header_length(good), data = good->size - 8 - length, new_length;
     char find[96], *text = (char *)malloc(length + 1), *at, *value_end, *out_text;
     blob out = {NULL, 0};
     int i;
@@ -349,7 +329,7 @@ static void test_floor_cpu(void) {
           "after %d overflows: loss scale %g, skipped_total %lld, skipped_at_min_scale %lld (want %d), step %lld",
           overflows, counters.loss_scale, (long long)counters.skipped_total, (long long)counters.skipped_at_min_scale,
           overflows - to_floor, (long long)counters.step);
-    saved = save_blob(&m);
+    saved = blob_of(m.opt);
     CHECK(saved.bytes != NULL, "save: %s", fadam_last_error_message());
     CHECK(model_create(&copy, &config, 0), "%s", fadam_last_error_message());
     CHECK(saved.bytes && fadam_load_bytes(copy.opt, saved.bytes, saved.size, NULL) == FADAM_SUCCESS &&
@@ -429,7 +409,7 @@ static void test_checkpoint_values(void) {
         model_gradients(&target, 1e-2 * 65536.0, 0);
         ok = fadam_fused_step(target.opt, NULL) == FADAM_SUCCESS;
     }
-    good = save_blob(&source);
+    good = blob_of(source.opt);
     check_case_begin();
     CHECK(ok && good.bytes, "setup: %s", fadam_last_error_message());
     CHECK(fadam_read_step_counters(source.opt, &counters, NULL) == FADAM_SUCCESS && counters.skipped_total == 2 &&

@@ -99,6 +99,7 @@ struct captured_step {
     double *partials;
     fadam_device_state *state;
     fadam_fused_step_config config;
+    fadam_norm_kernel_args norm;
     fadam_step_kernel_args update;
     unsigned grid, block;
 };
@@ -107,13 +108,27 @@ static captured_step capture(const model &m, const std::vector<unsigned char> &t
                              fadam_device_state *state, const fadam_fused_step_config &config, unsigned grid,
                              unsigned block) {
     captured_step c;
+    /* After the partials, room for the groups' scalars that the norm kernel leaves for the update. */
+    const size_t n_partials = (size_t)chunks_of(table) + 1;
+    const size_t scalar_doubles = (FADAM_MAX_GROUPS * sizeof(fadam_group_scalars) + sizeof(double) - 1) / sizeof(double);
+    if (partials.size() < n_partials + scalar_doubles) partials.resize(n_partials + scalar_doubles);
+    fadam_group_scalars *scalars = reinterpret_cast<fadam_group_scalars *>(partials.data() + n_partials);
     c.table = reinterpret_cast<const fadam_table_header *>(table.data());
     c.partials = partials.data();
     c.state = state;
     c.config = config;
+    std::memset(&c.norm, 0, sizeof c.norm);
+    c.norm.table = c.table;
+    c.norm.chunk_partials = c.partials;
+    c.norm.state = state;
+    c.norm.scalars_out = scalars;
+    c.norm.config = config;
+    c.norm.n_groups = (int32_t)m.groups.size();
+    std::memcpy(c.norm.groups, m.groups.data(), m.groups.size() * sizeof(fadam_hparams));
     std::memset(&c.update, 0, sizeof c.update);
     c.update.table = c.table;
     c.update.state = state;
+    c.update.device_scalars = scalars;
     c.update.step = 1;
     c.update.n_groups = (int32_t)m.groups.size();
     std::memcpy(c.update.groups, m.groups.data(), m.groups.size() * sizeof(fadam_hparams));
@@ -123,14 +138,14 @@ static captured_step capture(const model &m, const std::vector<unsigned char> &t
 }
 
 static void run(const captured_step &c) {
-    cudaError_t e = fadam_launch_grad_norm(c.table, c.partials, c.state, &c.config, c.grid, c.block, NULL);
+    cudaError_t e = fadam_launch_grad_norm(&c.norm, c.grid, c.block, NULL);
     CHECK(e == cudaSuccess, "grad_norm launch: %s", emul_last_failure_message());
     e = fadam_launch_adam_step(&c.update, c.grid, c.block, NULL);
     CHECK(e == cudaSuccess, "adam_step launch: %s", emul_last_failure_message());
 }
 
 static void run_norm_only(const captured_step &c) {
-    cudaError_t e = fadam_launch_grad_norm(c.table, c.partials, c.state, &c.config, c.grid, c.block, NULL);
+    cudaError_t e = fadam_launch_grad_norm(&c.norm, c.grid, c.block, NULL);
     CHECK(e == cudaSuccess, "grad_norm launch: %s", emul_last_failure_message());
 }
 
@@ -219,7 +234,7 @@ static void test_clipping(bool active) {
           state.counters.skipped);
     /* The reference with the kernel's decision. */
     fadam_step_source source = {1, NULL, NULL};
-    CHECK(fadam_cpu_update_all(mirror.tensors.data(), (int64_t)mirror.tensors.size(), mirror.groups.data(),
+    CHECK(fadam_cpu_update_all(nullptr, mirror.tensors.data(), (int64_t)mirror.tensors.size(), mirror.groups.data(),
                                (int)mirror.groups.size(), &source, &state, "test") == FADAM_SUCCESS,
           "%s", fadam_last_error_message());
     for (size_t i = 0; i < m.tensors.size() && !check_case_failed; i++) {
@@ -409,7 +424,7 @@ static model mirror_of(const model &m) {
 /* The reference steps the mirror with the kernel's decision; then both must hold the same bytes. */
 static bool reference_agrees(const model &m, model &mirror, const fadam_device_state &state) {
     fadam_step_source source = {1, NULL, NULL};
-    CHECK(fadam_cpu_update_all(mirror.tensors.data(), (int64_t)mirror.tensors.size(), mirror.groups.data(),
+    CHECK(fadam_cpu_update_all(nullptr, mirror.tensors.data(), (int64_t)mirror.tensors.size(), mirror.groups.data(),
                                (int)mirror.groups.size(), &source, &state, "test") == FADAM_SUCCESS,
           "%s", fadam_last_error_message());
     for (size_t i = 0; i < m.tensors.size(); i++) {

@@ -268,7 +268,7 @@ static void test_gradient_scaling_from_memory() {
         fadam_step_scaling scaling = {&multiplier, &found_inf};
         fadam_status status = step == 1 ? fadam_cpu_step(m.reference_side.data(), (int64_t)m.reference_side.size(),
                                                          m.groups.data(), (int)m.groups.size(), &source)
-                                        : fadam_cpu_step_scaled(m.reference_side.data(),
+                                        : fadam_cpu_step_scaled(NULL, m.reference_side.data(),
                                                                 (int64_t)m.reference_side.size(), m.groups.data(),
                                                                 (int)m.groups.size(), &source, &scaling);
         CHECK(status == FADAM_SUCCESS, "%s", fadam_last_error_message());
@@ -283,16 +283,16 @@ static void test_gradient_scaling_from_memory() {
     float set = 1.0f;
     fadam_step_scaling skip_all = {NULL, &set};
     fadam_step_source bad_step = {0, NULL, NULL}, good_step = {1, NULL, NULL};
-    CHECK(fadam_cpu_step_scaled(m.reference_side.data(), (int64_t)m.reference_side.size(), NULL,
+    CHECK(fadam_cpu_step_scaled(NULL, m.reference_side.data(), (int64_t)m.reference_side.size(), NULL,
                                 (int)m.groups.size(), &good_step, &skip_all) == FADAM_ERR_NULL_POINTER,
           "NULL groups accepted");
-    CHECK(fadam_cpu_step_scaled(m.reference_side.data(), (int64_t)m.reference_side.size(), m.groups.data(),
+    CHECK(fadam_cpu_step_scaled(NULL, m.reference_side.data(), (int64_t)m.reference_side.size(), m.groups.data(),
                                 (int)m.groups.size(), &bad_step, &skip_all) == FADAM_ERR_INVALID_VALUE,
           "step 0 accepted");
     fadam_tensor broken = m.reference_side[0];
     broken.param = NULL;
     broken.numel = 4;
-    CHECK(fadam_cpu_step_scaled(&broken, 1, m.groups.data(), (int)m.groups.size(), &good_step, &skip_all) !=
+    CHECK(fadam_cpu_step_scaled(NULL, &broken, 1, m.groups.data(), (int)m.groups.size(), &good_step, &skip_all) !=
               FADAM_SUCCESS,
           "a NULL param accepted because found_inf was set");
     check_case_end("kernel_reads_gradient_multiplier_and_found_inf_from_memory");

@@ -78,9 +78,12 @@ cudaError_t fadam_launch_master_init(const fadam_table_header *table, unsigned g
     (void)table, (void)grid_blocks, (void)block_threads, (void)stream;
     return cudaErrorNoDevice;
 }
-cudaError_t fadam_launch_grad_norm(const fadam_table_header *table, double *chunk_partials, fadam_device_state *state,
-                                   const fadam_fused_step_config *config, unsigned grid_blocks, unsigned block_threads,
+cudaError_t fadam_launch_grad_norm(const fadam_norm_kernel_args *args, unsigned grid_blocks, unsigned block_threads,
                                    cudaStream_t stream) {
-    (void)table, (void)chunk_partials, (void)state, (void)config, (void)grid_blocks, (void)block_threads, (void)stream;
+    (void)args, (void)grid_blocks, (void)block_threads, (void)stream;
+    return cudaErrorNoDevice;
+}
+cudaError_t fadam_launch_fused_decide(const fadam_norm_kernel_args *args, cudaStream_t stream) {
+    (void)args, (void)stream;
     return cudaErrorNoDevice;
 }

@@ -3,9 +3,11 @@
 // state tensors come from a ParamCache, checked against the optimizer at every step, so that a step
 // costs Python nothing per parameter (FusedAdamW.step). CUDA tensors go through the functional
 // call (one fadam_step_table launch per device on PyTorch's current stream, with the device table
-// cached while no pointer changes); CPU tensors go through fadam_cpu_step. Everything is checked
+// cached while no pointer changes); CPU tensors go through fadam_cpu_step_pool, on as many threads as
+// torch.get_num_threads() says at that step (the pool is kept and restarted when that changes). Everything is checked
 // before anything is written, so a raised error leaves parameters, state and step counts as they were.
 // Only the headers needed: <torch/extension.h> would triple the compile time.
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -137,8 +139,24 @@ class TableCache {
     int64_t encodes = 0;  // tables encoded and copied to a device
     int64_t launches = 0; // fadam_step_table calls
     int64_t cpu_calls = 0;
+    int cpu_threads = 0; // threads of the CPU pool (torch.get_num_threads() at the last CPU step)
 
     void clear() { tables_.clear(); }
+
+    // The CPU steps' worker threads, as many as PyTorch's intra-op threads: started at the first CPU
+    // step and again when torch.set_num_threads changes the count. Call with the GIL held (it may raise).
+    fadam_cpu_pool *cpu_pool() {
+        int wanted = std::max(1, std::min(at::get_num_threads(), FADAM_MAX_CPU_THREADS));
+        if (!cpu_pool_ || cpu_threads != wanted) {
+            fadam_cpu_pool *fresh = nullptr;
+            cpu_pool_.reset(); // the old threads stop before the new ones start: never both at once
+            cpu_threads = 0;
+            raise_on_failure(fadam_cpu_pool_create(&fresh, wanted));
+            cpu_pool_.reset(fresh);
+            cpu_threads = wanted;
+        }
+        return cpu_pool_.get();
+    }
     size_t size() const { return tables_.size(); }
 
     // Whether the table cached for `bucket` is the one it needs (it was checked when it was encoded).
@@ -197,6 +215,7 @@ class TableCache {
 
   private:
     std::map<std::pair<int, int>, CachedTable> tables_;
+    std::unique_ptr<fadam_cpu_pool, void (*)(fadam_cpu_pool *)> cpu_pool_{nullptr, &fadam_cpu_pool_destroy};
 };
 
 fadam_hparams to_fadam_hparams(const GroupHparams &h) {
@@ -631,7 +650,7 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
     // 2. Let the library check what it will be given: the groups' hyperparameters (a call with no
     // tensor checks them and does nothing), and each bucket's tensors (alignment, overlaps) that
     // nothing checks before the first write: a CUDA bucket whose cached table is reused was checked
-    // when it was encoded, and a lone CPU bucket is checked by fadam_cpu_step before it writes.
+    // when it was encoded, and a lone CPU bucket is checked by fadam_cpu_step_pool before it writes.
     fadam_step_source first_step{};
     first_step.step = 1;
     raise_on_failure(fadam_cpu_step(nullptr, 0, groups.data(), n_groups, &first_step));
@@ -705,9 +724,10 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         at::Tensor inf_flag = scaling_input(found_inf, -1, "found_inf");
         fadam_step_scaling scaling = scaling_of(multiplier, inf_flag);
         fadam_status status;
+        fadam_cpu_pool *pool = tables.cpu_pool();
         {
             pybind11::gil_scoped_release no_gil;
-            status = fadam_cpu_step_scaled(bucket.tensors.data(), (int64_t)bucket.tensors.size(), groups.data(),
+            status = fadam_cpu_step_scaled(pool, bucket.tensors.data(), (int64_t)bucket.tensors.size(), groups.data(),
                                            n_groups, &source, &scaling);
         }
         raise_on_failure(status, tensors_of(bucket));
@@ -755,7 +775,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("__len__", &TableCache::size)
         .def_readonly("encodes", &TableCache::encodes)
         .def_readonly("launches", &TableCache::launches)
-        .def_readonly("cpu_calls", &TableCache::cpu_calls);
+        .def_readonly("cpu_calls", &TableCache::cpu_calls)
+        .def_readonly("cpu_threads", &TableCache::cpu_threads);
     auto gc_support = [](PyHeapTypeObject *heap_type) {
         PyTypeObject *type = &heap_type->ht_type;
         type->tp_flags |= Py_TPFLAGS_HAVE_GC;

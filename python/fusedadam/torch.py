@@ -5,7 +5,8 @@ with one fused kernel launch per step, and FusedAdam, the same for torch.optim.A
     opt = FusedAdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
 
 CUDA parameters are stepped by fusedadam's kernel on PyTorch's current stream, CPU parameters by its
-CPU implementation. Per-parameter state, under torch.optim.AdamW's keys so that a checkpoint moves
+CPU implementation on torch.get_num_threads() threads (read at every step; the results are the same
+bits at every count). Per-parameter state, under torch.optim.AdamW's keys so that a checkpoint moves
 between the two optimizers in either direction:
     step          float32 scalar tensor on the CPU (capturable=True: on the parameter's device): the steps
                   this parameter has taken
