@@ -25,7 +25,7 @@ CUDA_INC := $(CUDA_HOME)/include
 CUDA_LIB := $(CUDA_HOME)/lib64
 
 # -ffp-contract=off / -fmad=false: no fused multiply-add anywhere, so the GPU, the emulated kernel
-# and the C reference compute the same bits (../shared/NUMERICS.md).
+# and the C reference compute the same bits (docs/NUMERICS.md).
 CFLAGS_COMMON := -std=c11 -O3 -g -Wall -Wextra -Werror -ffp-contract=off -fno-math-errno -fPIC \
                  -Iinclude -Ikernels -Icsrc -I$(CUDA_INC) $(EXTRA_CFLAGS)
 NVCC_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
