@@ -62,7 +62,7 @@ BENCH_HOST_OBJECTS := $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(LIB_C_SOURCES))
 $(BENCH_BUILD)/emul_bench: bench/emul_bench.cpp bench/adam_step_bench.cu $(BENCH_HEADERS) $(BENCH_HOST_OBJECTS) \
                            $(KERNEL_SOURCES) $(HEADERS) tests/emul/cuda_emul.h
 	@mkdir -p $(@D)
-	$(CXX) $(EMUL_CXXFLAGS) $(foreach k,$(KERNEL_SOURCES),-include $(k)) -Ibench $< -o $@ $(BENCH_HOST_OBJECTS) -lm -lpthread
+	$(CXX) $(EMUL_CXXFLAGS) $(foreach k,$(KERNEL_SOURCES),-include $(k)) -Ibench $< -o $@ $(BENCH_HOST_OBJECTS) $(XXHASH_LIBS) -lm -lpthread
 
 .PHONY: bench-emul
 bench-emul: $(BENCH_BUILD)/emul_bench
