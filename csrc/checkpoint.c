@@ -1047,8 +1047,11 @@ typedef struct source {
     const char *path;
     uint64_t size;        /* of the whole checkpoint */
     uint64_t data_offset; /* 8 + header length */
-    unsigned char *bounce; /* PIECE_BYTES of host memory for a file's pieces */
+    unsigned char *bounce; /* 2 x bounce_half(): host memory for a file's pieces */
 } source;
+
+/* Bytes of each half of a file's bounce buffer: a piece, or less for a smaller file. */
+static size_t bounce_half(const source *in) { return in->size < PIECE_BYTES ? (size_t)in->size + 1 : PIECE_BYTES; }
 
 /* Reads `count` bytes at `offset` of the checkpoint into `destination`. */
 static fadam_status source_read(const source *in, uint64_t offset, void *destination, size_t count, const char *function) {
@@ -1500,6 +1503,93 @@ static fadam_status match_tensors(load_plan *plan, const fadam_optimizer *opt, c
     return FADAM_SUCCESS;
 }
 
+/* One step of verify_pipelined: hash the current piece (block 0) while reading the next (block 1).
+ * The read only records errno: the caller, not a pool thread, reports it. */
+typedef struct pipeline_step {
+    const unsigned char *hash_data;
+    size_t hash_bytes;
+    unsigned char digest[16];
+    int fd;
+    unsigned char *read_into;
+    uint64_t read_offset;
+    size_t read_bytes;
+    int read_errno, read_short;
+} pipeline_step;
+
+static void pipeline_block(void *context, int64_t block) {
+    pipeline_step *step = (pipeline_step *)context;
+    if (block == 0) {
+        fadam_checksum_piece(step->hash_data, step->hash_bytes, step->digest);
+        return;
+    }
+    while (step->read_bytes) {
+        ssize_t got = pread(step->fd, step->read_into, step->read_bytes, (off_t)step->read_offset);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) step->read_errno = errno ? errno : EIO;
+        if (got == 0) step->read_short = 1;
+        if (got <= 0) return;
+        step->read_into += got, step->read_bytes -= (size_t)got, step->read_offset += (uint64_t)got;
+    }
+}
+
+/* The next piece of the data in name order after (entry *e, offset *done): 0 when none is left. */
+static int next_piece(const load_plan *plan, size_t *e, uint64_t *done, uint64_t *offset, size_t *bytes) {
+    while (*e < plan->parsed.n_entries && *done >= plan->by_name[*e]->end - plan->by_name[*e]->begin) (*e)++, *done = 0;
+    if (*e == plan->parsed.n_entries) return 0;
+    {
+        uint64_t left = plan->by_name[*e]->end - plan->by_name[*e]->begin - *done;
+        *offset = plan->by_name[*e]->begin + *done;
+        *bytes = left < PIECE_BYTES ? (size_t)left : PIECE_BYTES;
+        *done += *bytes;
+    }
+    return 1;
+}
+
+/* Version 2 from a file: reading piece k+1 and hashing piece k at once on the pool (pool NULL: one
+ * after the other), through the two halves of the bounce buffer; the digests go in in order. */
+static fadam_status verify_pipelined(const load_plan *plan, const source *in, fadam_cpu_pool *pool, fadam_checksum *hash,
+                                     const char *function) {
+    size_t half = bounce_half(in), e = 0, framed = 0, current_entry = 0, current_bytes = 0, next_bytes = 0;
+    uint64_t done = 0, current_offset = 0, next_offset = 0;
+    int have_current, have_next, which = 0;
+    fadam_status status;
+    FADAM_STATIC_ASSERT(PIECE_BYTES == FADAM_CHECKSUM_PIECE_BYTES, "a bounce half holds one checksum piece");
+    have_current = next_piece(plan, &e, &done, &current_offset, &current_bytes);
+    current_entry = e;
+    if (have_current &&
+        (status = source_read(in, in->data_offset + current_offset, in->bounce, current_bytes, function)) != FADAM_SUCCESS)
+        return status;
+    while (have_current) {
+        pipeline_step step;
+        size_t next_entry;
+        memset(&step, 0, sizeof step);
+        have_next = next_piece(plan, &e, &done, &next_offset, &next_bytes);
+        next_entry = e;
+        step.hash_data = in->bounce + (size_t)which * half;
+        step.hash_bytes = current_bytes;
+        step.fd = in->fd;
+        if (have_next) {
+            step.read_into = in->bounce + (size_t)(1 - which) * half;
+            step.read_offset = in->data_offset + next_offset;
+            step.read_bytes = next_bytes;
+        }
+        fadam_cpu_pool_run(pool, have_next ? 2 : 1, pipeline_block, &step);
+        if (step.read_errno) {
+            errno = step.read_errno;
+            return io_fail(function, "reading", in->path);
+        }
+        if (step.read_short)
+            return fadam_fail(FADAM_ERR_IO, "%s: '%.300s' became shorter while it was read", function, in->path);
+        for (; framed <= current_entry; framed++)
+            fadam_checksum_entry(hash, plan->by_name[framed]->name, plan->by_name[framed]->end - plan->by_name[framed]->begin);
+        fadam_checksum_add_piece(hash, step.digest);
+        have_current = have_next, current_entry = next_entry, current_bytes = next_bytes, which = 1 - which;
+    }
+    for (; framed < plan->parsed.n_entries; framed++)
+        fadam_checksum_entry(hash, plan->by_name[framed]->name, plan->by_name[framed]->end - plan->by_name[framed]->begin);
+    return FADAM_SUCCESS;
+}
+
 /* Streams through the data in name order and compares the checksum of the file's format_version with
  * the recorded one. Data in memory goes a pool's worth of pieces at a time (hashed at once); a file's
  * through the bounce buffer, one piece at a time. */
@@ -1515,16 +1605,20 @@ static fadam_status verify_checksum(load_plan *plan, const source *in, const fad
     span = in->memory ? (size_t)fadam_cpu_pool_size(pool) * FADAM_CHECKSUM_PIECE_BYTES : PIECE_BYTES;
     fadam_checksum_init(&hash, plan->format_version);
     fadam_checksum_metadata(&hash, plan->parsed.metadata, plan->parsed.n_metadata);
-    for (i = 0; i < plan->parsed.n_entries && status == FADAM_SUCCESS; i++) {
-        const load_entry *entry = plan->by_name[i];
-        uint64_t done, bytes = entry->end - entry->begin;
-        fadam_checksum_entry(&hash, entry->name, bytes);
-        for (done = 0; done < bytes && status == FADAM_SUCCESS;) {
-            size_t piece = bytes - done < span ? (size_t)(bytes - done) : span;
-            const unsigned char *view;
-            status = source_view(in, in->data_offset + entry->begin + done, piece, &view, function);
-            if (status == FADAM_SUCCESS) fadam_checksum_data(&hash, pool, view, piece);
-            done += piece;
+    if (!in->memory && plan->format_version == 2) {
+        status = verify_pipelined(plan, in, pool, &hash, function);
+    } else {
+        for (i = 0; i < plan->parsed.n_entries && status == FADAM_SUCCESS; i++) {
+            const load_entry *entry = plan->by_name[i];
+            uint64_t done, bytes = entry->end - entry->begin;
+            fadam_checksum_entry(&hash, entry->name, bytes);
+            for (done = 0; done < bytes && status == FADAM_SUCCESS;) {
+                size_t piece = bytes - done < span ? (size_t)(bytes - done) : span;
+                const unsigned char *view;
+                status = source_view(in, in->data_offset + entry->begin + done, piece, &view, function);
+                if (status == FADAM_SUCCESS) fadam_checksum_data(&hash, pool, view, piece);
+                done += piece;
+            }
         }
     }
     if (pool) fadam_cpu_pool_release(pool);
@@ -1717,7 +1811,8 @@ static fadam_status load_from_file(fadam_optimizer *opt, const char *path, fadam
     }
     in.size = (uint64_t)file_status.st_size;
     /* No piece is longer than the file: a small checkpoint needs no 8 MB. */
-    in.bounce = (unsigned char *)malloc(in.size < PIECE_BYTES ? (size_t)in.size + 1 : PIECE_BYTES);
+    /* Two halves: the checksum reads one piece while it hashes the other (verify_pipelined). */
+    in.bounce = (unsigned char *)malloc(2 * bounce_half(&in));
     if (!in.bounce) {
         close(in.fd);
         return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for reading", function);

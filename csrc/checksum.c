@@ -82,6 +82,14 @@ void fadam_checksum_data(fadam_checksum *c, fadam_cpu_pool *pool, const void *da
     }
 }
 
+void fadam_checksum_piece(const void *data, size_t bytes, unsigned char digest[16]) {
+    XXH128_canonical_t canonical;
+    XXH128_canonicalFromHash(&canonical, XXH3_128bits(data, bytes));
+    memcpy(digest, canonical.digest, 16);
+}
+
+void fadam_checksum_add_piece(fadam_checksum *c, const unsigned char digest[16]) { hash_bytes(c, digest, 16); }
+
 void fadam_checksum_final(fadam_checksum *c, unsigned char digest[FADAM_CHECKSUM_MAX_BYTES]) {
     if (c->version == 1) {
         fadam_sha256_final(&c->sha256, digest);

@@ -40,6 +40,10 @@ void fadam_checksum_entry(fadam_checksum *c, const char *name, uint64_t bytes);
  * FADAM_CHECKSUM_PIECE_BYTES (so pieces never straddle calls). Pieces are hashed on `pool`'s threads
  * (NULL: the caller's), which the caller holds. */
 void fadam_checksum_data(fadam_checksum *c, fadam_cpu_pool *pool, const void *data, size_t bytes);
+/* Version 2 in two halves, for a caller that hashes pieces itself (overlapping them with reads):
+ * the digest of one piece (any thread), then, in order, adding it as the next piece of the entry. */
+void fadam_checksum_piece(const void *data, size_t bytes, unsigned char digest[16]);
+void fadam_checksum_add_piece(fadam_checksum *c, const unsigned char digest[16]);
 /* The digest (fadam_checksum_bytes(version) bytes, XXH3-128 in its canonical big-endian form). */
 void fadam_checksum_final(fadam_checksum *c, unsigned char digest[FADAM_CHECKSUM_MAX_BYTES]);
 
