@@ -548,6 +548,68 @@ static void end_staging(const fadam_optimizer *opt, unsigned char *staging, int 
     fadam_cuda_leave_device(opt->cuda_device, previous_device);
 }
 
+/* One step of write_pipelined: hash the next piece (block 0) while writing the current one (block 1).
+ * The write only records errno: the caller, not a pool thread, reports it. */
+typedef struct save_step {
+    const unsigned char *hash_data;
+    size_t hash_bytes;
+    unsigned char digest[16];
+    int fd;
+    const unsigned char *write_from;
+    size_t write_bytes, written;
+    int write_errno;
+} save_step;
+
+static void save_block(void *context, int64_t block) {
+    save_step *step = (save_step *)context;
+    if (block == 0) {
+        if (step->hash_bytes) fadam_checksum_piece(step->hash_data, step->hash_bytes, step->digest);
+        return;
+    }
+    while (step->written < step->write_bytes) {
+        size_t left = step->write_bytes - step->written;
+        ssize_t n = write(step->fd, step->write_from + step->written, left > ((size_t)1 << 30) ? (size_t)1 << 30 : left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            step->write_errno = errno ? errno : EIO;
+            return;
+        }
+        step->written += (size_t)n;
+    }
+}
+
+/* Version 2, host state to a file: writing piece k while the pool hashes piece k+1 (pool NULL: one
+ * after the other); the digests go in in order. */
+static fadam_status write_pipelined(const unsigned char *state, uint64_t bytes, sink *out, fadam_checksum *hash,
+                                    fadam_cpu_pool *pool, const char *function) {
+    uint64_t done = 0;
+    unsigned char digest[16];
+    size_t first = bytes < FADAM_CHECKSUM_PIECE_BYTES ? (size_t)bytes : FADAM_CHECKSUM_PIECE_BYTES;
+    if (bytes == 0) return FADAM_SUCCESS;
+    fadam_checksum_piece(state, first, digest);
+    while (done < bytes) {
+        size_t piece = bytes - done < FADAM_CHECKSUM_PIECE_BYTES ? (size_t)(bytes - done) : FADAM_CHECKSUM_PIECE_BYTES;
+        uint64_t next = done + piece;
+        save_step step;
+        memset(&step, 0, sizeof step);
+        fadam_checksum_add_piece(hash, digest);
+        step.hash_data = state + next;
+        step.hash_bytes = bytes - next < FADAM_CHECKSUM_PIECE_BYTES ? (size_t)(bytes - next) : FADAM_CHECKSUM_PIECE_BYTES;
+        step.fd = out->fd;
+        step.write_from = state + done;
+        step.write_bytes = piece;
+        fadam_cpu_pool_run(pool, 2, save_block, &step);
+        out->position += step.written;
+        if (step.write_errno) {
+            errno = step.write_errno;
+            return io_fail(function, "writing", out->path);
+        }
+        memcpy(digest, step.digest, sizeof digest);
+        done = next;
+    }
+    return FADAM_SUCCESS;
+}
+
 static fadam_status write_entry(const fadam_optimizer *opt, const save_entry *entry, sink *out,
                                 fadam_checksum *hash, fadam_cpu_pool *pool, unsigned char *staging,
                                 cudaStream_t stream, const char *function) {
@@ -559,6 +621,8 @@ static fadam_status write_entry(const fadam_optimizer *opt, const save_entry *en
     uint64_t done;
     fadam_status status;
     fadam_checksum_entry(hash, entry->name, entry->bytes);
+    if (opt->device != FADAM_DEVICE_CUDA && !out->memory && hash->version == 2)
+        return write_pipelined(state, entry->bytes, out, hash, pool, function);
     for (done = 0; done < entry->bytes;) {
         size_t piece = entry->bytes - done < span ? (size_t)(entry->bytes - done) : span;
         const unsigned char *host = state + done;
