@@ -13,7 +13,7 @@
  * timed: the save and load to and from memory (no disk), and the checksum alone over the state in
  * memory: SHA-256 (format version 1), XXH3-128 over 8 MiB pieces on one thread and on a pool.
  *
- * Usage: checkpoint_bench [--gib=G] [--rounds=R] [--dir=DIR]   (DIR default build/bench: same disk) */
+ * Usage: checkpoint_bench [--gib=G] [--rounds=R] [--dir=DIR] [--threads=N]   (DIR default build/bench: same disk) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -141,8 +141,9 @@ int main(int argc, char **argv) {
         if (strncmp(argv[i], "--gib=", 6) == 0) gib = atof(argv[i] + 6);
         else if (strncmp(argv[i], "--rounds=", 9) == 0) rounds = atoi(argv[i] + 9);
         else if (strncmp(argv[i], "--dir=", 6) == 0) dir = argv[i] + 6;
+        else if (strncmp(argv[i], "--threads=", 10) == 0) threads = atoi(argv[i] + 10);
         else {
-            fprintf(stderr, "usage: %s [--gib=G] [--rounds=R] [--dir=DIR]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--gib=G] [--rounds=R] [--dir=DIR] [--threads=N]\n", argv[0]);
             return 2;
         }
     }
@@ -153,6 +154,7 @@ int main(int argc, char **argv) {
     /* exp_avg + exp_avg_sq: 8 bytes per element. */
     numel = (int64_t)(gib * (double)(1ull << 30) / 8.0 / N_TENSORS);
     require_ok(fadam_create(&opt, FADAM_DEVICE_CPU, 0, NULL, NULL), "fadam_create");
+    require_ok(fadam_set_cpu_threads(opt, threads), "fadam_set_cpu_threads"); /* 0: one per core */
     srand(1);
     for (i = 0; i < N_TENSORS; i++) {
         char name[32];
@@ -193,6 +195,9 @@ int main(int argc, char **argv) {
         t_load[r] = now() - start;
         if (r % 2 == 1) settle(), t_read[r] = plain_read(plain, buffer, file_bytes);
     }
+    printf("per round, s (plain write / save / plain read / load):");
+    for (r = 0; r < rounds; r++) printf(" [%.2f %.2f %.2f %.2f]", t_write[r], t_save[r], t_read[r], t_load[r]);
+    printf("\n");
     {
         double w = median(t_write, rounds), s = median(t_save, rounds), rd = median(t_read, rounds),
                l = median(t_load, rounds), gb = (double)file_bytes / 1e9;
