@@ -25,9 +25,9 @@ CUDA_INC := $(CUDA_HOME)/include
 CUDA_LIB := $(CUDA_HOME)/lib64
 
 # -ffp-contract=off / -fmad=false: no fused multiply-add anywhere, so the GPU, the emulated kernel
-# and the C reference compute the same bits (../shared/NUMERICS.md).
+# and the C reference compute the same bits (docs/NUMERICS.md).
 CFLAGS_COMMON := -std=c11 -O3 -g -Wall -Wextra -Werror -ffp-contract=off -fno-math-errno -fPIC \
-                 -Iinclude -Ikernels -Icsrc -I$(CUDA_INC) $(EXTRA_CFLAGS)
+                 -Iinclude -Ikernels -Icsrc -I$(CUDA_INC) $(XXHASH_CFLAGS) $(EXTRA_CFLAGS)
 NVCC_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
              -gencode arch=compute_90,code=compute_90
 NVCCFLAGS := -std=c++17 -O3 -fmad=false $(NVCC_ARCH) -Werror all-warnings \
@@ -38,7 +38,15 @@ KERNEL_SOURCES := $(wildcard kernels/*.cu)
 LIB_OBJECTS := $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(LIB_C_SOURCES)) \
                $(patsubst kernels/%.cu,$(BUILD)/obj/%.cu.o,$(KERNEL_SOURCES))
 HEADERS := $(wildcard include/*.h csrc/*.h kernels/*.h kernels/*.cuh)
-LIBS_CUDA := -L$(CUDA_LIB) -Wl,-rpath,$(CUDA_LIB) -lcudart -lm -lpthread
+# The checkpoint checksum is XXH3 from libxxhash (Debian/Ubuntu: apt-get install libxxhash-dev), found
+# by pkg-config; every program that links the library's objects links it too (through LIBS_CUDA).
+ifeq ($(filter-out clean,$(MAKECMDGOALS))$(if $(MAKECMDGOALS),,all),)
+else ifneq ($(shell pkg-config --exists libxxhash 2>/dev/null && echo found),found)
+$(error libxxhash not found by pkg-config (checkpoint checksums need it): install libxxhash-dev (apt-get install -y libxxhash-dev pkg-config), or set PKG_CONFIG_PATH to its libxxhash.pc)
+endif
+XXHASH_CFLAGS := $(shell pkg-config --cflags libxxhash 2>/dev/null)
+XXHASH_LIBS := $(shell pkg-config --libs libxxhash 2>/dev/null)
+LIBS_CUDA := -L$(CUDA_LIB) -Wl,-rpath,$(CUDA_LIB) -lcudart $(XXHASH_LIBS) -lm -lpthread
 
 STATIC_LIB := $(BUILD)/libfusedadam.a
 SHARED_LIB := $(BUILD)/libfusedadam.so.$(VERSION)

@@ -64,6 +64,8 @@ if CPU_ONLY:
         sources=["python/fusedadam/_C.cpp"],
         include_dirs=[os.path.join(ROOT, "include")],
         define_macros=[("FADAM_CPU_ONLY", None)],
+        # xxhash: the checkpoint checksum (XXH3) that libfusedadam.a calls, found as the Makefile finds it.
+        libraries=["xxhash"],
         extra_objects=[os.path.join(ROOT, STATIC_LIB)],
         extra_compile_args=["-O2"],
         extra_link_args=["-Wl,--exclude-libs,ALL", "-lpthread"],
@@ -74,7 +76,7 @@ else:
         name="fusedadam._C",
         sources=["python/fusedadam/_C.cpp"],
         include_dirs=[os.path.join(ROOT, "include"), os.path.join(CUDA_HOME, "include")],
-        libraries=["c10_cuda"],
+        libraries=["c10_cuda", "xxhash"],
         extra_objects=[os.path.join(ROOT, STATIC_LIB), os.path.join(CUDA_HOME, "lib64", "libcudart_static.a")],
         extra_compile_args=["-O2"],
         extra_link_args=["-Wl,--exclude-libs,ALL", "-ldl", "-lrt", "-lpthread"],

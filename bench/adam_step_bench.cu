@@ -13,7 +13,7 @@
  * launch latency of an idle GPU), after a warm-up batch; the median over many batches. A set smaller
  * than 4x the L2 cache is replicated and the replicas stepped in turn, so no step finds its inputs in
  * L2. Host time per step: the CPU time of the step call itself (it only enqueues), median.
- * Bytes moved per element as in ../shared/NUMERICS.md (28, 28, 30; the fused step, version 3, adds
+ * Bytes moved per element as in docs/NUMERICS.md (28, 28, 30; the fused step, version 3, adds
  * the norm pass's read of the gradient, 2 or 4); the copy bandwidth is that of
  * cudaMemcpyAsync device-to-device on a buffer far larger than L2, counting bytes read + written.
  *

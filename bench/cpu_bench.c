@@ -12,7 +12,7 @@
  *      restrict, which the compiler vectorizes. Not library code: a yardstick for the library's path.
  *   4  version 3 split over OpenMP threads in 64K-element chunks.
  *   5  fadam_cpu_step_pool with a fadam_cpu_pool of one thread per core: version 1 threaded.
- * Per case: elements, tensors, bytes moved (../shared/NUMERICS.md), median time per step, GB/s, percent
+ * Per case: elements, tensors, bytes moved (docs/NUMERICS.md), median time per step, GB/s, percent
  * of one thread's memcpy bandwidth (read + write), and speed relative to version 0.
  * A set is replicated and the replicas stepped in turn until a step's inputs were last touched two
  * last-level caches' worth of data ago, so no step finds them in the cache.

@@ -192,7 +192,7 @@ static inline void bench_model_label(const bench_model *model, char *out, size_t
 }
 
 /* The three precision configurations of every set, with the bytes a step must move per element
- * (../shared/NUMERICS.md): fp32 everything; bf16 params with an fp32 master and bf16 or fp32 grads. */
+ * (docs/NUMERICS.md): fp32 everything; bf16 params with an fp32 master and bf16 or fp32 grads. */
 typedef struct bench_precision {
     const char *label;
     int param_bf16; /* 1: bf16 param with an fp32 master; 0: fp32 param, its own master */

@@ -22,7 +22,7 @@ params after; every copy is inside the timed step.
 "Ours" is fusedadam.torch.FusedAdamW when it imports, else the ctypes path. Every time is the median
 per step; "t / t(ours)" is a row's time over ours, so on a torch row it is fusedadam's speedup (above 1:
 fusedadam is faster).
-"GB/s" is the step's floor bytes (../shared/NUMERICS.md: 28/28/30 B per element) over its time, the
+"GB/s" is the step's floor bytes (docs/NUMERICS.md: 28/28/30 B per element) over its time, the
 same count for every implementation. Each implementation starts replica 0 from the same values and takes
 one step; "max |dp|" is its largest difference from fusedadam's result on the first 4096 elements of
 every tensor (PyTorch computes m with lerp, so a few ulps are expected).

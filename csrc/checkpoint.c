@@ -1,7 +1,7 @@
 /* checkpoint.c - the managed optimizer's state as a safetensors file or buffer: fadam_save writes it
  * atomically (through atomic_file.c: an unnamed temporary, fsync, link/rename, fsync of the
  * directory); fadam_load checks everything
- * (header bounds, JSON, dtypes, shapes, byte ranges, names, version, SHA-256) before it changes
+ * (header bounds, JSON, dtypes, shapes, byte ranges, names, version, checksum) before it changes
  * anything. Device state moves in bounded pieces through one pinned buffer on the caller's stream.
  *
  * Layout: u64 little-endian header length N, N bytes of JSON (space-padded so the data starts at a
@@ -26,7 +26,7 @@
 #include "internal.h"
 #include "nvtx_ranges.h"
 #include "optimizer_internal.h"
-#include "sha256.h"
+#include "checksum.h"
 #include "utf8.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -34,8 +34,10 @@
 #endif
 
 #define FORMAT_NAME "fusedadam.optimizer"
-#define CHECKSUM_PREFIX "sha256:"
-#define CHECKSUM_HEX_DIGITS (2 * FADAM_SHA256_DIGEST_BYTES)
+/* What fadam_save writes; fadam_load also reads version 1 (SHA-256 checksum). */
+#define CHECKSUM_PREFIX "xxh3-128:"
+#define CHECKSUM_HEX_DIGITS (2 * 16)
+#define CHECKSUM_MAX_HEX_DIGITS (2 * FADAM_CHECKSUM_MAX_BYTES)
 /* A JSON header longer than this is refused before it is read (safetensors' own limit). */
 #define HEADER_LIMIT ((uint64_t)100 << 20)
 #define MAX_DIMS 32
@@ -231,32 +233,14 @@ static void text_append_json(text_buffer *text, const char *string) {
     text_append(text, "\"", 1);
 }
 
-static void hash_framed(fadam_sha256 *hash, const char *name, uint64_t bytes) {
-    char length[24];
-    snprintf(length, sizeof length, "%llu", (unsigned long long)bytes);
-    fadam_sha256_update(hash, name, strlen(name) + 1);
-    fadam_sha256_update(hash, length, strlen(length) + 1);
-}
-
-/* Checksum part 1: every metadata key and value but "checksum", in key order, each NUL-terminated.
- * `items` holds key, value, key, value, ... sorted by key. */
-static void hash_metadata(fadam_sha256 *hash, char *const *items, size_t n_items) {
-    size_t i;
-    for (i = 0; i < n_items; i++) {
-        if (strcmp(items[2 * i], "checksum") == 0) continue;
-        fadam_sha256_update(hash, items[2 * i], strlen(items[2 * i]) + 1);
-        fadam_sha256_update(hash, items[2 * i + 1], strlen(items[2 * i + 1]) + 1);
-    }
-}
-
-static void digest_to_hex(const unsigned char digest[FADAM_SHA256_DIGEST_BYTES], char hex[CHECKSUM_HEX_DIGITS + 1]) {
+static void digest_to_hex(const unsigned char *digest, size_t bytes, char hex[CHECKSUM_MAX_HEX_DIGITS + 1]) {
     static const char digits[] = "0123456789abcdef";
-    int i;
-    for (i = 0; i < FADAM_SHA256_DIGEST_BYTES; i++) {
+    size_t i;
+    for (i = 0; i < bytes; i++) {
         hex[2 * i] = digits[digest[i] >> 4];
         hex[2 * i + 1] = digits[digest[i] & 15];
     }
-    hex[CHECKSUM_HEX_DIGITS] = '\0';
+    hex[2 * bytes] = '\0';
 }
 
 /* ---- save: the plan (entries in name order, metadata in key order, header text) ---- */
@@ -274,7 +258,7 @@ typedef struct save_plan {
     char **metadata; /* key, value, key, value, ... */
     size_t n_metadata, metadata_capacity;
     text_buffer header; /* JSON and padding */
-    size_t checksum_position; /* of the 64 hex digits inside the header */
+    size_t checksum_position; /* of the checksum's hex digits inside the header */
     size_t slack; /* spaces that make the header as long as with the widest values */
     uint64_t total_bytes;
     int out_of_memory;
@@ -564,21 +548,90 @@ static void end_staging(const fadam_optimizer *opt, unsigned char *staging, int 
     fadam_cuda_leave_device(opt->cuda_device, previous_device);
 }
 
-static fadam_status write_entry(const fadam_optimizer *opt, const save_entry *entry, sink *out, fadam_sha256 *hash,
-                                unsigned char *staging, cudaStream_t stream, const char *function) {
+/* One step of write_pipelined: hash the next piece (block 0) while writing the current one (block 1).
+ * The write only records errno: the caller, not a pool thread, reports it. */
+typedef struct save_step {
+    const unsigned char *hash_data;
+    size_t hash_bytes;
+    unsigned char digest[16];
+    int fd;
+    const unsigned char *write_from;
+    size_t write_bytes, written;
+    int write_errno;
+} save_step;
+
+static void save_block(void *context, int64_t block) {
+    save_step *step = (save_step *)context;
+    if (block == 0) {
+        if (step->hash_bytes) fadam_checksum_piece(step->hash_data, step->hash_bytes, step->digest);
+        return;
+    }
+    while (step->written < step->write_bytes) {
+        size_t left = step->write_bytes - step->written;
+        ssize_t n = write(step->fd, step->write_from + step->written, left > ((size_t)1 << 30) ? (size_t)1 << 30 : left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            step->write_errno = errno ? errno : EIO;
+            return;
+        }
+        step->written += (size_t)n;
+    }
+}
+
+/* Version 2, host state to a file: writing piece k while the pool hashes piece k+1 (pool NULL: one
+ * after the other); the digests go in in order. */
+static fadam_status write_pipelined(const unsigned char *state, uint64_t bytes, sink *out, fadam_checksum *hash,
+                                    fadam_cpu_pool *pool, const char *function) {
+    uint64_t done = 0;
+    unsigned char digest[16];
+    size_t first = bytes < FADAM_CHECKSUM_PIECE_BYTES ? (size_t)bytes : FADAM_CHECKSUM_PIECE_BYTES;
+    if (bytes == 0) return FADAM_SUCCESS;
+    fadam_checksum_piece(state, first, digest);
+    while (done < bytes) {
+        size_t piece = bytes - done < FADAM_CHECKSUM_PIECE_BYTES ? (size_t)(bytes - done) : FADAM_CHECKSUM_PIECE_BYTES;
+        uint64_t next = done + piece;
+        save_step step;
+        memset(&step, 0, sizeof step);
+        fadam_checksum_add_piece(hash, digest);
+        step.hash_data = state + next;
+        step.hash_bytes = bytes - next < FADAM_CHECKSUM_PIECE_BYTES ? (size_t)(bytes - next) : FADAM_CHECKSUM_PIECE_BYTES;
+        step.fd = out->fd;
+        step.write_from = state + done;
+        step.write_bytes = piece;
+        fadam_cpu_pool_run(pool, 2, save_block, &step);
+        out->position += step.written;
+        if (step.write_errno) {
+            errno = step.write_errno;
+            return io_fail(function, "writing", out->path);
+        }
+        memcpy(digest, step.digest, sizeof digest);
+        done = next;
+    }
+    return FADAM_SUCCESS;
+}
+
+static fadam_status write_entry(const fadam_optimizer *opt, const save_entry *entry, sink *out,
+                                fadam_checksum *hash, fadam_cpu_pool *pool, unsigned char *staging,
+                                cudaStream_t stream, const char *function) {
     const unsigned char *state = (const unsigned char *)state_pointer(entry->tensor, entry->kind);
+    /* Host state goes as one checksum piece per pool thread at a time, hashed at once (then written
+     * while still in cache); device state as one staging buffer, a piece too (PIECE_BYTES). */
+    size_t span = opt->device == FADAM_DEVICE_CUDA ? PIECE_BYTES
+                                                   : (size_t)fadam_cpu_pool_size(pool) * FADAM_CHECKSUM_PIECE_BYTES;
     uint64_t done;
     fadam_status status;
-    hash_framed(hash, entry->name, entry->bytes);
+    fadam_checksum_entry(hash, entry->name, entry->bytes);
+    if (opt->device != FADAM_DEVICE_CUDA && !out->memory && hash->version == 2)
+        return write_pipelined(state, entry->bytes, out, hash, pool, function);
     for (done = 0; done < entry->bytes;) {
-        size_t piece = entry->bytes - done < PIECE_BYTES ? (size_t)(entry->bytes - done) : PIECE_BYTES;
+        size_t piece = entry->bytes - done < span ? (size_t)(entry->bytes - done) : span;
         const unsigned char *host = state + done;
         if (opt->device == FADAM_DEVICE_CUDA) {
             FADAM_CUDA_CHECK(cudaMemcpyAsync(staging, state + done, piece, cudaMemcpyDeviceToHost, stream));
             FADAM_CUDA_CHECK(cudaStreamSynchronize(stream));
             host = staging;
         }
-        fadam_sha256_update(hash, host, piece);
+        fadam_checksum_data(hash, pool, host, piece);
         if ((status = sink_write(out, host, piece, function)) != FADAM_SUCCESS) return status;
         done += piece;
     }
@@ -587,24 +640,28 @@ static fadam_status write_entry(const fadam_optimizer *opt, const save_entry *en
 
 static fadam_status write_checkpoint(const fadam_optimizer *opt, const save_plan *plan, sink *out, fadam_stream stream,
                                      const char *function) {
-    unsigned char prefix[8], digest[FADAM_SHA256_DIGEST_BYTES], *staging = NULL;
-    char hex[CHECKSUM_HEX_DIGITS + 1];
-    fadam_sha256 hash;
+    unsigned char prefix[8], digest[FADAM_CHECKSUM_MAX_BYTES], *staging = NULL;
+    char hex[CHECKSUM_MAX_HEX_DIGITS + 1];
+    fadam_checksum hash;
+    fadam_cpu_pool *pool = NULL;
     fadam_status status = FADAM_SUCCESS;
     int previous_device = 0, i;
     size_t e;
     for (i = 0; i < 8; i++) prefix[i] = (unsigned char)((uint64_t)plan->header.length >> (8 * i));
     if ((status = sink_write(out, prefix, 8, function)) != FADAM_SUCCESS) return status;
     if ((status = sink_write(out, plan->header.data, plan->header.length, function)) != FADAM_SUCCESS) return status;
-    fadam_sha256_init(&hash);
-    hash_metadata(&hash, plan->metadata, plan->n_metadata);
+    fadam_checksum_init(&hash, FADAM_CHECKPOINT_FORMAT_VERSION);
+    fadam_checksum_metadata(&hash, plan->metadata, plan->n_metadata);
     if ((status = begin_staging(opt, &staging, &previous_device, function)) != FADAM_SUCCESS) return status;
+    /* The CPU device's threads hash pieces at once; a step running on them now leaves us the caller's. */
+    if (opt->device == FADAM_DEVICE_CPU && opt->cpu_pool && fadam_cpu_pool_acquire(opt->cpu_pool)) pool = opt->cpu_pool;
     for (e = 0; e < plan->n_entries && status == FADAM_SUCCESS; e++)
-        status = write_entry(opt, &plan->entries[e], out, &hash, staging, (cudaStream_t)stream, function);
+        status = write_entry(opt, &plan->entries[e], out, &hash, pool, staging, (cudaStream_t)stream, function);
+    if (pool) fadam_cpu_pool_release(pool);
     end_staging(opt, staging, previous_device);
     if (status != FADAM_SUCCESS) return status;
-    fadam_sha256_final(&hash, digest);
-    digest_to_hex(digest, hex);
+    fadam_checksum_final(&hash, digest);
+    digest_to_hex(digest, fadam_checksum_bytes(FADAM_CHECKPOINT_FORMAT_VERSION), hex);
     return sink_patch(out, 8 + (uint64_t)plan->checksum_position, hex, CHECKSUM_HEX_DIGITS, function);
 }
 
@@ -1054,8 +1111,11 @@ typedef struct source {
     const char *path;
     uint64_t size;        /* of the whole checkpoint */
     uint64_t data_offset; /* 8 + header length */
-    unsigned char *bounce; /* PIECE_BYTES of host memory for a file's pieces */
+    unsigned char *bounce; /* 2 x bounce_half(): host memory for a file's pieces */
 } source;
+
+/* Bytes of each half of a file's bounce buffer: a piece, or less for a smaller file. */
+static size_t bounce_half(const source *in) { return in->size < PIECE_BYTES ? (size_t)in->size + 1 : PIECE_BYTES; }
 
 /* Reads `count` bytes at `offset` of the checkpoint into `destination`. */
 static fadam_status source_read(const source *in, uint64_t offset, void *destination, size_t count, const char *function) {
@@ -1097,7 +1157,8 @@ typedef struct load_plan {
     load_entry **by_offset; /* entries sorted by begin */
     int64_t step;
     fadam_hparams groups[FADAM_MAX_GROUPS];
-    unsigned char checksum[FADAM_SHA256_DIGEST_BYTES];
+    int format_version; /* 1 (SHA-256) or 2 (XXH3-128 over pieces) */
+    unsigned char checksum[FADAM_CHECKSUM_MAX_BYTES];
     int64_t *entry_tensor; /* per by_name entry: the registered tensor */
     int *entry_kind;
     int has_fused;                /* the checkpoint holds the fused step's counters */
@@ -1324,28 +1385,33 @@ static fadam_status check_metadata(const fadam_optimizer *opt, load_plan *plan, 
     const char *value;
     int64_t number;
     fadam_status status;
-    int g, i;
+    int g;
     if (!parsed->has_metadata)
         return fadam_fail(FADAM_ERR_CORRUPT, "%s: the header has no __metadata__: not a fusedadam checkpoint", function);
     if ((status = require_metadata(parsed, "format", &value, function)) != FADAM_SUCCESS) return status;
     if (strcmp(value, FORMAT_NAME) != 0)
         return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ format is \"%.60s\", not \"" FORMAT_NAME "\"", function, value);
     if ((status = require_metadata(parsed, "format_version", &value, function)) != FADAM_SUCCESS) return status;
-    if (!parse_count(value, &number) || number != FADAM_CHECKPOINT_FORMAT_VERSION)
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: format_version \"%.40s\" is not one this library reads (%d)", function,
-                          value, FADAM_CHECKPOINT_FORMAT_VERSION);
+    /* Version 1 differs only in its checksum (SHA-256): still read. */
+    if (!parse_count(value, &number) || (number != 1 && number != FADAM_CHECKPOINT_FORMAT_VERSION))
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: format_version \"%.40s\" is not one this library reads (1 or %d)",
+                          function, value, FADAM_CHECKPOINT_FORMAT_VERSION);
+    plan->format_version = (int)number;
     if ((status = require_metadata(parsed, "checksum", &value, function)) != FADAM_SUCCESS) return status;
-    if (strlen(value) != strlen(CHECKSUM_PREFIX) + CHECKSUM_HEX_DIGITS ||
-        strncmp(value, CHECKSUM_PREFIX, strlen(CHECKSUM_PREFIX)) != 0)
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: checksum \"%.80s\" is not \"" CHECKSUM_PREFIX "\" and 64 hex digits",
-                          function, value);
-    for (i = 0; i < FADAM_SHA256_DIGEST_BYTES; i++) {
-        int high = hex_value(value[strlen(CHECKSUM_PREFIX) + 2 * (size_t)i]);
-        int low = hex_value(value[strlen(CHECKSUM_PREFIX) + 2 * (size_t)i + 1]);
-        if (high < 0 || low < 0)
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: checksum \"%.80s\" is not \"" CHECKSUM_PREFIX "\" and 64 hex digits",
-                              function, value);
-        plan->checksum[i] = (unsigned char)(high * 16 + low);
+    {
+        const char *prefix = fadam_checksum_prefix(plan->format_version);
+        size_t digest_bytes = fadam_checksum_bytes(plan->format_version), n;
+        if (strlen(value) != strlen(prefix) + 2 * digest_bytes || strncmp(value, prefix, strlen(prefix)) != 0)
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: checksum \"%.80s\" is not \"%s\" and %zu hex digits (format_version %d)",
+                              function, value, prefix, 2 * digest_bytes, plan->format_version);
+        for (n = 0; n < digest_bytes; n++) {
+            int high = hex_value(value[strlen(prefix) + 2 * n]);
+            int low = hex_value(value[strlen(prefix) + 2 * n + 1]);
+            if (high < 0 || low < 0)
+                return fadam_fail(FADAM_ERR_CORRUPT, "%s: checksum \"%.80s\" is not \"%s\" and %zu hex digits", function,
+                                  value, prefix, 2 * digest_bytes);
+            plan->checksum[n] = (unsigned char)(high * 16 + low);
+        }
     }
     if ((status = require_metadata(parsed, "step", &value, function)) != FADAM_SUCCESS) return status;
     /* INT64_MAX is refused too: the next step would overflow. */
@@ -1501,36 +1567,135 @@ static fadam_status match_tensors(load_plan *plan, const fadam_optimizer *opt, c
     return FADAM_SUCCESS;
 }
 
-/* Streams through the data in name order and compares the SHA-256 with the recorded one. */
-static fadam_status verify_checksum(load_plan *plan, const source *in, const char *function) {
-    unsigned char digest[FADAM_SHA256_DIGEST_BYTES];
-    char expected[CHECKSUM_HEX_DIGITS + 1], computed[CHECKSUM_HEX_DIGITS + 1];
-    fadam_sha256 hash;
+/* One step of verify_pipelined: hash the current piece (block 0) while reading the next (block 1).
+ * The read only records errno: the caller, not a pool thread, reports it. */
+typedef struct pipeline_step {
+    const unsigned char *hash_data;
+    size_t hash_bytes;
+    unsigned char digest[16];
+    int fd;
+    unsigned char *read_into;
+    uint64_t read_offset;
+    size_t read_bytes;
+    int read_errno, read_short;
+} pipeline_step;
+
+static void pipeline_block(void *context, int64_t block) {
+    pipeline_step *step = (pipeline_step *)context;
+    if (block == 0) {
+        fadam_checksum_piece(step->hash_data, step->hash_bytes, step->digest);
+        return;
+    }
+    while (step->read_bytes) {
+        ssize_t got = pread(step->fd, step->read_into, step->read_bytes, (off_t)step->read_offset);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) step->read_errno = errno ? errno : EIO;
+        if (got == 0) step->read_short = 1;
+        if (got <= 0) return;
+        step->read_into += got, step->read_bytes -= (size_t)got, step->read_offset += (uint64_t)got;
+    }
+}
+
+/* The next piece of the data in name order after (entry *e, offset *done): 0 when none is left. */
+static int next_piece(const load_plan *plan, size_t *e, uint64_t *done, uint64_t *offset, size_t *bytes) {
+    while (*e < plan->parsed.n_entries && *done >= plan->by_name[*e]->end - plan->by_name[*e]->begin) (*e)++, *done = 0;
+    if (*e == plan->parsed.n_entries) return 0;
+    {
+        uint64_t left = plan->by_name[*e]->end - plan->by_name[*e]->begin - *done;
+        *offset = plan->by_name[*e]->begin + *done;
+        *bytes = left < PIECE_BYTES ? (size_t)left : PIECE_BYTES;
+        *done += *bytes;
+    }
+    return 1;
+}
+
+/* Version 2 from a file: reading piece k+1 and hashing piece k at once on the pool (pool NULL: one
+ * after the other), through the two halves of the bounce buffer; the digests go in in order. */
+static fadam_status verify_pipelined(const load_plan *plan, const source *in, fadam_cpu_pool *pool, fadam_checksum *hash,
+                                     const char *function) {
+    size_t half = bounce_half(in), e = 0, framed = 0, current_entry = 0, current_bytes = 0, next_bytes = 0;
+    uint64_t done = 0, current_offset = 0, next_offset = 0;
+    int have_current, have_next, which = 0;
     fadam_status status;
+    FADAM_STATIC_ASSERT(PIECE_BYTES == FADAM_CHECKSUM_PIECE_BYTES, "a bounce half holds one checksum piece");
+    have_current = next_piece(plan, &e, &done, &current_offset, &current_bytes);
+    current_entry = e;
+    if (have_current &&
+        (status = source_read(in, in->data_offset + current_offset, in->bounce, current_bytes, function)) != FADAM_SUCCESS)
+        return status;
+    while (have_current) {
+        pipeline_step step;
+        size_t next_entry;
+        memset(&step, 0, sizeof step);
+        have_next = next_piece(plan, &e, &done, &next_offset, &next_bytes);
+        next_entry = e;
+        step.hash_data = in->bounce + (size_t)which * half;
+        step.hash_bytes = current_bytes;
+        step.fd = in->fd;
+        if (have_next) {
+            step.read_into = in->bounce + (size_t)(1 - which) * half;
+            step.read_offset = in->data_offset + next_offset;
+            step.read_bytes = next_bytes;
+        }
+        fadam_cpu_pool_run(pool, have_next ? 2 : 1, pipeline_block, &step);
+        if (step.read_errno) {
+            errno = step.read_errno;
+            return io_fail(function, "reading", in->path);
+        }
+        if (step.read_short)
+            return fadam_fail(FADAM_ERR_IO, "%s: '%.300s' became shorter while it was read", function, in->path);
+        for (; framed <= current_entry; framed++)
+            fadam_checksum_entry(hash, plan->by_name[framed]->name, plan->by_name[framed]->end - plan->by_name[framed]->begin);
+        fadam_checksum_add_piece(hash, step.digest);
+        have_current = have_next, current_entry = next_entry, current_bytes = next_bytes, which = 1 - which;
+    }
+    for (; framed < plan->parsed.n_entries; framed++)
+        fadam_checksum_entry(hash, plan->by_name[framed]->name, plan->by_name[framed]->end - plan->by_name[framed]->begin);
+    return FADAM_SUCCESS;
+}
+
+/* Streams through the data in name order and compares the checksum of the file's format_version with
+ * the recorded one. Data in memory goes a pool's worth of pieces at a time (hashed at once); a file's
+ * through the bounce buffer, one piece at a time. */
+static fadam_status verify_checksum(load_plan *plan, const source *in, const fadam_optimizer *opt, const char *function) {
+    unsigned char digest[FADAM_CHECKSUM_MAX_BYTES];
+    char expected[CHECKSUM_MAX_HEX_DIGITS + 1], computed[CHECKSUM_MAX_HEX_DIGITS + 1];
+    size_t digest_bytes = fadam_checksum_bytes(plan->format_version), span;
+    fadam_checksum hash;
+    fadam_cpu_pool *pool = NULL;
+    fadam_status status = FADAM_SUCCESS;
     size_t i;
-    fadam_sha256_init(&hash);
-    hash_metadata(&hash, plan->parsed.metadata, plan->parsed.n_metadata);
-    for (i = 0; i < plan->parsed.n_entries; i++) {
-        const load_entry *entry = plan->by_name[i];
-        uint64_t done, bytes = entry->end - entry->begin;
-        hash_framed(&hash, entry->name, bytes);
-        for (done = 0; done < bytes;) {
-            size_t piece = bytes - done < PIECE_BYTES ? (size_t)(bytes - done) : PIECE_BYTES;
-            const unsigned char *view;
-            if ((status = source_view(in, in->data_offset + entry->begin + done, piece, &view, function)) != FADAM_SUCCESS)
-                return status;
-            fadam_sha256_update(&hash, view, piece);
-            done += piece;
+    if (opt->device == FADAM_DEVICE_CPU && opt->cpu_pool && fadam_cpu_pool_acquire(opt->cpu_pool)) pool = opt->cpu_pool;
+    span = in->memory ? (size_t)fadam_cpu_pool_size(pool) * FADAM_CHECKSUM_PIECE_BYTES : PIECE_BYTES;
+    fadam_checksum_init(&hash, plan->format_version);
+    fadam_checksum_metadata(&hash, plan->parsed.metadata, plan->parsed.n_metadata);
+    if (!in->memory && plan->format_version == 2) {
+        status = verify_pipelined(plan, in, pool, &hash, function);
+    } else {
+        for (i = 0; i < plan->parsed.n_entries && status == FADAM_SUCCESS; i++) {
+            const load_entry *entry = plan->by_name[i];
+            uint64_t done, bytes = entry->end - entry->begin;
+            fadam_checksum_entry(&hash, entry->name, bytes);
+            for (done = 0; done < bytes && status == FADAM_SUCCESS;) {
+                size_t piece = bytes - done < span ? (size_t)(bytes - done) : span;
+                const unsigned char *view;
+                status = source_view(in, in->data_offset + entry->begin + done, piece, &view, function);
+                if (status == FADAM_SUCCESS) fadam_checksum_data(&hash, pool, view, piece);
+                done += piece;
+            }
         }
     }
-    fadam_sha256_final(&hash, digest);
-    if (memcmp(digest, plan->checksum, sizeof digest) != 0) {
+    if (pool) fadam_cpu_pool_release(pool);
+    if (status != FADAM_SUCCESS) return status;
+    fadam_checksum_final(&hash, digest);
+    if (memcmp(digest, plan->checksum, digest_bytes) != 0) {
 #if !defined(FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION)
-        digest_to_hex(plan->checksum, expected);
-        digest_to_hex(digest, computed);
+        const char *prefix = fadam_checksum_prefix(plan->format_version);
+        digest_to_hex(plan->checksum, digest_bytes, expected);
+        digest_to_hex(digest, digest_bytes, computed);
         return fadam_fail(FADAM_ERR_CORRUPT, "%s: checksum mismatch: the data or metadata changed after the checkpoint "
-                                             "was written (recorded sha256:%.16s..., computed sha256:%.16s...)",
-                          function, expected, computed);
+                                             "was written (recorded %s%.16s..., computed %s%.16s...)",
+                          function, prefix, expected, prefix, computed);
 #else
         (void)expected, (void)computed; /* the fuzzer explores what lies behind the checksum */
 #endif
@@ -1657,7 +1822,7 @@ static fadam_status load_checkpoint(fadam_optimizer *opt, source *in, fadam_stre
     load_plan plan;
     fadam_status status = read_checked_plan(opt, in, &plan, &header_copy, function);
     if (status == FADAM_SUCCESS) status = match_tensors(&plan, opt, function);
-    if (status == FADAM_SUCCESS) status = verify_checksum(&plan, in, function);
+    if (status == FADAM_SUCCESS) status = verify_checksum(&plan, in, opt, function);
     /* Everything checked: from here on the optimizer changes. */
     if (status == FADAM_SUCCESS) status = commit_state(opt, &plan, in, (cudaStream_t)stream, function);
     if (status == FADAM_SUCCESS) {
@@ -1710,7 +1875,8 @@ static fadam_status load_from_file(fadam_optimizer *opt, const char *path, fadam
     }
     in.size = (uint64_t)file_status.st_size;
     /* No piece is longer than the file: a small checkpoint needs no 8 MB. */
-    in.bounce = (unsigned char *)malloc(in.size < PIECE_BYTES ? (size_t)in.size + 1 : PIECE_BYTES);
+    /* Two halves: the checksum reads one piece while it hashes the other (verify_pipelined). */
+    in.bounce = (unsigned char *)malloc(2 * bounce_half(&in));
     if (!in.bounce) {
         close(in.fd);
         return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for reading", function);
@@ -1813,7 +1979,7 @@ static fadam_status read_shard_file(const fadam_optimizer *opt, const char *path
     f->in.path = path;
     f->in.size = disk.size;
     if ((status = read_checked_plan(opt, &f->in, &f->plan, &f->header_copy, function)) != FADAM_SUCCESS ||
-        (status = verify_checksum(&f->plan, &f->in, function)) != FADAM_SUCCESS)
+        (status = verify_checksum(&f->plan, &f->in, opt, function)) != FADAM_SUCCESS)
         return status;
     f->rank = 0;
     f->count = 1;

@@ -1,6 +1,6 @@
 /* reference.c - the CPU implementation of the update: what the tests compare the kernels to, and the
  * CPU device of the managed optimizer. Written to be read first: one element at a time, in exactly
- * the order of ../shared/NUMERICS.md. Build it with -ffp-contract=off so no multiply-add is fused. */
+ * the order of docs/NUMERICS.md. Build it with -ffp-contract=off so no multiply-add is fused. */
 #include <math.h>
 #include <string.h>
 

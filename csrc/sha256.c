@@ -1,5 +1,6 @@
-/* sha256.c - SHA-256 as FIPS 180-4 defines it: 64-byte blocks, 64 rounds, big-endian words. Used to
- * checksum checkpoints. Plain C does about 200 MB/s on one core; x86 CPUs with the SHA extensions
+/* sha256.c - SHA-256 as FIPS 180-4 defines it: 64-byte blocks, 64 rounds, big-endian words. Kept only
+ * to verify checkpoints of format_version 1 (fadam_save writes version 2, checksummed with XXH3 from
+ * libxxhash, checksum.c). Plain C does about 200 MB/s on one core; x86 CPUs with the SHA extensions
  * (cpuid leaf 7, EBX bit 29) run the same rounds in hardware, several times faster. */
 #include <stdatomic.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* sha256.h - SHA-256 (FIPS 180-4), streaming, for the checkpoint checksum; not installed. */
+/* sha256.h - SHA-256 (FIPS 180-4), streaming: verifies format_version 1 checkpoints only; not installed. */
 #ifndef FADAM_SHA256_H
 #define FADAM_SHA256_H
 

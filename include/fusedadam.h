@@ -481,13 +481,14 @@ FADAM_API int fadam_cuda_device_count(void);
  * all params). The __metadata__ block (string values) holds format "fusedadam.optimizer",
  * format_version, step, n_groups, every group's hyperparameters (group.G.lr, ...), each tensor's
  * NAME.param_dtype and NAME.group, the fused step's counters (fused.step, fused.loss_scale, ...)
- * when it is configured, and checksum "sha256:<hex>" over the metadata and the data (README.md
- * gives the exact definition).
+ * when it is configured, and checksum "xxh3-128:<32 hex digits>" over the metadata and the data
+ * (README.md gives the exact definition). Format version 2; version 1 files (checksum
+ * "sha256:<64 hex digits>", otherwise the same) still load.
  *
  * These are not per-step calls: they synchronize `stream`. Device state is copied in bounded pieces
  * through a small pinned buffer on `stream`, after the work already queued on it.
  * ------------------------------------------------------------------------------------------- */
-#define FADAM_CHECKPOINT_FORMAT_VERSION 1
+#define FADAM_CHECKPOINT_FORMAT_VERSION 2
 
 /* Writes the optimizer's step, hyperparameters and state to `path`, replacing any file there
  * atomically: at every moment, also across a crash of the process or the machine, `path` is either

@@ -1,6 +1,6 @@
 /* adam_step.cu - one fused Adam/AdamW step over every tensor of a model, in one launch.
  *
- * Computes, per element (../shared/NUMERICS.md, the same order as csrc/reference.c):
+ * Computes, per element (docs/NUMERICS.md, the same order as csrc/reference.c):
  *   g = float(grad) * grad_scale (1/loss_scale * clip coefficient, 1 in a plain step); if maximize g = -g
  *   ADAM_L2: g += wd*p            ADAMW: p *= 1 - lr*wd
  *   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g

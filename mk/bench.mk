@@ -62,8 +62,20 @@ BENCH_HOST_OBJECTS := $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(LIB_C_SOURCES))
 $(BENCH_BUILD)/emul_bench: bench/emul_bench.cpp bench/adam_step_bench.cu $(BENCH_HEADERS) $(BENCH_HOST_OBJECTS) \
                            $(KERNEL_SOURCES) $(HEADERS) tests/emul/cuda_emul.h
 	@mkdir -p $(@D)
-	$(CXX) $(EMUL_CXXFLAGS) $(foreach k,$(KERNEL_SOURCES),-include $(k)) -Ibench $< -o $@ $(BENCH_HOST_OBJECTS) -lm -lpthread
+	$(CXX) $(EMUL_CXXFLAGS) $(foreach k,$(KERNEL_SOURCES),-include $(k)) -Ibench $< -o $@ $(BENCH_HOST_OBJECTS) $(XXHASH_LIBS) -lm -lpthread
 
 .PHONY: bench-emul
 bench-emul: $(BENCH_BUILD)/emul_bench
 	./$(BENCH_BUILD)/emul_bench --divisor=4096 --quick --seconds=0 --sets=gpt2-124M,llama3-8B,one-2^30 $(BENCH_GPU_ARGS)
+
+# make bench-checkpoint: fadam_save / fadam_load of a 1 GiB state on the CPU device against plain
+# write+fsync and read of the same size on the same disk (bench/checkpoint_bench.c says how).
+# CHECKPOINT_BENCH_ARGS: --gib=G --rounds=R --dir=DIR.
+CHECKPOINT_BENCH_ARGS ?=
+$(BENCH_BUILD)/checkpoint_bench: bench/checkpoint_bench.c $(STATIC_LIB) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
+
+.PHONY: bench-checkpoint
+bench-checkpoint: $(BENCH_BUILD)/checkpoint_bench
+	./$(BENCH_BUILD)/checkpoint_bench $(CHECKPOINT_BENCH_ARGS)

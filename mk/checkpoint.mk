@@ -7,7 +7,7 @@
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 20
 FUZZ_BINARY := $(BUILD)/fuzz_checkpoint_load
-FUZZ_FLAGS := -std=c11 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+FUZZ_FLAGS := $(XXHASH_CFLAGS) -std=c11 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -DFADAM_NO_NVTX -Iinclude -Ikernels -Icsrc -Itests/fuzz \
               -I$(CUDA_INC)
 # The host code is rebuilt sanitized; the kernels' objects (no host logic of ours) link as they are.

@@ -1,7 +1,7 @@
 # Core tests: the reference against float64, the kernel source emulated on the CPU, the public API's
 # error paths (under ASan/UBSan), the managed optimizer, and the same cases on a GPU when present.
 TEST_BIN := $(BUILD)/tests
-TEST_HEADERS := tests/check.h tests/dtype_values.h
+TEST_HEADERS := tests/check.h tests/dtype_values.h tests/checksum_v2.h
 TEST_CFLAGS := $(CFLAGS_COMMON) -Itests -Wno-unused-function
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 

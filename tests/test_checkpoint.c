@@ -785,8 +785,12 @@ static void bad_file_corpus(uint64_t seed) {
     }
     expect_refused(&c, "metadata_wrong_format", replace_in_header(&good, "\"fusedadam.optimizer\"", "\"other.optimizer\""),
                    FADAM_ERR_CORRUPT, "format is \"other.optimizer\"");
-    expect_refused(&c, "metadata_unknown_version", replace_in_header(&good, "\"format_version\":\"1\"", "\"format_version\":\"2\""),
-                   FADAM_ERR_CORRUPT, "format_version \"2\" is not one this library reads (1)");
+    expect_refused(&c, "metadata_unknown_version", replace_in_header(&good, "\"format_version\":\"2\"", "\"format_version\":\"3\""),
+                   FADAM_ERR_CORRUPT, "format_version \"3\" is not one this library reads (1 or 2)");
+    /* A version 1 file carries a SHA-256: a version 2 checksum under version 1 is malformed. */
+    expect_refused(&c, "metadata_version_1_with_xxh3_checksum",
+                   replace_in_header(&good, "\"format_version\":\"2\"", "\"format_version\":\"1\""), FADAM_ERR_CORRUPT,
+                   "is not \"sha256:\" and 64 hex digits (format_version 1)");
     expect_refused(&c, "metadata_missing_step", replace_in_header(&good, "\"step\":", "\"steps\":"), FADAM_ERR_CORRUPT,
                    "__metadata__ has no \"step\"");
     expect_refused(&c, "metadata_step_not_a_number", replace_in_header(&good, "\"step\":\"3\"", "\"step\":\"3x\""),
@@ -795,8 +799,8 @@ static void bad_file_corpus(uint64_t seed) {
                    FADAM_ERR_CORRUPT, "step \"-3\"");
     expect_refused(&c, "metadata_step_overflows", replace_in_header(&good, "\"step\":\"3\"", "\"step\":\"9223372036854775808\""),
                    FADAM_ERR_CORRUPT, "step \"9223372036854775808\"");
-    expect_refused(&c, "metadata_bad_checksum_text", replace_in_header(&good, "\"checksum\":\"sha256:", "\"checksum\":\"md5:xx"),
-                   FADAM_ERR_CORRUPT, "64 hex digits");
+    expect_refused(&c, "metadata_bad_checksum_text", replace_in_header(&good, "\"checksum\":\"xxh3-128:", "\"checksum\":\"md5:xx"),
+                   FADAM_ERR_CORRUPT, "32 hex digits");
     expect_refused(&c, "metadata_lr_not_a_number", replace_in_header(&good, "\"group.0.lr\":\"", "\"group.0.lr\":\"x"),
                    FADAM_ERR_CORRUPT, "not a finite number");
     expect_refused(&c, "metadata_beta_out_of_range", replace_in_header(&good, "\"group.1.beta1\":\"", "\"group.1.beta1\":\"1"),
@@ -829,11 +833,11 @@ static void bad_file_corpus(uint64_t seed) {
     expect_refused(&c, "added_metadata_key", replace_in_header(&good, "\"format\":", "\"note\":\"hi\",\"format\":"),
                    FADAM_ERR_CORRUPT, "checksum mismatch");
     {
-        char *digits = strstr(text, "sha256:");
+        char *digits = strstr(text, "xxh3-128:");
         if (digits) {
-            snprintf(find, sizeof find, "%.71s", digits);
+            snprintf(find, sizeof find, "%.41s", digits);
             snprintf(replacement, sizeof replacement, "%s", find);
-            replacement[7] = replacement[7] == 'a' ? 'b' : 'a';
+            replacement[9] = replacement[9] == 'a' ? 'b' : 'a';
         }
         expect_refused(&c, "flipped_checksum", digits ? replace_in_header(&good, find, replacement) : (blob){NULL, 0},
                        FADAM_ERR_CORRUPT, "checksum mismatch");
@@ -1447,6 +1451,59 @@ static void test_fuzz_seeds(void) {
     check_case_end("fuzz_seed_corpus_loads");
 }
 
+/* Bytes of fadam_save_bytes of `opt` (malloc'd; NULL on failure). */
+static blob saved_bytes(fadam_optimizer *opt) {
+    blob b = {NULL, 0};
+    if (fadam_save_bytes(opt, &b.size, NULL, 0, NULL) != FADAM_SUCCESS || !(b.bytes = (unsigned char *)malloc(b.size)))
+        return b;
+    if (fadam_save_bytes(opt, &b.size, b.bytes, b.size, NULL) != FADAM_SUCCESS) {
+        free(b.bytes);
+        b.bytes = NULL;
+    }
+    return b;
+}
+
+/* tests/data/format_v1_step3.safetensors is the fuzz model at step 3 as format_version 1 wrote it
+ * (SHA-256 checksum): it still loads, into the same state as the version 2 seed of that step, and its
+ * checksum is still checked (one data bit flipped: refused). */
+static void test_format_v1(void) {
+    blob v1 = read_file("tests/data/format_v1_step3.safetensors");
+    blob v2 = read_file("tests/fuzz/corpus/step3.safetensors");
+    fadam_optimizer *a = fuzz_model_create(), *b = fuzz_model_create();
+    check_case_begin();
+    if (!v1.bytes || !v2.bytes) {
+        check_skip("format_v1_file_loads_as_v2", "run from the repository root to find tests/data");
+    } else {
+        CHECK(a && b, "fuzz model: %s", fadam_last_error_message());
+        CHECK(strstr((const char *)v1.bytes + 8, "\"format_version\":\"1\"") &&
+                  strstr((const char *)v1.bytes + 8, "\"checksum\":\"sha256:"),
+              "tests/data/format_v1_step3.safetensors is not a version 1 file");
+        if (a && b) {
+            blob from_v1, from_v2;
+            CHECK(fadam_load_bytes(a, v1.bytes, v1.size, NULL) == FADAM_SUCCESS, "version 1: %s", fadam_last_error_message());
+            CHECK(fadam_load_bytes(b, v2.bytes, v2.size, NULL) == FADAM_SUCCESS, "version 2: %s", fadam_last_error_message());
+            from_v1 = saved_bytes(a);
+            from_v2 = saved_bytes(b);
+            CHECK(from_v1.bytes && from_v2.bytes && from_v1.size == from_v2.size &&
+                      memcmp(from_v1.bytes, from_v2.bytes, from_v1.size) == 0,
+                  "the state loaded from version 1 differs from version 2's (re-saved: %zu vs %zu bytes)", from_v1.size,
+                  from_v2.size);
+            free(from_v1.bytes);
+            free(from_v2.bytes);
+            v1.bytes[v1.size - 1] ^= 0x10; /* the last data byte */
+            CHECK(fadam_load_bytes(a, v1.bytes, v1.size, NULL) == FADAM_ERR_CORRUPT &&
+                      strstr(fadam_last_error_message(), "checksum mismatch") &&
+                      strstr(fadam_last_error_message(), "sha256:"),
+                  "a version 1 file with a flipped bit: %s", fadam_last_error_message());
+        }
+        check_case_end("format_v1_file_loads_as_v2");
+    }
+    fadam_destroy(a);
+    fadam_destroy(b);
+    free(v1.bytes);
+    free(v2.bytes);
+}
+
 static int write_corpus(const char *directory) {
     fadam_optimizer *opt = fuzz_model_create();
     int steps[2] = {0, 3}, i;
@@ -1468,7 +1525,7 @@ static int write_corpus(const char *directory) {
 /* ---- Python's safetensors ---- */
 
 static const char *python_check =
-    "import hashlib, sys\n"
+    "import ctypes, ctypes.util, sys\n"
     "import numpy as np\n"
     "from safetensors import safe_open\n"
     "from safetensors.numpy import load_file, save_file\n"
@@ -1477,19 +1534,29 @@ static const char *python_check =
     "with safe_open(path, framework='numpy') as f:\n"
     "    meta = f.metadata()\n"
     "assert meta['format'] == 'fusedadam.optimizer', meta.get('format')\n"
-    "assert meta['format_version'] == '1'\n"
+    "assert meta['format_version'] == '2'\n"
     "assert meta['step'] == step, (meta['step'], step)\n"
     "assert len(tensors) == count, (len(tensors), count)\n"
     "assert all(t.dtype == np.float32 and t.ndim == 1 for t in tensors.values())\n"
-    "# The checksum as README.md defines it, recomputed from what Python read.\n"
-    "h = hashlib.sha256()\n"
+    "# The checksum as README.md defines it, recomputed from what Python read, with libxxhash's\n"
+    "# XXH3_128bits through ctypes (its canonical form: high 64 bits, then low, big-endian).\n"
+    "class H128(ctypes.Structure):\n"
+    "    _fields_ = [('low', ctypes.c_uint64), ('high', ctypes.c_uint64)]\n"
+    "xxh = ctypes.CDLL(ctypes.util.find_library('xxhash') or 'libxxhash.so.0')\n"
+    "xxh.XXH3_128bits.restype = H128\n"
+    "xxh.XXH3_128bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]\n"
+    "def xxh3(b):\n"
+    "    h = xxh.XXH3_128bits(b, len(b))\n"
+    "    return h.high.to_bytes(8, 'big') + h.low.to_bytes(8, 'big')\n"
+    "stream = b''\n"
     "for k in sorted(meta):\n"
     "    if k != 'checksum':\n"
-    "        h.update(k.encode() + b'\\0' + meta[k].encode() + b'\\0')\n"
+    "        stream += k.encode() + b'\\0' + meta[k].encode() + b'\\0'\n"
     "for k in sorted(tensors):\n"
     "    b = np.ascontiguousarray(tensors[k], dtype='<f4').tobytes()\n"
-    "    h.update(k.encode() + b'\\0' + str(len(b)).encode() + b'\\0' + b)\n"
-    "assert meta['checksum'] == 'sha256:' + h.hexdigest(), 'checksum differs'\n"
+    "    stream += k.encode() + b'\\0' + str(len(b)).encode() + b'\\0'\n"
+    "    stream += b''.join(xxh3(b[i:i + (8 << 20)]) for i in range(0, len(b), 8 << 20))\n"
+    "assert meta['checksum'] == 'xxh3-128:' + xxh3(stream).hex(), 'checksum differs'\n"
     "if len(sys.argv) > 4:\n"
     "    save_file(dict(reversed(list(tensors.items()))), sys.argv[4], metadata=meta)\n";
 
@@ -1583,6 +1650,7 @@ int main(int argc, char **argv) {
     test_sizes(seed + 120);
     bad_file_corpus(seed + 130);
     test_fuzz_seeds();
+    test_format_v1();
     test_python(seed + 140);
     rmdir(temp_dir);
     return check_exit_code();

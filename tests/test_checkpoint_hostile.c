@@ -17,7 +17,7 @@
 
 #include "check.h"
 #include "fusedadam.h"
-#include "sha256.h"
+#include "checksum_v2.h"
 
 /* checkpoint.c's limit on the JSON header (safetensors' own is 100 MB too). */
 #define HEADER_LIMIT_BYTES ((size_t)100 << 20)
@@ -274,39 +274,40 @@ static int compare_entries(const void *a, const void *b) {
     return strcmp((*(const entry *const *)a)->name, (*(const entry *const *)b)->name);
 }
 
-/* README.md's checksum: metadata but "checksum" in key order, then each entry in name order (name,
- * byte count, bytes), every string NUL-terminated. Ranges outside the data hash no bytes. */
-static void checksum_of(const pieces *p, char hex[65]) {
+/* README.md's checksum (version 2): metadata but "checksum" in key order, then each entry in name order (name,
+ * byte count, its pieces' digests), every string NUL-terminated. Ranges outside the data hash no bytes. */
+static void checksum_of(const pieces *p, char hex[TEST_CHECKSUM_HEX + 1]) {
     const pair *pairs[96];
     const entry *entries[3 * N_TENSORS];
-    unsigned char digest[FADAM_SHA256_DIGEST_BYTES];
-    fadam_sha256 hash;
+    test_checksum hash;
     int i;
-    fadam_sha256_init(&hash);
+    test_checksum_init(&hash);
     for (i = 0; i < p->n_meta; i++) pairs[i] = &p->meta[i];
     for (i = 0; i < p->n_entries; i++) entries[i] = &p->entries[i];
     qsort(pairs, (size_t)p->n_meta, sizeof pairs[0], compare_pairs);
     qsort(entries, (size_t)p->n_entries, sizeof entries[0], compare_entries);
     for (i = 0; i < p->n_meta; i++) {
         if (strcmp(pairs[i]->key, "checksum") == 0) continue;
-        fadam_sha256_update(&hash, pairs[i]->key, strlen(pairs[i]->key) + 1);
-        fadam_sha256_update(&hash, pairs[i]->value, strlen(pairs[i]->value) + 1);
+        test_checksum_string(&hash, pairs[i]->key);
+        test_checksum_string(&hash, pairs[i]->value);
     }
     for (i = 0; i < p->n_entries; i++) {
         const entry *e = entries[i];
-        char count[24];
-        snprintf(count, sizeof count, "%llu", e->end - e->begin);
-        fadam_sha256_update(&hash, e->name, strlen(e->name) + 1);
-        fadam_sha256_update(&hash, count, strlen(count) + 1);
-        if (e->begin <= e->end && e->end <= p->data_size) fadam_sha256_update(&hash, p->data + e->begin, e->end - e->begin);
+        if (e->begin <= e->end && e->end <= p->data_size) {
+            test_checksum_entry(&hash, e->name, p->data + e->begin, (size_t)(e->end - e->begin));
+        } else { /* the framing with the claimed count, no bytes */
+            char count[24];
+            snprintf(count, sizeof count, "%llu", e->end - e->begin);
+            test_checksum_string(&hash, e->name);
+            test_checksum_string(&hash, count);
+        }
     }
-    fadam_sha256_final(&hash, digest);
-    for (i = 0; i < FADAM_SHA256_DIGEST_BYTES; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+    test_checksum_hex(&hash, hex);
 }
 
 /* The header's JSON (malloc'd), with the checksum of what it holds. */
 static char *header_json(const pieces *p) {
-    char hex[65], *text = NULL;
+    char hex[TEST_CHECKSUM_HEX + 1], *text = NULL;
     size_t size = 0;
     FILE *out = open_memstream(&text, &size);
     int i;
@@ -317,7 +318,7 @@ static char *header_json(const pieces *p) {
         const char *value = strcmp(p->meta[i].key, "checksum") == 0 ? NULL : p->meta[i].value;
         fprintf(out, "%s\"%s\":", i ? "," : "", p->meta[i].key);
         if (value) fprintf(out, "\"%s\"", value);
-        else fprintf(out, "\"sha256:%s\"", hex);
+        else fprintf(out, "\"" TEST_CHECKSUM_PREFIX "%s\"", hex);
     }
     fputs("}", out);
     for (i = 0; i < p->n_entries; i++) {

@@ -10,7 +10,7 @@
 #include "check.h"
 #include "checkpoint_blob.h"
 #include "fusedadam.h"
-#include "sha256.h"
+#include "checksum_v2.h"
 
 static uint64_t rng;
 
@@ -118,8 +118,8 @@ static int resign(blob *b) {
     const char *p;
     pair pairs[64];
     data_entry entries[16];
-    unsigned char digest[FADAM_SHA256_DIGEST_BYTES];
-    fadam_sha256 hash;
+    char hex[TEST_CHECKSUM_HEX + 1];
+    test_checksum hash;
     int ok = 0;
     memcpy(text, b->bytes + 8, length);
     text[length] = '\0';
@@ -143,26 +143,18 @@ static int resign(blob *b) {
     }
     qsort(pairs, n_pairs, sizeof *pairs, compare_pairs);
     qsort(entries, n_entries, sizeof *entries, compare_entries);
-    fadam_sha256_init(&hash);
+    test_checksum_init(&hash);
     for (i = 0; i < n_pairs; i++) {
         if (strcmp(pairs[i].key, "checksum") == 0) continue;
-        fadam_sha256_update(&hash, pairs[i].key, strlen(pairs[i].key) + 1);
-        fadam_sha256_update(&hash, pairs[i].value, strlen(pairs[i].value) + 1);
+        test_checksum_string(&hash, pairs[i].key);
+        test_checksum_string(&hash, pairs[i].value);
     }
-    for (i = 0; i < n_entries; i++) {
-        char count[24];
-        snprintf(count, sizeof count, "%llu", entries[i].end - entries[i].begin);
-        fadam_sha256_update(&hash, entries[i].name, strlen(entries[i].name) + 1);
-        fadam_sha256_update(&hash, count, strlen(count) + 1);
-        fadam_sha256_update(&hash, b->bytes + 8 + length + entries[i].begin, (size_t)(entries[i].end - entries[i].begin));
-    }
-    fadam_sha256_final(&hash, digest);
-    if (!(checksum = strstr(text, "\"checksum\":\"sha256:"))) goto done;
-    for (i = 0; i < FADAM_SHA256_DIGEST_BYTES; i++) {
-        static const char digits[] = "0123456789abcdef";
-        b->bytes[8 + (size_t)(checksum - text) + 19 + 2 * i] = (unsigned char)digits[digest[i] >> 4];
-        b->bytes[8 + (size_t)(checksum - text) + 19 + 2 * i + 1] = (unsigned char)digits[digest[i] & 15];
-    }
+    for (i = 0; i < n_entries; i++)
+        test_checksum_entry(&hash, entries[i].name, b->bytes + 8 + length + entries[i].begin,
+                            (size_t)(entries[i].end - entries[i].begin));
+    test_checksum_hex(&hash, hex);
+    if (!(checksum = strstr(text, "\"checksum\":\"" TEST_CHECKSUM_PREFIX))) goto done;
+    memcpy(b->bytes + 8 + (size_t)(checksum - text) + strlen("\"checksum\":\"" TEST_CHECKSUM_PREFIX), hex, TEST_CHECKSUM_HEX);
     ok = 1;
 done:
     free(text);

@@ -38,3 +38,21 @@ if [ -z "$missing" ]; then
 else
     echo "FAIL kernel_files_state_bytes_per_element:$missing"
 fi
+
+# The contract lives in docs/ (a clone has no steering repo beside it): no tracked file may point
+# outside the repository at it. The pattern is written escaped so this file does not match itself.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    outside=$(git grep -lE '\.\./shared' -- . 2>/dev/null)
+else
+    outside=$(grep -rlE '\.\./shared' --exclude-dir=.git --exclude-dir=build . 2>/dev/null)
+fi
+if [ -z "$outside" ]; then
+    echo "ok no_file_refers_to_shared_outside_repo"
+else
+    echo "FAIL no_file_refers_to_shared_outside_repo: $(echo "$outside" | head -5 | tr '\n' ' ')"
+fi
+if [ -f docs/NUMERICS.md ]; then
+    echo "ok contract_in_docs"
+else
+    echo "FAIL contract_in_docs: docs/NUMERICS.md missing"
+fi
