@@ -40,12 +40,16 @@ LIB_OBJECTS := $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(LIB_C_SOURCES)) \
 HEADERS := $(wildcard include/*.h csrc/*.h kernels/*.h kernels/*.cuh)
 # The checkpoint checksum is XXH3 from libxxhash (Debian/Ubuntu: apt-get install libxxhash-dev), found
 # by pkg-config; every program that links the library's objects links it too (through LIBS_CUDA).
+# XXHASH_CFLAGS and XXHASH_LIBS given (no pkg-config; bench/gpu_session.sh's carried copy) are used as
+# they are.
+ifndef XXHASH_LIBS
 ifeq ($(filter-out clean,$(MAKECMDGOALS))$(if $(MAKECMDGOALS),,all),)
 else ifneq ($(shell pkg-config --exists libxxhash 2>/dev/null && echo found),found)
-$(error libxxhash not found by pkg-config (checkpoint checksums need it): install libxxhash-dev (apt-get install -y libxxhash-dev pkg-config), or set PKG_CONFIG_PATH to its libxxhash.pc)
+$(error libxxhash not found by pkg-config (checkpoint checksums need it): install libxxhash-dev (apt-get install -y libxxhash-dev pkg-config), set PKG_CONFIG_PATH to its libxxhash.pc, or set XXHASH_CFLAGS and XXHASH_LIBS)
 endif
 XXHASH_CFLAGS := $(shell pkg-config --cflags libxxhash 2>/dev/null)
 XXHASH_LIBS := $(shell pkg-config --libs libxxhash 2>/dev/null)
+endif
 LIBS_CUDA := -L$(CUDA_LIB) -Wl,-rpath,$(CUDA_LIB) -lcudart $(XXHASH_LIBS) -lm -lpthread
 
 STATIC_LIB := $(BUILD)/libfusedadam.a

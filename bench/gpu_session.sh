@@ -13,7 +13,10 @@
 # GPU_SESSION_OUT) as at most 8 files: summary.txt, logs.tar.gz, RESULTS.md (the whole file with the
 # new section) and results-section.md. Commit the RESULTS.md section with the device and commit it names.
 # The GPU machine has its own PyTorch and no network: FADAM_TORCH_PYTHON makes the build and the tests
-# use that interpreter instead of creating .venv.
+# use that interpreter instead of creating .venv. libxxhash (the checkpoint checksum) may be missing
+# there: first run `bash bench/gpu_session.sh prepare` on a machine with Debian's package archive; it
+# downloads libxxhash-dev's .deb into .gpu-deps/ (git-ignored), which the device call must carry
+# (device tool: carry [".gpu-deps"]); `all` then unpacks it under build/deps and links it statically.
 set -uo pipefail
 self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
@@ -65,10 +68,40 @@ pack_results() {
     return 0
 }
 
+# libxxhash from the carried .deb when the machine lacks it: headers and the static library only.
+use_carried_xxhash() {
+    local deps=$PWD/build/deps deb
+    pkg-config --exists libxxhash 2>/dev/null && return 0
+    deb=$(ls .gpu-deps/libxxhash-dev_*.deb 2>/dev/null | head -1)
+    if [ -z "$deb" ]; then
+        echo "libxxhash is not installed here and no .gpu-deps/libxxhash-dev_*.deb was carried" \
+             "(run 'bash bench/gpu_session.sh prepare' where apt works, and carry .gpu-deps)" >&2
+        return 1
+    fi
+    rm -rf "$deps" && mkdir -p "$deps/pkgconfig" && dpkg -x "$deb" "$deps" || return 1
+    rm -f "$deps"/usr/lib/*/libxxhash.so # the shared object is in another package: link the .a
+    local libdir
+    libdir=$(dirname "$(ls "$deps"/usr/lib/*/libxxhash.a | head -1)")
+    printf 'Name: libxxhash\nDescription: xxHash (carried .deb)\nVersion: 0.8\nLibs: -L%s -lxxhash\nCflags: -I%s\n' \
+        "$libdir" "$deps/usr/include" >"$deps/pkgconfig/libxxhash.pc"
+    export PKG_CONFIG_PATH=$deps/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+    export XXHASH_CFLAGS="-I$deps/usr/include" XXHASH_LIBS="-L$libdir -lxxhash"
+    export LIBRARY_PATH=$libdir${LIBRARY_PATH:+:$LIBRARY_PATH} # setup.py's -lxxhash
+    echo "libxxhash: carried $(basename "$deb"), unpacked under $deps"
+}
+
 case "$stage" in
+prepare) # on the development machine, before the device call
+    mkdir -p .gpu-deps && cd .gpu-deps || exit 1
+    rm -f libxxhash-dev_*.deb
+    apt-get download libxxhash-dev >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get download libxxhash-dev; } || exit 1
+    ls -l "$PWD"/libxxhash-dev_*.deb
+    echo "now call the device tool with carry [\".gpu-deps\"] and: bash bench/gpu_session.sh all"
+    ;;
 all)
     started=$(date +%s)
     describe_device
+    use_carried_xxhash || { pack_results; exit 1; }
     : >"$logs/summary.txt"
     note() { echo "$*" | tee -a "$logs/summary.txt"; }
     # The library, every test program, the torch extension and the bench programs, in parallel.
@@ -107,6 +140,7 @@ all)
     ;;
 tests)
     describe_device
+    use_carried_xxhash || exit 1
     make -j"$jobs" all >"$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
     make regs 2>&1 | tee "$logs/regs.log"
     make test 2>&1 | tee "$logs/test.log"
@@ -117,6 +151,7 @@ tests)
 sanitize | sanitize-built) # sanitize-built: the programs are already built (the `all` stage)
     if [ "$stage" = sanitize ]; then
         describe_device
+        use_carried_xxhash || exit 1
         make -j"$jobs" $sanitize_tests >"$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
     fi
     run_sanitizers
@@ -126,12 +161,13 @@ sanitize | sanitize-built) # sanitize-built: the programs are already built (the
     ;;
 bench)
     describe_device
+    use_carried_xxhash || exit 1
     device=$(head -1 "$logs/device.txt" | cut -d, -f1)
     make bench-record BENCH_MACHINE="$device (GPU lease)" 2>&1 | tee "$logs/bench.log"
     pack_results
     ;;
 *)
-    echo "usage: $0 all|tests|sanitize|bench" >&2
+    echo "usage: $0 prepare|all|tests|sanitize|bench" >&2
     exit 2
     ;;
 esac

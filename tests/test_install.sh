@@ -16,7 +16,7 @@ done
 so=$(readlink "$prefix/lib/libfusedadam.so")
 [ -n "$missing" ] && echo "FAIL install_into_prefix: missing$missing" || echo "ok install_into_prefix (libfusedadam.so -> $so)"
 
-export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" # keeps a libxxhash.pc found there
 if ! command -v pkg-config >/dev/null; then
     echo "skip build_with_pkg_config: pkg-config is not installed (apt-get install pkg-config)"; exit 0
 fi
