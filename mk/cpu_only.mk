@@ -25,9 +25,9 @@ $(CPU_ONLY_LIB): $(CPU_ONLY_OBJECTS)
 	@rm -f $@
 	ar rcs $@ $^
 
-# Linked with the CPU-only library alone: no -lcudart, no C++ runtime.
+# Linked with the CPU-only library and libxxhash alone: no -lcudart, no C++ runtime.
 $(CPU_ONLY_BUILD)/test_cpu_only: tests/test_cpu_only.c $(TEST_HEADERS) $(CPU_ONLY_LIB)
-	$(CC) $(CPU_ONLY_CFLAGS) -Itests -Wno-unused-function $< -o $@ $(CPU_ONLY_LIB) -lm -lpthread
+	$(CC) $(CPU_ONLY_CFLAGS) -Itests -Wno-unused-function $< -o $@ $(CPU_ONLY_LIB) $(XXHASH_LIBS) -lm -lpthread
 
 TEST_PROGRAMS += $(CPU_ONLY_LIB) $(CPU_ONLY_BUILD)/test_cpu_only
 TEST_RUN += tests/test_cpu_only.sh
