@@ -62,12 +62,12 @@ if ! has_pinned_torch "$target"; then
 fi
 if ! has_pinned_hf "$target"; then
     echo "# installing transformers==$transformers_version accelerate==$accelerate_version into $target (once)"
-    # Not fatal: without them only test_hf.py's cases skip, and say why.
-    if ! "$target/bin/python" -m pip install --quiet --progress-bar off \
+    # Not fatal: without them only test_hf.py's cases skip, and say why. torch named: never moved by them.
+    if ! "$target/bin/python" -m pip install --quiet --progress-bar off "torch==$torch_version" "numpy<3" \
         "transformers==$transformers_version" "accelerate==$accelerate_version" ||
         ! has_pinned_hf "$target"; then
-        echo "setup_venv.sh: warning: transformers/accelerate not installed into $target;" \
-            "tests/torch/test_hf.py will skip (run tests/torch/setup_venv.sh again to retry)" >&2
+        echo "setup_venv.sh: warning: the pinned transformers/accelerate not installed into $target;" \
+            "tests/torch/test_hf.py skips where they cannot be imported (run tests/torch/setup_venv.sh again to retry)" >&2
     fi
 fi
 if [ "$target" != "$venv" ]; then ln -sfn "$target" "$venv"; fi
