@@ -6,6 +6,7 @@
 
 #include "check.h"
 #include "fusedadam.h"
+#include "dtype_values.h"
 #include "internal.h"
 
 static uint64_t rng;
@@ -22,31 +23,8 @@ static float special_or_normal(double scale) {
 static void fill(fadam_dtype dtype, void *base, int64_t n, double scale) {
     int64_t i;
     for (i = 0; i < n; i++) {
-        float x = special_or_normal(scale);
-        if (dtype == FADAM_FLOAT32) ((float *)base)[i] = x;
-        else if (dtype == FADAM_BFLOAT16) ((uint16_t *)base)[i] = fadam_float_to_bf16_bits(x);
-        else ((uint16_t *)base)[i] = fadam_float_to_fp16_bits(x);
+        store_as(dtype, base, i, special_or_normal(scale));
     }
-}
-
-/* Bitwise, except that any NaN equals any NaN (payloads are not part of the contract). */
-static int same_floats(const float *a, const float *b, int64_t n) {
-    int64_t i;
-    for (i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], 4) != 0 && !(isnan(a[i]) && isnan(b[i]))) return 0;
-    return 1;
-}
-
-static int same_params(fadam_dtype dtype, const void *a, const void *b, int64_t n) {
-    int64_t i;
-    if (dtype == FADAM_FLOAT32) return same_floats((const float *)a, (const float *)b, n);
-    for (i = 0; i < n; i++) {
-        uint16_t x = ((const uint16_t *)a)[i], y = ((const uint16_t *)b)[i];
-        float fx = dtype == FADAM_BFLOAT16 ? fadam_bf16_bits_to_float(x) : fadam_fp16_bits_to_float(x);
-        float fy = dtype == FADAM_BFLOAT16 ? fadam_bf16_bits_to_float(y) : fadam_fp16_bits_to_float(y);
-        if (x != y && !(isnan(fx) && isnan(fy))) return 0;
-    }
-    return 1;
 }
 
 int main(void) {

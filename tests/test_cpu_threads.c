@@ -112,24 +112,6 @@ static void free_model(model *m, int owns_grads) {
     free(m->t);
 }
 
-/* Bitwise, any NaN equal to any NaN (payloads are not part of the contract). */
-static int same_floats(const float *a, const float *b, int64_t n) {
-    int64_t i;
-    for (i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], 4) != 0 && !(isnan(a[i]) && isnan(b[i]))) return 0;
-    return 1;
-}
-
-static int same_params(fadam_dtype dtype, const void *a, const void *b, int64_t n) {
-    int64_t i;
-    if (dtype == FADAM_FLOAT32) return same_floats((const float *)a, (const float *)b, n);
-    for (i = 0; i < n; i++) {
-        uint16_t x = ((const uint16_t *)a)[i], y = ((const uint16_t *)b)[i];
-        if (x != y && !(isnan(load_as(dtype, a, i)) && isnan(load_as(dtype, b, i)))) return 0;
-    }
-    return 1;
-}
-
 /* The first tensor of `got` that differs from `want`, or -1. */
 static int64_t first_difference(const model *got, const model *want) {
     int64_t i;
