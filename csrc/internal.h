@@ -23,7 +23,15 @@ fadam_status fadam_fail(fadam_status status, const char *format, ...)
 #endif
     ;
 
-/* Clears the detail message; every public entry point calls it first. */
+/* fadam_fail for a failure about one tensor: `tensor` is its index (caller's array or registration
+ * order), which fadam_last_error_tensor() reports; fadam_fail reports -1. */
+fadam_status fadam_fail_tensor(int64_t tensor, fadam_status status, const char *format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Clears the detail message and the failed tensor; every public entry point calls it first. */
 void fadam_clear_error(void);
 
 #define FADAM_REQUIRE_NOT_NULL(pointer, function)                                                   \

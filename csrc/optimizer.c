@@ -172,11 +172,11 @@ fadam_status fadam_add_tensor(fadam_optimizer *opt, const char *name, void *para
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_add_tensor");
     if ((status = require_not_finalized(opt, "fadam_add_tensor")) != FADAM_SUCCESS) return status;
     if (name && (name[0] == '\0' || strlen(name) > FADAM_MAX_NAME_LENGTH))
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_add_tensor: tensor %lld: a name must have 1 to %d bytes",
+        return fadam_fail_tensor(opt->n_tensors, FADAM_ERR_INVALID_VALUE, "fadam_add_tensor: tensor %lld: a name must have 1 to %d bytes",
                           (long long)opt->n_tensors, FADAM_MAX_NAME_LENGTH);
     /* Checked here, not at the first save hours later: checkpoints are safetensors, whose header is UTF-8. */
     if (name && !fadam_utf8_valid(name, &bad_byte))
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_add_tensor: tensor %lld: the name is not valid UTF-8 (byte %zu "
+        return fadam_fail_tensor(opt->n_tensors, FADAM_ERR_INVALID_VALUE, "fadam_add_tensor: tensor %lld: the name is not valid UTF-8 (byte %zu "
                                                    "of %zu, 0x%02x, starts no valid sequence); checkpoints store names "
                                                    "in a UTF-8 safetensors header",
                           (long long)opt->n_tensors, bad_byte, strlen(name), (unsigned)(unsigned char)name[bad_byte]);
@@ -225,7 +225,11 @@ static fadam_status check_unique_names(const fadam_optimizer *opt) {
     qsort(sorted, (size_t)opt->n_tensors, sizeof *sorted, compare_names);
     for (i = 1; i < opt->n_tensors; i++) {
         if (strcmp(sorted[i], sorted[i - 1]) == 0) {
-            status = fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_finalize: two tensors are named '%s'", sorted[i]);
+            int64_t first = 0, second;
+            while (strcmp(opt->names[first], sorted[i]) != 0) first++;
+            for (second = first + 1; strcmp(opt->names[second], sorted[i]) != 0; second++) continue;
+            status = fadam_fail_tensor(second, FADAM_ERR_INVALID_VALUE, "fadam_finalize: two tensors are named '%s'",
+                                       sorted[i]);
             break;
         }
     }

@@ -46,7 +46,7 @@ fadam_status fadam_add_tensor_shard(fadam_optimizer *opt, const char *name, void
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_add_tensor_shard");
     if (numel < 0 || offset < 0 || full_numel < 0 || offset > full_numel || numel > full_numel - offset)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE,
+        return fadam_fail_tensor(opt->n_tensors, FADAM_ERR_INVALID_VALUE,
                           "fadam_add_tensor_shard: tensor %lld: the slice [%lld, %lld + %lld) must lie in [0, "
                           "full_numel=%lld)",
                           (long long)opt->n_tensors, (long long)offset, (long long)offset, (long long)numel,

@@ -11,18 +11,36 @@
 #endif
 
 static FADAM_THREAD_LOCAL char last_error_message[512];
+/* -1 (not about one tensor) unless fadam_fail_tensor set it; thread-local data starts at 0, so it is
+ * kept as the index plus one. */
+static FADAM_THREAD_LOCAL int64_t last_error_tensor_plus_one;
 
 fadam_status fadam_fail(fadam_status status, const char *format, ...) {
     va_list args;
     va_start(args, format);
     vsnprintf(last_error_message, sizeof last_error_message, format, args);
     va_end(args);
+    last_error_tensor_plus_one = 0;
     return status;
 }
 
-void fadam_clear_error(void) { last_error_message[0] = '\0'; }
+fadam_status fadam_fail_tensor(int64_t tensor, fadam_status status, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(last_error_message, sizeof last_error_message, format, args);
+    va_end(args);
+    last_error_tensor_plus_one = tensor < 0 ? 0 : tensor + 1;
+    return status;
+}
+
+void fadam_clear_error(void) {
+    last_error_message[0] = '\0';
+    last_error_tensor_plus_one = 0;
+}
 
 const char *fadam_last_error_message(void) { return last_error_message; }
+
+int64_t fadam_last_error_tensor(void) { return last_error_tensor_plus_one - 1; }
 
 const char *fadam_status_string(fadam_status status) {
     switch (status) {

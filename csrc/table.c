@@ -121,7 +121,8 @@ static fadam_status check_no_overlap(const fadam_tensor *tensors, int64_t n_tens
     qsort(spans, (size_t)n_spans, sizeof(buffer_span), compare_spans);
     for (i = 1; i < n_spans; i++) {
         if (spans[i].begin < spans[i - 1].end) {
-            fadam_status status = fadam_fail(FADAM_ERR_OVERLAP, "%s: tensor %lld %s overlaps tensor %lld %s", function,
+            int64_t later = spans[i].tensor > spans[i - 1].tensor ? spans[i].tensor : spans[i - 1].tensor;
+            fadam_status status = fadam_fail_tensor(later, FADAM_ERR_OVERLAP, "%s: tensor %lld %s overlaps tensor %lld %s", function,
                                              (long long)spans[i].tensor, spans[i].what,
                                              (long long)spans[i - 1].tensor, spans[i - 1].what);
             free(spans);
@@ -140,36 +141,36 @@ fadam_status fadam_check_tensor(const fadam_tensor *t, int64_t index, int n_grou
     size_t param_bytes = fadam_dtype_size(t->param_dtype), grad_bytes = fadam_dtype_size(t->grad_dtype);
     long long i = (long long)index;
     if (!is_known_dtype(t->param_dtype))
-        return fadam_fail(FADAM_ERR_UNSUPPORTED_DTYPE, "%s: tensor %lld: param_dtype=%d is not a fadam_dtype", function,
+        return fadam_fail_tensor(index, FADAM_ERR_UNSUPPORTED_DTYPE, "%s: tensor %lld: param_dtype=%d is not a fadam_dtype", function,
                           i, (int)t->param_dtype);
     if (!is_known_dtype(t->grad_dtype))
-        return fadam_fail(FADAM_ERR_UNSUPPORTED_DTYPE, "%s: tensor %lld: grad_dtype=%d is not a fadam_dtype", function,
+        return fadam_fail_tensor(index, FADAM_ERR_UNSUPPORTED_DTYPE, "%s: tensor %lld: grad_dtype=%d is not a fadam_dtype", function,
                           i, (int)t->grad_dtype);
     if (t->numel < 0 || t->numel > FADAM_MAX_NUMEL)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: numel=%lld must be in [0, 2^60]", function, i,
+        return fadam_fail_tensor(index, FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: numel=%lld must be in [0, 2^60]", function, i,
                           (long long)t->numel);
     if (t->group < 0 || t->group >= n_groups)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: group=%d must be in [0, %d)", function, i, t->group,
+        return fadam_fail_tensor(index, FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: group=%d must be in [0, %d)", function, i, t->group,
                           n_groups);
     if (t->param_dtype == FADAM_FLOAT32 && t->master != NULL)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: an fp32 param is its own master; master must be NULL",
+        return fadam_fail_tensor(index, FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: an fp32 param is its own master; master must be NULL",
                           function, i);
     if (t->numel == 0) return FADAM_SUCCESS; /* an empty tensor's pointers are never touched */
-    if (!t->param) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: param is NULL", function, i);
-    if (!t->grad) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: grad is NULL", function, i);
+    if (!t->param) return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: param is NULL", function, i);
+    if (!t->grad) return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: grad is NULL", function, i);
     if ((uintptr_t)t->param % param_bytes)
-        return fadam_fail(FADAM_ERR_MISALIGNED, "%s: tensor %lld: param %p is not %zu-byte aligned", function, i,
+        return fadam_fail_tensor(index, FADAM_ERR_MISALIGNED, "%s: tensor %lld: param %p is not %zu-byte aligned", function, i,
                           t->param, param_bytes);
     if ((uintptr_t)t->grad % grad_bytes)
-        return fadam_fail(FADAM_ERR_MISALIGNED, "%s: tensor %lld: grad %p is not %zu-byte aligned", function, i,
+        return fadam_fail_tensor(index, FADAM_ERR_MISALIGNED, "%s: tensor %lld: grad %p is not %zu-byte aligned", function, i,
                           (const void *)t->grad, grad_bytes);
     if (t->param == (const void *)t->grad)
-        return fadam_fail(FADAM_ERR_OVERLAP, "%s: tensor %lld: param and grad are the same buffer", function, i);
+        return fadam_fail_tensor(index, FADAM_ERR_OVERLAP, "%s: tensor %lld: param and grad are the same buffer", function, i);
     if (!state_given) return FADAM_SUCCESS;
-    if (!t->exp_avg) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: exp_avg is NULL", function, i);
-    if (!t->exp_avg_sq) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: exp_avg_sq is NULL", function, i);
+    if (!t->exp_avg) return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: exp_avg is NULL", function, i);
+    if (!t->exp_avg_sq) return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: exp_avg_sq is NULL", function, i);
     if ((uintptr_t)t->master % 4 || (uintptr_t)t->exp_avg % 4 || (uintptr_t)t->exp_avg_sq % 4)
-        return fadam_fail(FADAM_ERR_MISALIGNED, "%s: tensor %lld: master/exp_avg/exp_avg_sq must be 4-byte aligned",
+        return fadam_fail_tensor(index, FADAM_ERR_MISALIGNED, "%s: tensor %lld: master/exp_avg/exp_avg_sq must be 4-byte aligned",
                           function, i);
     return FADAM_SUCCESS;
 }

@@ -82,6 +82,14 @@ FADAM_API const char *fadam_status_string(fadam_status status);
  * fusedadam call on this thread. */
 FADAM_API const char *fadam_last_error_message(void);
 
+/* Which tensor the last failed call on this thread was about: its index in the caller's tensor array
+ * (fadam_table_*, fadam_cpu_step*, fadam_step_table*) or in registration order (fadam_add_tensor*,
+ * fadam_finalize and the managed optimizer's calls), or -1 when that failure was not about one tensor
+ * (a hyperparameter, a CUDA call, memory) or no call has failed. For two overlapping tensors it is
+ * the later one. Lets a binding name the culprit without reading the message. Valid until the next
+ * fusedadam call on this thread. */
+FADAM_API int64_t fadam_last_error_tensor(void);
+
 /* Library version as "major.minor.patch". */
 FADAM_API const char *fadam_version_string(void);
 
