@@ -4,9 +4,8 @@
 ALLOC_FAILURE_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free,--wrap=aligned_alloc \
                       -Wl,--wrap=posix_memalign,--wrap=strdup,--wrap=strndup
 
-$(TEST_BIN)/test_alloc_failure: tests/test_alloc_failure.c $(TEST_HEADERS) $(ASAN_OBJECTS)
-	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) $(SANITIZE) $< -o $@ $(ASAN_OBJECTS) $(ALLOC_FAILURE_WRAP) $(LIBS_CUDA) -lstdc++
+ASAN_TESTS += test_alloc_failure
+TEST_LDFLAGS_test_alloc_failure := $(ALLOC_FAILURE_WRAP)
 
 TEST_PROGRAMS += $(TEST_BIN)/test_alloc_failure
 TEST_RUN += $(TEST_BIN)/test_alloc_failure

@@ -5,9 +5,20 @@ TEST_HEADERS := tests/check.h tests/dtype_values.h tests/checksum_v2.h
 TEST_CFLAGS := $(CFLAGS_COMMON) -Itests -Wno-unused-function
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-$(TEST_BIN)/test_reference: tests/test_reference.c $(TEST_HEADERS) $(STATIC_LIB)
+# Every plain C test program: $(TEST_BIN)/test_NAME from tests/test_NAME.c, linked with the static
+# library. A fragment (mk/*.mk) adds the program to TEST_PROGRAMS and TEST_RUN and declares only
+# its exceptions, all read when the rule runs (so after every fragment):
+#   ASAN_TESTS += test_NAME             linked with the ASan/UBSan build of the host code instead
+#   TEST_DEPS_test_NAME := a.h b.h      more prerequisites (headers it includes beyond TEST_HEADERS)
+#   TEST_LDFLAGS_test_NAME := -Wl,...   more link flags (e.g. --wrap)
+# C++ (emulated) tests and programs linked with another library keep rules of their own.
+ASAN_TESTS :=
+test_objects = $(if $(filter $(1),$(ASAN_TESTS)),$(ASAN_OBJECTS),$(STATIC_LIB))
+.SECONDEXPANSION:
+$(TEST_BIN)/test_%: tests/test_%.c $(TEST_HEADERS) $$(call test_objects,test_$$*) $$(TEST_DEPS_test_$$*)
 	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
+	$(CC) $(TEST_CFLAGS) $(if $(filter test_$*,$(ASAN_TESTS)),$(SANITIZE)) $< -o $@ \
+	    $(call test_objects,test_$*) $(TEST_LDFLAGS_test_$*) $(LIBS_CUDA) -lstdc++
 
 TEST_PROGRAMS += $(TEST_BIN)/test_reference
 TEST_RUN += $(TEST_BIN)/test_reference
@@ -18,11 +29,10 @@ ASAN_OBJECTS := $(patsubst csrc/%.c,$(BUILD)/asan/%.o,$(LIB_C_SOURCES)) \
 $(BUILD)/asan/%.o: csrc/%.c $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_COMMON) $(SANITIZE) -c $< -o $@
+# Named only by the test programs' pattern rule: not intermediate files, kept between builds.
+.SECONDARY: $(ASAN_OBJECTS)
 
-$(TEST_BIN)/test_api_errors: tests/test_api_errors.c $(TEST_HEADERS) $(ASAN_OBJECTS)
-	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) $(SANITIZE) $< -o $@ $(ASAN_OBJECTS) $(LIBS_CUDA) -lstdc++
-
+ASAN_TESTS += test_api_errors
 TEST_PROGRAMS += $(TEST_BIN)/test_api_errors
 TEST_RUN += $(TEST_BIN)/test_api_errors
 
@@ -48,10 +58,6 @@ $(TEST_BIN)/test_kernel_emulated: tests/test_kernel_emulated.cpp tests/emul/cuda
 TEST_PROGRAMS += $(TEST_BIN)/test_emul $(TEST_BIN)/test_kernel_emulated
 TEST_RUN += $(TEST_BIN)/test_emul $(TEST_BIN)/test_kernel_emulated
 
-$(TEST_BIN)/test_managed: tests/test_managed.c $(TEST_HEADERS) $(STATIC_LIB)
-	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
-
 TEST_PROGRAMS += $(TEST_BIN)/test_managed
 TEST_RUN += $(TEST_BIN)/test_managed
 
@@ -66,16 +72,8 @@ $(TEST_BIN)/test_fused_step: tests/test_fused_step.cpp tests/emul/cuda_emul.h $(
 TEST_PROGRAMS += $(TEST_BIN)/test_fused_step
 TEST_RUN += $(TEST_BIN)/test_fused_step
 
-$(TEST_BIN)/test_fused_managed: tests/test_fused_managed.c $(TEST_HEADERS) $(STATIC_LIB)
-	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
-
 TEST_PROGRAMS += $(TEST_BIN)/test_fused_managed
 TEST_RUN += $(TEST_BIN)/test_fused_managed
-
-$(TEST_BIN)/test_cpu_fast: tests/test_cpu_fast.c $(TEST_HEADERS) $(STATIC_LIB)
-	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
 
 TEST_PROGRAMS += $(TEST_BIN)/test_cpu_fast
 TEST_RUN += $(TEST_BIN)/test_cpu_fast

@@ -1,8 +1,6 @@
 # Issue 13: data parallelism (ZeRO-1) on the CPU device, ranks as threads, the all-reduce as a barrier
 # and a sum; under ASan/UBSan like test_api_errors.
-$(TEST_BIN)/test_zero: tests/test_zero.c $(TEST_HEADERS) $(ASAN_OBJECTS)
-	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) $(SANITIZE) $< -o $@ $(ASAN_OBJECTS) $(LIBS_CUDA) -lstdc++
+ASAN_TESTS += test_zero
 
 TEST_PROGRAMS += $(TEST_BIN)/test_zero
 TEST_RUN += $(TEST_BIN)/test_zero
@@ -17,18 +15,12 @@ TEST_PROGRAMS += $(TEST_BIN)/test_split_kernel
 TEST_RUN += $(TEST_BIN)/test_split_kernel
 
 # The split step on a GPU (graph capture, two ranks on one device); "skip" without one.
-$(TEST_BIN)/test_zero_gpu: tests/test_zero_gpu.c $(TEST_HEADERS) $(STATIC_LIB)
-	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
-
 TEST_PROGRAMS += $(TEST_BIN)/test_zero_gpu
 TEST_RUN += $(TEST_BIN)/test_zero_gpu
 
 # Every host allocation of the sharded calls failing in turn (ASan/UBSan/LSan, allocations wrapped).
-$(TEST_BIN)/test_zero_alloc: tests/test_zero_alloc.c $(TEST_HEADERS) $(ASAN_OBJECTS)
-	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) $(SANITIZE) $< -o $@ $(ASAN_OBJECTS) \
-	    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=aligned_alloc $(LIBS_CUDA) -lstdc++
+ASAN_TESTS += test_zero_alloc
+TEST_LDFLAGS_test_zero_alloc := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=aligned_alloc
 
 TEST_PROGRAMS += $(TEST_BIN)/test_zero_alloc
 TEST_RUN += $(TEST_BIN)/test_zero_alloc
