@@ -132,7 +132,6 @@ static void fill_norm_args(const fadam_optimizer *opt, fadam_norm_kernel_args *n
 
 static fadam_status launch_update(const fadam_optimizer *opt, cudaStream_t stream) {
     fadam_step_kernel_args args;
-    cudaError_t error;
     memset(&args, 0, sizeof args);
     args.table = (const fadam_table_header *)opt->device_table;
     args.state = opt->fused_state;
@@ -140,8 +139,7 @@ static fadam_status launch_update(const fadam_optimizer *opt, cudaStream_t strea
     args.step = 1; /* unused: the state's step wins */
     args.n_groups = opt->n_groups;
     memcpy(args.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
-    error = fadam_launch_adam_step(&args, opt->grid_blocks, FADAM_BLOCK_THREADS, stream);
-    if (error != cudaSuccess) return fadam_cuda_fail(error, "adam_step_kernel launch", __FILE__, __LINE__);
+    FADAM_CUDA_CHECK(fadam_launch_adam_step(&args, opt->grid_blocks, FADAM_BLOCK_THREADS, stream));
     return FADAM_SUCCESS;
 }
 
@@ -172,15 +170,13 @@ static fadam_status fused_cpu(fadam_optimizer *opt, fused_part part, const char 
 
 static fadam_status fused_cuda(fadam_optimizer *opt, fused_part part, cudaStream_t stream) {
     fadam_norm_kernel_args norm;
-    cudaError_t error;
     fill_norm_args(opt, &norm);
     if (part != FUSED_WHOLE) norm.reduce_buffer = reduce_buffer(opt);
     if (part == FUSED_END) {
-        if ((error = fadam_launch_fused_decide(&norm, stream)) != cudaSuccess)
-            return fadam_cuda_fail(error, "fused_decide_kernel launch", __FILE__, __LINE__);
+        FADAM_CUDA_CHECK(fadam_launch_fused_decide(&norm, stream));
     } else {
-        error = fadam_launch_grad_norm(&norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS, stream);
-        if (error != cudaSuccess) return fadam_cuda_fail(error, "grad_norm_kernel launch", __FILE__, __LINE__);
+        FADAM_CUDA_CHECK(
+            fadam_launch_grad_norm(&norm, opt->grid_blocks > 0 ? opt->grid_blocks : 1, FADAM_BLOCK_THREADS, stream));
     }
     return part == FUSED_BEGIN ? FADAM_SUCCESS : launch_update(opt, stream);
 }
@@ -261,9 +257,8 @@ fadam_status fadam_read_step_counters(const fadam_optimizer *opt, fadam_step_cou
         return FADAM_SUCCESS;
     }
     if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
-    if (cudaMemcpyAsync(host_out, &opt->fused_state->counters, sizeof *host_out, cudaMemcpyDeviceToHost,
-                        (cudaStream_t)stream) != cudaSuccess)
-        status = fadam_cuda_fail(cudaGetLastError(), "cudaMemcpyAsync(counters)", __FILE__, __LINE__);
+    status = FADAM_CUDA_STATUS(cudaMemcpyAsync(host_out, &opt->fused_state->counters, sizeof *host_out,
+                                               cudaMemcpyDeviceToHost, (cudaStream_t)stream));
     fadam_cuda_leave_device(opt->cuda_device, previous_device);
     return status;
 }

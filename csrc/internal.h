@@ -40,17 +40,28 @@ void fadam_clear_error(void);
             return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: argument '%s' is NULL", function, #pointer); \
     } while (0)
 
-/* ---- CUDA (cuda_runtime.c): every CUDA call of the host code goes through here ---- */
+/* ---- CUDA (cuda_runtime_calls.c): every CUDA call of the host code goes through here ---- */
 
 /* Records a failed CUDA call ("cudaMalloc(...) failed: out of memory (cudaErrorMemoryAllocation)
  * at csrc/x.c:12") and returns FADAM_ERR_CUDA, or FADAM_ERR_OUT_OF_MEMORY for allocation errors. */
 fadam_status fadam_cuda_fail(int cuda_error, const char *call, const char *file, int line);
 
+/* FADAM_SUCCESS for cudaSuccess (0), else fadam_cuda_fail's status and message. */
+static inline fadam_status fadam_cuda_status(int cuda_error, const char *call, const char *file, int line) {
+    return cuda_error == 0 ? FADAM_SUCCESS : fadam_cuda_fail(cuda_error, call, file, line);
+}
+
+/* The one way a CUDA runtime call (or a kernel launcher, which returns its cudaError_t) is checked:
+ * an expression whose value is the call's fadam_status, its message naming the call and the line,
+ * for a caller that has to clean up before returning. Teardown calls whose failure must not replace
+ * the error being reported are cast to (void) instead. */
+#define FADAM_CUDA_STATUS(call) fadam_cuda_status((int)(call), #call, __FILE__, __LINE__)
+
+/* FADAM_CUDA_STATUS, returning from the calling function on failure. */
 #define FADAM_CUDA_CHECK(call)                                                       \
     do {                                                                             \
-        int fadam_cuda_error_ = (int)(call);                                         \
-        if (fadam_cuda_error_ != 0)                                                  \
-            return fadam_cuda_fail(fadam_cuda_error_, #call, __FILE__, __LINE__);    \
+        fadam_status fadam_cuda_status_ = FADAM_CUDA_STATUS(call);                   \
+        if (fadam_cuda_status_ != FADAM_SUCCESS) return fadam_cuda_status_;          \
     } while (0)
 
 /* Makes `device` current, remembering the caller's, and puts it back: no call changes the caller's

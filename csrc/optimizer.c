@@ -24,10 +24,8 @@ void *fadam_optimizer_alloc(fadam_optimizer *opt, size_t bytes) {
     if (bytes == 0) bytes = STATE_ALIGNMENT;
     if (opt->has_allocator) return opt->allocator.alloc(opt->allocator.context, bytes);
     if (opt->device == FADAM_DEVICE_CUDA) {
-        if (cudaMalloc(&pointer, bytes) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return NULL;
-        }
+        /* The caller says what the memory was for (its message replaces this one). */
+        if (FADAM_CUDA_STATUS(cudaMalloc(&pointer, bytes)) != FADAM_SUCCESS) return NULL;
         return pointer;
     }
     return aligned_alloc(STATE_ALIGNMENT, round_up(bytes, STATE_ALIGNMENT));
@@ -382,7 +380,6 @@ static fadam_status run_step(fadam_optimizer *opt, const fadam_step_source *sour
     } else {
         fadam_step_kernel_args args;
         int previous_device = 0;
-        cudaError_t launch;
         if ((status = fadam_check_step_source(source, function)) != FADAM_SUCCESS) return status;
         memset(&args, 0, sizeof args);
         args.table = (const fadam_table_header *)opt->device_table;
@@ -392,9 +389,8 @@ static fadam_status run_step(fadam_optimizer *opt, const fadam_step_source *sour
         args.n_groups = opt->n_groups;
         memcpy(args.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
         if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
-        launch = fadam_launch_adam_step(&args, opt->grid_blocks, FADAM_BLOCK_THREADS, (cudaStream_t)stream);
-        status = launch == cudaSuccess ? FADAM_SUCCESS
-                                       : fadam_cuda_fail(launch, "adam_step_kernel launch", __FILE__, __LINE__);
+        status = FADAM_CUDA_STATUS(
+            fadam_launch_adam_step(&args, opt->grid_blocks, FADAM_BLOCK_THREADS, (cudaStream_t)stream));
         fadam_cuda_leave_device(opt->cuda_device, previous_device);
         return status;
     }
