@@ -51,8 +51,8 @@ def check_equal(what, actual, expected):
 
 def run(cases):
     """Runs (name, function) pairs; each gets torch.manual_seed(seed) first. Exits 0, or 1 after a FAIL line."""
-    seed = int(os.environ.get("FADAM_SEED", int(time.time() * 1000) % 1_000_000))
-    print(f"# {os.path.basename(sys.argv[0])}: seed {seed} (FADAM_SEED={seed} repeats it), torch {torch.__version__}")
+    seed = int(os.environ.get("FADAM_TEST_SEED", int(time.time() * 1000) % 1_000_000))
+    print(f"# {os.path.basename(sys.argv[0])}: seed {seed} (FADAM_TEST_SEED={seed} repeats it), torch {torch.__version__}")
     failed = 0
     for name, function in cases:
         torch.manual_seed(seed)

@@ -2,7 +2,7 @@
 # The PyTorch binding's tests, tests/torch/test_*.py, with the interpreter mk/torch.mk prepared
 # (FADAM_TORCH_PYTHON, else .venv/bin/python). Each prints "ok/FAIL/skip NAME" lines; a test file
 # that dies without printing a FAIL line (an import error, a crash) is reported here as one.
-# FADAM_SEED=N repeats a run's data.
+# FADAM_TEST_SEED=N repeats a run's data.
 set -u
 cd "$(dirname "$0")/../.."
 python=${FADAM_TORCH_PYTHON:-.venv/bin/python}
