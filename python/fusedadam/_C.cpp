@@ -24,19 +24,13 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <regex>
-#include <set>
 #include <string>
-#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "fusedadam.h"
 
 namespace {
-
-// (lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, bias_correction, maximize)
-using GroupHparams = std::tuple<double, double, double, double, double, bool, bool, bool>;
 
 // "torch.float64", as Python spells a dtype.
 std::string dtype_name(at::ScalarType type) { return "torch." + c10::getDtypeNames(type).first; }
@@ -50,22 +44,23 @@ std::string describe_parameter(int64_t group, const at::Tensor &param) {
 
 // Raises a failed library call as a Python exception carrying the library's message: ValueError for
 // a bad value, TypeError for a dtype, RuntimeError for the rest. describe_tensor (optional) says
-// which parameter each "tensor N" the message names is.
+// which parameter the tensor the failure was about (fadam_last_error_tensor) is.
 void raise_on_failure(fadam_status status, const std::function<std::string(size_t)> &describe_tensor = nullptr) {
     if (status == FADAM_SUCCESS) return;
-    std::string detail = fadam_last_error_message();
-    std::string message = "fusedadam: " + detail + " (" + fadam_status_string(status) + ")";
-    if (describe_tensor) {
-        std::set<size_t> named;
-        std::regex tensor_number("tensor (\\d+)");
-        for (std::sregex_iterator it(detail.begin(), detail.end(), tensor_number), end; it != end; ++it)
-            named.insert(std::stoul((*it)[1].str()));
-        for (size_t n : named) message += "; tensor " + std::to_string(n) + " is " + describe_tensor(n);
-    }
+    int64_t tensor = fadam_last_error_tensor();
+    std::string message = std::string("fusedadam: ") + fadam_last_error_message() + " (" + fadam_status_string(status) + ")";
+    if (describe_tensor && tensor >= 0)
+        message += "; tensor " + std::to_string(tensor) + " is " + describe_tensor((size_t)tensor);
     if (status == FADAM_ERR_INVALID_VALUE) throw pybind11::value_error(message);
     if (status == FADAM_ERR_UNSUPPORTED_DTYPE) throw pybind11::type_error(message);
     throw std::runtime_error(message);
 }
+
+// A parameter group's fadam_hparams as Python holds it (a type of this file, so that pybind11's
+// hidden-visibility machinery does not outrank the public C type's visibility).
+struct Hparams {
+    fadam_hparams c;
+};
 
 bool to_fadam_dtype(at::ScalarType type, fadam_dtype *out) {
     switch (type) {
@@ -217,19 +212,6 @@ class TableCache {
     std::map<std::pair<int, int>, CachedTable> tables_;
     std::unique_ptr<fadam_cpu_pool, void (*)(fadam_cpu_pool *)> cpu_pool_{nullptr, &fadam_cpu_pool_destroy};
 };
-
-fadam_hparams to_fadam_hparams(const GroupHparams &h) {
-    fadam_hparams out = fadam_hparams_default();
-    out.lr = (float)std::get<0>(h);
-    out.beta1 = (float)std::get<1>(h);
-    out.beta2 = (float)std::get<2>(h);
-    out.eps = (float)std::get<3>(h);
-    out.weight_decay = (float)std::get<4>(h);
-    out.mode = std::get<5>(h) ? FADAM_ADAMW : FADAM_ADAM_L2;
-    out.bias_correction = std::get<6>(h) ? 1 : 0;
-    out.maximize = std::get<7>(h) ? 1 : 0;
-    return out;
-}
 
 // The number of steps taken so far, from PyTorch's state['step'] (a CPU float32 scalar tensor).
 int64_t read_step(int64_t group, const at::Tensor &param, const at::Tensor &step) {
@@ -548,7 +530,7 @@ fadam_step_scaling scaling_of(const at::Tensor &grad_multiplier, const at::Tenso
 }
 
 bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle param_groups, pybind11::handle state,
-                const std::vector<GroupHparams> &hparams, const std::vector<bool> &master_flags,
+                const std::vector<Hparams> &hparams, const std::vector<bool> &master_flags,
                 const c10::optional<at::Tensor> &grad_multiplier, const c10::optional<at::Tensor> &found_inf,
                 bool defer_float64, const c10::optional<at::Tensor> &device_step,
                 const c10::optional<at::Tensor> &device_lr) {
@@ -566,7 +548,7 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
                                     " are supported");
     const int n_groups = (int)hparams.size();
     std::vector<fadam_hparams> groups;
-    for (const GroupHparams &h : hparams) groups.push_back(to_fadam_hparams(h));
+    for (const Hparams &h : hparams) groups.push_back(h.c);
 
     // 1. Check every tensor and sort it into its bucket.
     std::map<std::pair<int, int64_t>, Bucket> by_key;
@@ -768,6 +750,47 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         if (!(*key = PyUnicode_InternFromString(name))) throw pybind11::error_already_set();
     m.attr("MAX_GROUPS") = FADAM_MAX_GROUPS;
     m.def("version", []() { return std::string(fadam_version_string()); }, "The C library's version");
+    // The hyperparameters cross as a fadam_hparams, one per group, made by fusedadam.torch from a
+    // group's dict in one place (FusedAdamW._hparams); the C library's checks are the only ones.
+    m.attr("ADAMW") = (int)FADAM_ADAMW;
+    m.attr("ADAM_L2") = (int)FADAM_ADAM_L2;
+    fadam_hparams defaults = fadam_hparams_default();
+    pybind11::class_<Hparams>(m, "Hparams", "One parameter group's hyperparameters (the C fadam_hparams)")
+        .def(pybind11::init([](float lr, float beta1, float beta2, float eps, float weight_decay, int mode,
+                               bool bias_correction, bool maximize) {
+                 Hparams h{fadam_hparams_default()};
+                 h.c.lr = lr;
+                 h.c.beta1 = beta1;
+                 h.c.beta2 = beta2;
+                 h.c.eps = eps;
+                 h.c.weight_decay = weight_decay;
+                 h.c.mode = (fadam_mode)mode;
+                 h.c.bias_correction = bias_correction ? 1 : 0;
+                 h.c.maximize = maximize ? 1 : 0;
+                 return h;
+             }),
+             pybind11::kw_only(), pybind11::arg("lr") = defaults.lr, pybind11::arg("beta1") = defaults.beta1,
+             pybind11::arg("beta2") = defaults.beta2, pybind11::arg("eps") = defaults.eps,
+             pybind11::arg("weight_decay") = defaults.weight_decay, pybind11::arg("mode") = (int)defaults.mode,
+             pybind11::arg("bias_correction") = defaults.bias_correction != 0,
+             pybind11::arg("maximize") = defaults.maximize != 0)
+        .def_property_readonly("lr", [](const Hparams &h) { return h.c.lr; })
+        .def_property_readonly("beta1", [](const Hparams &h) { return h.c.beta1; })
+        .def_property_readonly("beta2", [](const Hparams &h) { return h.c.beta2; })
+        .def_property_readonly("eps", [](const Hparams &h) { return h.c.eps; })
+        .def_property_readonly("weight_decay", [](const Hparams &h) { return h.c.weight_decay; })
+        .def_property_readonly("mode", [](const Hparams &h) { return (int)h.c.mode; })
+        .def_property_readonly("bias_correction", [](const Hparams &h) { return h.c.bias_correction != 0; })
+        .def_property_readonly("maximize", [](const Hparams &h) { return h.c.maximize != 0; })
+        .def("validate", [](const Hparams &h) { raise_on_failure(fadam_hparams_validate(&h.c)); },
+             "Raises ValueError with the C library's message (fadam_hparams_validate) when a value is out of range")
+        .def("__repr__", [](const Hparams &h) {
+            std::ostringstream out;
+            out << "Hparams(lr=" << h.c.lr << ", beta1=" << h.c.beta1 << ", beta2=" << h.c.beta2 << ", eps=" << h.c.eps
+                << ", weight_decay=" << h.c.weight_decay << ", mode=" << (int)h.c.mode
+                << ", bias_correction=" << h.c.bias_correction << ", maximize=" << h.c.maximize << ")";
+            return out.str();
+        });
     m.def("cuda_device_count", &fadam_cuda_device_count, "CUDA devices the C library can use");
     pybind11::class_<TableCache>(m, "TableCache", "Device tables of one optimizer, reused while pointers stay put")
         .def(pybind11::init<>())

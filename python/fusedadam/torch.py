@@ -16,6 +16,7 @@ between the two optimizers in either direction:
                   computed on it and the parameter receives it rounded to nearest even
 """
 
+import inspect
 import warnings
 
 import torch
@@ -44,6 +45,16 @@ _UNSUPPORTED_OPTIONS = ("amsgrad", "differentiable")
 # that a torch.distributed.checkpoint of either optimizer loads into the other (DCP asks the checkpoint
 # for every key of the state dict it loads into).
 _OPTIONAL_GROUP_KEYS = ("bias_correction", "master_weights")
+
+
+class _Default:
+    """A constructor argument left out: the class's _DEFAULTS give its value (FusedAdam changes some)."""
+
+    def __repr__(self):
+        return "<class default>"
+
+
+_DEFAULT = _Default()
 
 
 class FusedAdamW(Optimizer):
@@ -88,13 +99,46 @@ class FusedAdamW(Optimizer):
 
     _step_supports_amp_scaling = True  # torch.amp.GradScaler passes grad_scale and found_inf (see step)
 
+    # The rule: the constructor's defaults for the arguments left out (a subclass such as FusedAdam
+    # changes only these), and each group's C update mode (_hparams).
+    _DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2, "decoupled_weight_decay": True}
+    # The float32 moments each parameter's state holds (made by _create_state, read by the binding).
+    _STATE_KEYS = ("exp_avg", "exp_avg_sq")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = _signature(cls)
+
+    @staticmethod
+    def _mode(group):
+        """The C library's update rule for a parameter group."""
+        return _C.ADAMW if group["decoupled_weight_decay"] else _C.ADAM_L2
+
+    @classmethod
+    def _hparams(cls, group):
+        """A group's hyperparameters as the C library takes them (read at every step: schedulers change
+        lr); the one place a group's dict becomes a fadam_hparams."""
+        _check_options(group)
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        return _C.Hparams(
+            lr=0.0 if group["capturable"] and torch.is_tensor(lr) else float(lr),  # capturable: lr read from memory
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            mode=cls._mode(group),
+            bias_correction=bool(group["bias_correction"]),
+            maximize=bool(group["maximize"]),
+        )
+
     def __init__(
         self,
         params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=1e-2,
+        lr=_DEFAULT,
+        betas=_DEFAULT,
+        eps=_DEFAULT,
+        weight_decay=_DEFAULT,
         amsgrad=False,
         *,
         maximize=False,
@@ -103,39 +147,30 @@ class FusedAdamW(Optimizer):
         differentiable=False,
         fused=None,
         bias_correction=True,
-        decoupled_weight_decay=True,
+        decoupled_weight_decay=_DEFAULT,
         master_weights=True,
         max_grad_norm=None,
     ):
+        given = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                 "decoupled_weight_decay": decoupled_weight_decay}
+        defaults = {key: self._DEFAULTS[key] if value is _DEFAULT else value for key, value in given.items()}
+        lr = defaults["lr"]
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if max_grad_norm is not None and not max_grad_norm > 0.0:
             raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
-        defaults = {
-            "lr": lr,
-            "betas": betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
+        defaults.update({
             "amsgrad": amsgrad,
             "maximize": maximize,
             "foreach": foreach,
             "capturable": capturable,
             "differentiable": differentiable,
             "fused": fused,
-            "decoupled_weight_decay": decoupled_weight_decay,
             "bias_correction": bias_correction,
             "master_weights": master_weights,
-        }
+        })
+        # The C library's checks (fadam_hparams_validate), as torch checks its constructor's arguments.
+        self._hparams({**defaults, "capturable": False}).validate()
         self._tables = _C.TableCache()
         self._cache = _C.ParamCache()
         self._loading = None
@@ -191,7 +226,7 @@ class FusedAdamW(Optimizer):
 
         # Per group, read at every step (schedulers change lr); per parameter, the binding reads the
         # grads and checks its cache of the parameters and their state against the optimizer.
-        hparams = [_group_hparams(group) for group in self.param_groups]
+        hparams = [self._hparams(group) for group in self.param_groups]
         master_weights = [bool(group["master_weights"]) for group in self.param_groups]
         # A step captured in a CUDA graph would replay its host step counts and lr frozen: refused
         # with torch's own check and message (capturable is False).
@@ -222,7 +257,7 @@ class FusedAdamW(Optimizer):
             if not stepped:
                 return loss
             scaling = {**scaling, **_capturable_inputs(self, stepped)}
-        float64_step = _float64_step(self, hparams, scaling) if self._has_float64 else None
+        float64_step = _float64_step(self, scaling) if self._has_float64 else None
         if not self._needs_view and _C.step(
             self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling,
             defer_float64=self._has_float64,
@@ -238,7 +273,7 @@ class FusedAdamW(Optimizer):
         self._needs_view, self._has_float64 = _layout_flags(self.param_groups)
         created = _create_state(self)
         try:
-            float64_step = _float64_step(self, hparams, scaling) if self._has_float64 else None
+            float64_step = _float64_step(self, scaling) if self._has_float64 else None
             if self._needs_view:
                 _step_view(self, hparams, master_weights, scaling)
             else:
@@ -305,46 +340,24 @@ class FusedAdamW(Optimizer):
         )
 
 
+def _signature(cls):
+    """The constructor's signature with the class's own defaults in place of _DEFAULT (for help() and
+    inspect.signature)."""
+    signature = inspect.signature(FusedAdamW.__init__)
+    params = list(signature.parameters.values())[1:]
+    return signature.replace(
+        parameters=[p.replace(default=cls._DEFAULTS[p.name]) if p.default is _DEFAULT else p for p in params]
+    )
+
+
+FusedAdamW.__signature__ = _signature(FusedAdamW)
+
+
 class FusedAdam(FusedAdamW):
     """torch.optim.Adam's drop-in: FusedAdamW with torch.optim.Adam's defaults, weight_decay=0 and
     L2 weight decay (decoupled_weight_decay=False, the decay is added to the gradient)."""
 
-    def __init__(
-        self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0,
-        amsgrad=False,
-        *,
-        foreach=None,
-        maximize=False,
-        capturable=False,
-        differentiable=False,
-        fused=None,
-        decoupled_weight_decay=False,
-        bias_correction=True,
-        master_weights=True,
-        max_grad_norm=None,
-    ):
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            bias_correction=bias_correction,
-            decoupled_weight_decay=decoupled_weight_decay,
-            master_weights=master_weights,
-            max_grad_norm=max_grad_norm,
-        )
+    _DEFAULTS = {**FusedAdamW._DEFAULTS, "weight_decay": 0, "decoupled_weight_decay": False}
 
 
 def _check_options(group):
@@ -366,9 +379,10 @@ def _create_state(optimizer):
                 if not state:
                     state = optimizer.state[param]
                     state["step"] = _new_step(param, group["capturable"], 0.0)
-                    for key in ("exp_avg", "exp_avg_sq"):
+                    created.append((state, "step"))
+                    for key in optimizer._STATE_KEYS:
                         state[key] = torch.zeros_like(param, dtype=_state_dtype(param), memory_format=torch.preserve_format)
-                    created += [(state, "step"), (state, "exp_avg"), (state, "exp_avg_sq")]
+                        created.append((state, key))
                 if _wants_master(param, group["master_weights"]) and state.get("master_param") is None:
                     state["master_param"] = _fp32_like(param, param)
                     created.append((state, "master_param"))
@@ -478,22 +492,24 @@ def _step_view(optimizer, hparams, master_weights, scaling):
         optimizer._cache.clear()  # holds the view's tensors: let go of them now
 
 
-def _float64_step(optimizer, hparams, scaling):
+def _float64_step(optimizer, scaling):
     """float64 parameters, which the C library does not step: torch.optim.Adam's own math (its foreach
-    implementation, float64 state as torch keeps it), checked now and run after the fused step by the
-    returned function; None when no float64 parameter has a gradient."""
+    implementation, float64 state as torch keeps it, the group's values as Python floats, unrounded
+    to fadam_hparams' float32), checked now and run after the fused step by the returned function;
+    None when no float64 parameter has a gradient."""
     work = []
-    for group, (lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction, maximize) in zip(
-        optimizer.param_groups, hparams
-    ):
+    for group in optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None and _local(p).dtype == torch.float64]
         if not params:
             continue
-        if not bias_correction:
+        if not group["bias_correction"]:
             raise ValueError("fusedadam: bias_correction=False is not supported for float64 parameters")
         grads = [_local_grad(p) if _local(p) is not p else p.grad for p in params]
-        options = dict(amsgrad=False, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay, eps=eps,
-                       maximize=maximize, decoupled_weight_decay=decoupled)
+        beta1, beta2 = group["betas"]
+        options = dict(amsgrad=False, beta1=float(beta1), beta2=float(beta2), lr=float(group["lr"]),
+                       weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
+                       maximize=bool(group["maximize"]),
+                       decoupled_weight_decay=optimizer._mode(group) == _C.ADAMW)
         work.append((params, grads, options))
     if not work:
         return None
@@ -661,23 +677,6 @@ def _resolve_pending_skip(optimizer):
     if float(flag) != 0.0:
         for step in steps:
             step -= 1
-
-
-def _group_hparams(group):
-    """A group's hyperparameters as the binding takes them, read at every step (schedulers change lr)."""
-    _check_options(group)
-    beta1, beta2 = group["betas"]
-    lr = group["lr"]
-    return (
-        0.0 if group["capturable"] and torch.is_tensor(lr) else float(lr),  # capturable: lr read from memory
-        float(beta1),
-        float(beta2),
-        float(group["eps"]),
-        float(group["weight_decay"]),
-        bool(group["decoupled_weight_decay"]),
-        bool(group["bias_correction"]),
-        bool(group["maximize"]),
-    )
 
 
 def _wants_master(param, master_weights):

@@ -3,7 +3,7 @@ the binding's) message, raised before any parameter, state tensor or step count 
 
 import torch
 
-from fusedadam.torch import MAX_GROUPS, FusedAdamW
+from fusedadam.torch import MAX_GROUPS, FusedAdam, FusedAdamW
 from harness import run
 
 
@@ -83,6 +83,8 @@ def overlapping_parameters():
     p, q = torch.nn.Parameter(base[:6]), torch.nn.Parameter(base[4:])
     p.grad, q.grad = torch.randn(6), torch.randn(6)
     expect_error(stepped_optimizer([p, q]), RuntimeError, "overlaps")
+    # fadam_last_error_tensor names the later of the two; the binding says which parameter it is.
+    expect_error(stepped_optimizer([p, q]), RuntimeError, "is a parameter of group 1 (shape [6]")
 
 
 def negative_lr():
@@ -127,12 +129,18 @@ def unsupported_options():
                 raise AssertionError(f"message {error} does not name {option}")
         else:
             raise AssertionError(f"{option}=True accepted")
-    for bad in ({"lr": -1.0}, {"betas": (0.9, 1.0)}, {"eps": -1e-8}, {"weight_decay": -0.1}):
-        try:
-            FusedAdamW(params, **bad)
-        except ValueError:
-            continue
-        raise AssertionError(f"{bad} accepted")
+    # The C library's checks (fadam_hparams_validate) and message, naming the value.
+    for cls in (FusedAdamW, FusedAdam):
+        for bad, phrase in (({"lr": -1.0}, "lr=-1"), ({"lr": float("inf")}, "lr=inf"), ({"betas": (0.9, 1.0)}, "beta2=1"),
+                            ({"betas": (-0.1, 0.9)}, "beta1=-0.1"), ({"eps": -1e-8}, "eps=-1e-08"),
+                            ({"weight_decay": -0.1}, "weight_decay=-0.1")):
+            try:
+                cls(params, **bad)
+            except ValueError as error:
+                if phrase not in str(error):
+                    raise AssertionError(f"{cls.__name__}({bad}): message {error} lacks {phrase!r}")
+                continue
+            raise AssertionError(f"{cls.__name__}({bad}) accepted")
 
 
 def too_many_groups():
