@@ -56,3 +56,10 @@ if [ -f docs/NUMERICS.md ]; then
 else
     echo "FAIL contract_in_docs: docs/NUMERICS.md missing"
 fi
+
+# The binding learns the failing tensor from fadam_last_error_tensor, never by parsing messages.
+if grep -nE 'std::regex|<regex>' python/fusedadam/_C.cpp >/dev/null; then
+    echo "FAIL binding_parses_no_messages: python/fusedadam/_C.cpp uses std::regex"
+else
+    echo "ok binding_parses_no_messages"
+fi
