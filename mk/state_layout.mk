@@ -16,5 +16,11 @@ $(TEST_BIN)/test_state_layout_nvcc: tests/test_state_layout_nvcc.cu $(STATE_LAYO
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -Xcompiler -Wno-unused-function -Itests $< -o $@ -L$(CUDA_LIB) -Xlinker -rpath,$(CUDA_LIB) -lcudart
 
-TEST_PROGRAMS += $(TEST_BIN)/test_state_layout $(TEST_BIN)/test_state_layout_gxx $(TEST_BIN)/test_state_layout_nvcc
+# The header alone as C99 -pedantic (the CPU path and the reference are C): a stamp, built with the programs.
+$(TEST_BIN)/state_layout_c99.stamp: kernels/state_layout.h
+	@mkdir -p $(@D)
+	$(CC) -std=c99 -pedantic -Wall -Wextra -Werror -Wno-unused-function -fsyntax-only -x c $<
+	@touch $@
+
+TEST_PROGRAMS += $(TEST_BIN)/state_layout_c99.stamp $(TEST_BIN)/test_state_layout $(TEST_BIN)/test_state_layout_gxx $(TEST_BIN)/test_state_layout_nvcc
 TEST_RUN += $(TEST_BIN)/test_state_layout $(TEST_BIN)/test_state_layout_gxx $(TEST_BIN)/test_state_layout_nvcc

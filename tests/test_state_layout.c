@@ -1,5 +1,5 @@
 /* kernels/state_layout.h against float64 and against the fp32-master path (issue 12's storage half).
- *   FADAM_STATE_LAYOUT_EXHAUSTIVE=1   split/join over all 2^32 fp32 patterns (2 threads, about a minute);
+ *   FADAM_STATE_LAYOUT_EXHAUSTIVE=1   split/join over all 2^32 fp32 patterns (2 threads, about 30 s);
  *                                     by default every upper half x 72 lower halves plus 2^24 random ones. */
 #include <math.h>
 #include <pthread.h>
