@@ -6,6 +6,6 @@
 # the torch venv on first use, for the PNG.
 .PHONY: bench-convergence
 CONVERGENCE_ARGS ?=
-bench-convergence: $(TORCH_EXT_STAMP)
+bench-convergence: torch-ext
 	$(TORCH_PYTHON) -c "import matplotlib" 2>/dev/null || $(TORCH_PYTHON) -m pip install --quiet "matplotlib==3.11.2"
 	$(TORCH_PYTHON) bench/convergence.py $(CONVERGENCE_ARGS)
