@@ -19,7 +19,7 @@
 #include "fusedadam.h"
 #include "checksum_v2.h"
 
-/* checkpoint.c's limit on the JSON header (safetensors' own is 100 MB too). */
+/* safetensors.c's limit on the JSON header (safetensors' own is 100 MB too). */
 #define HEADER_LIMIT_BYTES ((size_t)100 << 20)
 #define DEEP 100000
 #define N_TENSORS 5
