@@ -42,7 +42,8 @@ int fadam_checkpoint_states(const fadam_tensor *tensor, fadam_checkpoint_state s
 
 fadam_status fadam_checkpoint_require_finalized(const fadam_optimizer *opt, const char *function) {
     if (!opt->finalized)
-        return fadam_fail(FADAM_ERR_BAD_STATE, "%s: the optimizer is not finalized; call fadam_finalize first", function);
+        return fadam_fail(FADAM_ERR_BAD_STATE, "%s: the optimizer is not finalized; call fadam_finalize first",
+                          function);
     return FADAM_SUCCESS;
 }
 
@@ -94,17 +95,20 @@ static fadam_status build_plan(const fadam_optimizer *opt, const fadam_step_coun
         fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES];
         /* fadam_add_tensor already refuses such names; the save checks again what it writes. */
         if (!fadam_utf8_valid(opt->names[t], NULL))
-            return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: the name of tensor %lld is not valid UTF-8, which a safetensors "
-                                                       "header requires",
+            return fadam_fail(FADAM_ERR_INVALID_VALUE,
+                              "%s: the name of tensor %lld is not valid UTF-8, which a safetensors "
+                              "header requires",
                               function, (long long)t);
         n_entries += (size_t)fadam_checkpoint_states(&opt->tensors[t], states);
     }
     if (opt->shard_count > 0 && opt->shard_ranks == 0)
-        return fadam_fail(FADAM_ERR_BAD_STATE, "%s: tensors were registered as shards: call fadam_set_shard_rank before "
-                                               "fadam_finalize, so the checkpoint can name its shard",
+        return fadam_fail(FADAM_ERR_BAD_STATE,
+                          "%s: tensors were registered as shards: call fadam_set_shard_rank before "
+                          "fadam_finalize, so the checkpoint can name its shard",
                           function);
     plan->entries = (fadam_st_item *)calloc(n_entries ? n_entries : 1, sizeof *plan->entries);
-    if (!plan->entries) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the checkpoint plan", function);
+    if (!plan->entries)
+        return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the checkpoint plan", function);
     for (t = 0; t < opt->n_tensors; t++) {
         fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES];
         int n_states = fadam_checkpoint_states(&opt->tensors[t], states);
@@ -132,8 +136,8 @@ static fadam_status build_plan(const fadam_optimizer *opt, const fadam_step_coun
     if (plan->n_entries > 1) qsort(plan->entries, plan->n_entries, sizeof *plan->entries, compare_items);
     qsort(plan->metadata.items, plan->metadata.n_items, 2 * sizeof *plan->metadata.items, compare_first_strings);
     status = fadam_safetensors_write_header(&plan->header, plan->metadata.items, plan->metadata.n_items, plan->entries,
-                                           plan->n_entries, plan->metadata.slack, "checksum", &plan->checksum_position,
-                                           &data_bytes, function);
+                                            plan->n_entries, plan->metadata.slack, "checksum", &plan->checksum_position,
+                                            &data_bytes, function);
     plan->checksum_position += strlen(fadam_checksum_prefix(FADAM_CHECKPOINT_FORMAT_VERSION));
     plan->total_bytes = 8 + (uint64_t)plan->header.length + data_bytes;
     return status;
@@ -152,7 +156,8 @@ static fadam_status write_checkpoint(const fadam_optimizer *opt, const save_plan
     int previous_device = 0, i;
     for (i = 0; i < 8; i++) prefix[i] = (unsigned char)((uint64_t)plan->header.length >> (8 * i));
     if ((status = fadam_sink_write(out, prefix, 8, function)) != FADAM_SUCCESS) return status;
-    if ((status = fadam_sink_write(out, plan->header.data, plan->header.length, function)) != FADAM_SUCCESS) return status;
+    if ((status = fadam_sink_write(out, plan->header.data, plan->header.length, function)) != FADAM_SUCCESS)
+        return status;
     fadam_checksum_init(&hash, FADAM_CHECKPOINT_FORMAT_VERSION);
     fadam_checksum_metadata(&hash, plan->metadata.items, plan->metadata.n_items);
     if ((status = fadam_staging_begin(opt, &staging, &previous_device, function)) != FADAM_SUCCESS) return status;
@@ -178,7 +183,8 @@ static fadam_status read_fused_counters(const fadam_optimizer *opt, fadam_step_c
         return FADAM_SUCCESS;
     }
     if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
-    error = cudaMemcpyAsync(out, &opt->fused_state->counters, sizeof *out, cudaMemcpyDeviceToHost, (cudaStream_t)stream);
+    error =
+        cudaMemcpyAsync(out, &opt->fused_state->counters, sizeof *out, cudaMemcpyDeviceToHost, (cudaStream_t)stream);
     if (error == cudaSuccess) error = cudaStreamSynchronize((cudaStream_t)stream);
     if (error != cudaSuccess) status = fadam_cuda_fail(error, "cudaMemcpyAsync(step counters)", __FILE__, __LINE__);
     fadam_cuda_leave_device(opt->cuda_device, previous_device);
@@ -244,8 +250,10 @@ static fadam_status save_to_file(const fadam_optimizer *opt, const char *path, f
     out.fd = file.fd;
     out.path = path;
     status = write_checkpoint(opt, &plan, &out, stream, function);
-    if (status == FADAM_SUCCESS) status = fadam_atomic_file_commit(&file, function);
-    else fadam_atomic_file_discard(&file);
+    if (status == FADAM_SUCCESS)
+        status = fadam_atomic_file_commit(&file, function);
+    else
+        fadam_atomic_file_discard(&file);
     free_plan(&plan);
     return status;
 }
@@ -273,19 +281,19 @@ static fadam_status match_entry(fadam_load_plan *plan, const fadam_optimizer *op
         return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s' %s: wrong dtype: %s in the checkpoint, %s expected",
                           function, FADAM_NAME_CLIP, name, state, entry->dtype, states[kind].dtype);
     if (entry->numel != (uint64_t)tensor->numel)
-        return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s' %s: wrong shape: %.*s (%llu elements) in the checkpoint, "
-                                              "%lld elements registered",
-                          function, FADAM_NAME_CLIP, name, state,
-                          entry->shape_length > 100 ? 100 : entry->shape_length, entry->shape_text,
-                          (unsigned long long)entry->numel, (long long)tensor->numel);
+        return fadam_fail(FADAM_ERR_MISMATCH,
+                          "%s: tensor '%.*s' %s: wrong shape: %.*s (%llu elements) in the checkpoint, "
+                          "%lld elements registered",
+                          function, FADAM_NAME_CLIP, name, state, entry->shape_length > 100 ? 100 : entry->shape_length,
+                          entry->shape_text, (unsigned long long)entry->numel, (long long)tensor->numel);
     /* The shape must be what a save writes, [numel]: [7,1] or [] hold the right count, but are not
      * this optimizer's state. */
     if (entry->n_dims != 1)
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: tensor '%.*s' %s: shape %.*s has %d dimensions; a fusedadam checkpoint "
-                                             "saves [%lld]",
-                          function, FADAM_NAME_CLIP, name, state,
-                          entry->shape_length > 100 ? 100 : entry->shape_length, entry->shape_text, entry->n_dims,
-                          (long long)tensor->numel);
+        return fadam_fail(FADAM_ERR_CORRUPT,
+                          "%s: tensor '%.*s' %s: shape %.*s has %d dimensions; a fusedadam checkpoint "
+                          "saves [%lld]",
+                          function, FADAM_NAME_CLIP, name, state, entry->shape_length > 100 ? 100 : entry->shape_length,
+                          entry->shape_text, entry->n_dims, (long long)tensor->numel);
     entry->matched = 1;
     plan->entry_tensor[index] = t;
     plan->entry_kind[index] = kind;
@@ -293,8 +301,8 @@ static fadam_status match_entry(fadam_load_plan *plan, const fadam_optimizer *op
 }
 
 /* A file's slice of a tensor: NAME.offset and NAME.full_numel, or (not sharded) the whole tensor. */
-fadam_status fadam_checkpoint_file_slice(const fadam_st_header *parsed, const char *name, int64_t numel, int64_t *offset,
-                                         int64_t *full_numel, const char *function) {
+fadam_status fadam_checkpoint_file_slice(const fadam_st_header *parsed, const char *name, int64_t numel,
+                                         int64_t *offset, int64_t *full_numel, const char *function) {
     int which;
     *offset = 0;
     *full_numel = numel;
@@ -305,8 +313,9 @@ fadam_status fadam_checkpoint_file_slice(const fadam_st_header *parsed, const ch
                               FADAM_NAME_CLIP, name, fadam_tensor_key_suffix[which], value);
     }
     if (*offset > *full_numel || numel > *full_numel - *offset)
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: tensor '%.*s': the slice [%lld, +%lld) lies outside its %lld elements",
-                          function, FADAM_NAME_CLIP, name, (long long)*offset, (long long)numel, (long long)*full_numel);
+        return fadam_fail(FADAM_ERR_CORRUPT,
+                          "%s: tensor '%.*s': the slice [%lld, +%lld) lies outside its %lld elements", function,
+                          FADAM_NAME_CLIP, name, (long long)*offset, (long long)numel, (long long)*full_numel);
     return FADAM_SUCCESS;
 }
 
@@ -315,13 +324,15 @@ fadam_status fadam_checkpoint_file_slice(const fadam_st_header *parsed, const ch
 static fadam_status match_slice(fadam_load_plan *plan, const fadam_optimizer *opt, int64_t t, const char *function) {
     int64_t offset, full_numel, want_offset, want_full;
     fadam_status status;
-    status = fadam_checkpoint_file_slice(&plan->parsed, opt->names[t], opt->tensors[t].numel, &offset, &full_numel, function);
+    status = fadam_checkpoint_file_slice(&plan->parsed, opt->names[t], opt->tensors[t].numel, &offset, &full_numel,
+                                         function);
     if (status != FADAM_SUCCESS) return status;
     fadam_tensor_shard_of(opt, t, &want_offset, &want_full);
     if (offset != want_offset || full_numel != want_full)
-        return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': the checkpoint holds elements [%lld, +%lld) of %lld, "
-                                              "registered are [%lld, +%lld) of %lld (fadam_load_shards reassembles "
-                                              "another slicing)",
+        return fadam_fail(FADAM_ERR_MISMATCH,
+                          "%s: tensor '%.*s': the checkpoint holds elements [%lld, +%lld) of %lld, "
+                          "registered are [%lld, +%lld) of %lld (fadam_load_shards reassembles "
+                          "another slicing)",
                           function, FADAM_NAME_CLIP, opt->names[t], (long long)offset, (long long)opt->tensors[t].numel,
                           (long long)full_numel, (long long)want_offset, (long long)opt->tensors[t].numel,
                           (long long)want_full);
@@ -345,30 +356,32 @@ static fadam_status match_tensors(fadam_load_plan *plan, const fadam_optimizer *
         snprintf(key, sizeof key, "%s%s", name, fadam_tensor_key_suffix[FADAM_TENSOR_KEY_PARAM_DTYPE]);
         if ((status = fadam_metadata_require(&plan->parsed, key, &value, function)) != FADAM_SUCCESS) return status;
         if (strcmp(value, fadam_param_dtype_name(tensor->param_dtype)) != 0)
-            return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': param dtype %.20s in the checkpoint, %s registered",
-                              function, FADAM_NAME_CLIP, name, value, fadam_param_dtype_name(tensor->param_dtype));
+            return fadam_fail(FADAM_ERR_MISMATCH,
+                              "%s: tensor '%.*s': param dtype %.20s in the checkpoint, %s registered", function,
+                              FADAM_NAME_CLIP, name, value, fadam_param_dtype_name(tensor->param_dtype));
         snprintf(key, sizeof key, "%s%s", name, fadam_tensor_key_suffix[FADAM_TENSOR_KEY_GROUP]);
         if ((status = fadam_metadata_require(&plan->parsed, key, &value, function)) != FADAM_SUCCESS) return status;
         if (!fadam_parse_count(value, &group))
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%.*s%s\" is \"%.40s\", not a group index", function,
-                              FADAM_NAME_CLIP, name, fadam_tensor_key_suffix[FADAM_TENSOR_KEY_GROUP], value);
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%.*s%s\" is \"%.40s\", not a group index",
+                              function, FADAM_NAME_CLIP, name, fadam_tensor_key_suffix[FADAM_TENSOR_KEY_GROUP], value);
         if (group != tensor->group)
-            return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': group %lld in the checkpoint, %d registered", function,
-                              FADAM_NAME_CLIP, name, (long long)group, tensor->group);
+            return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': group %lld in the checkpoint, %d registered",
+                              function, FADAM_NAME_CLIP, name, (long long)group, tensor->group);
         if ((status = match_slice(plan, opt, t, function)) != FADAM_SUCCESS) return status;
         for (kind = 1; kind < n_states; kind++)
             if ((status = match_entry(plan, opt, t, states, kind, function)) != FADAM_SUCCESS) return status;
     }
     for (i = 0; i < plan->parsed.n_entries; i++)
         if (!plan->by_name[i]->matched)
-            return fadam_fail(FADAM_ERR_MISMATCH, "%s: extra entry '%.*s' in the checkpoint: no registered tensor has it",
-                              function, FADAM_NAME_CLIP, plan->by_name[i]->name);
+            return fadam_fail(FADAM_ERR_MISMATCH,
+                              "%s: extra entry '%.*s' in the checkpoint: no registered tensor has it", function,
+                              FADAM_NAME_CLIP, plan->by_name[i]->name);
     return FADAM_SUCCESS;
 }
 
 /* Copies every entry into the optimizer's state: the only part that writes. */
-static fadam_status commit_state(fadam_optimizer *opt, fadam_load_plan *plan, const fadam_source *in, cudaStream_t stream,
-                                 const char *function) {
+static fadam_status commit_state(fadam_optimizer *opt, fadam_load_plan *plan, const fadam_source *in,
+                                 cudaStream_t stream, const char *function) {
     unsigned char *staging = NULL;
     fadam_status status = FADAM_SUCCESS;
     int previous_device = 0;
@@ -386,20 +399,23 @@ static fadam_status commit_state(fadam_optimizer *opt, fadam_load_plan *plan, co
             continue;
         }
         for (done = 0; done < bytes && status == FADAM_SUCCESS; done += FADAM_CHECKPOINT_PIECE_BYTES) {
-            size_t piece = bytes - done < FADAM_CHECKPOINT_PIECE_BYTES ? (size_t)(bytes - done) : FADAM_CHECKPOINT_PIECE_BYTES;
+            size_t piece =
+                bytes - done < FADAM_CHECKPOINT_PIECE_BYTES ? (size_t)(bytes - done) : FADAM_CHECKPOINT_PIECE_BYTES;
             cudaError_t error;
             status = fadam_source_read(in, in->data_offset + entry->begin + done, staging, piece, function);
             if (status != FADAM_SUCCESS) break;
             /* The staging buffer is refilled only after the copy out of it finished. */
             error = cudaMemcpyAsync(state + done, staging, piece, cudaMemcpyHostToDevice, stream);
             if (error == cudaSuccess) error = cudaStreamSynchronize(stream);
-            if (error != cudaSuccess) status = fadam_cuda_fail(error, "cudaMemcpyAsync(state, staging)", __FILE__, __LINE__);
+            if (error != cudaSuccess)
+                status = fadam_cuda_fail(error, "cudaMemcpyAsync(state, staging)", __FILE__, __LINE__);
         }
     }
     if (status == FADAM_SUCCESS && opt->fused_state) {
         /* The counters, or (from a checkpoint without them) just the step they count from. */
         fadam_step_counters counters = plan->values.fused;
-        void *target = plan->values.has_fused ? (void *)&opt->fused_state->counters : (void *)&opt->fused_state->counters.step;
+        void *target =
+            plan->values.has_fused ? (void *)&opt->fused_state->counters : (void *)&opt->fused_state->counters.step;
         size_t bytes = plan->values.has_fused ? sizeof counters : sizeof(int64_t);
         const void *host = plan->values.has_fused ? (const void *)&counters : (const void *)&plan->values.step;
         if (opt->device == FADAM_DEVICE_CPU) {
@@ -409,7 +425,8 @@ static fadam_status commit_state(fadam_optimizer *opt, fadam_load_plan *plan, co
             memcpy(staging, host, bytes);
             error = cudaMemcpyAsync(target, staging, bytes, cudaMemcpyHostToDevice, stream);
             if (error == cudaSuccess) error = cudaStreamSynchronize(stream);
-            if (error != cudaSuccess) status = fadam_cuda_fail(error, "cudaMemcpyAsync(step counters)", __FILE__, __LINE__);
+            if (error != cudaSuccess)
+                status = fadam_cuda_fail(error, "cudaMemcpyAsync(step counters)", __FILE__, __LINE__);
         }
     }
     fadam_staging_end(opt, staging, previous_device);
@@ -519,4 +536,3 @@ fadam_status fadam_load_bytes(fadam_optimizer *opt, const void *buffer, size_t s
     FADAM_RANGE_POP();
     return status;
 }
-

@@ -57,7 +57,8 @@ typedef struct fadam_load_plan {
 fadam_status fadam_io_fail(const char *function, const char *what, const char *path);
 
 fadam_status fadam_sink_write(fadam_sink *out, const void *bytes, size_t count, const char *function);
-fadam_status fadam_sink_patch(fadam_sink *out, uint64_t position, const void *bytes, size_t count, const char *function);
+fadam_status fadam_sink_patch(fadam_sink *out, uint64_t position, const void *bytes, size_t count,
+                              const char *function);
 /* Writes `bytes` of state at `data` (device memory on the CUDA device, through `staging`), hashing it
  * on the way as entry `name`. */
 fadam_status fadam_sink_write_state(const fadam_optimizer *opt, const char *name, const void *data, uint64_t bytes,

@@ -40,7 +40,8 @@ fadam_status fadam_sink_write(fadam_sink *out, const void *bytes, size_t count, 
     return FADAM_SUCCESS;
 }
 
-fadam_status fadam_sink_patch(fadam_sink *out, uint64_t position, const void *bytes, size_t count, const char *function) {
+fadam_status fadam_sink_patch(fadam_sink *out, uint64_t position, const void *bytes, size_t count,
+                              const char *function) {
     const char *source = (const char *)bytes;
     if (out->memory) {
         memcpy(out->memory + position, bytes, count);
@@ -60,7 +61,7 @@ fadam_status fadam_sink_patch(fadam_sink *out, uint64_t position, const void *by
 /* On the CUDA device: enters the optimizer's device and allocates the pinned buffer through which
  * state moves in FADAM_CHECKPOINT_PIECE_BYTES pieces. Nothing to do on the CPU. */
 fadam_status fadam_staging_begin(const fadam_optimizer *opt, unsigned char **staging, int *previous_device,
-                                  const char *function) {
+                                 const char *function) {
     fadam_status status;
     *staging = NULL;
     if (opt->device != FADAM_DEVICE_CUDA) return FADAM_SUCCESS;
@@ -100,7 +101,8 @@ static void save_block(void *context, int64_t block) {
     }
     while (step->written < step->write_bytes) {
         size_t left = step->write_bytes - step->written;
-        ssize_t n = write(step->fd, step->write_from + step->written, left > ((size_t)1 << 30) ? (size_t)1 << 30 : left);
+        ssize_t n =
+            write(step->fd, step->write_from + step->written, left > ((size_t)1 << 30) ? (size_t)1 << 30 : left);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) {
             step->write_errno = errno ? errno : EIO;
@@ -126,7 +128,8 @@ static fadam_status write_pipelined(const unsigned char *state, uint64_t bytes, 
         memset(&step, 0, sizeof step);
         fadam_checksum_add_piece(hash, digest);
         step.hash_data = state + next;
-        step.hash_bytes = bytes - next < FADAM_CHECKSUM_PIECE_BYTES ? (size_t)(bytes - next) : FADAM_CHECKSUM_PIECE_BYTES;
+        step.hash_bytes =
+            bytes - next < FADAM_CHECKSUM_PIECE_BYTES ? (size_t)(bytes - next) : FADAM_CHECKSUM_PIECE_BYTES;
         step.fd = out->fd;
         step.write_from = state + done;
         step.write_bytes = piece;
@@ -171,10 +174,13 @@ fadam_status fadam_sink_write_state(const fadam_optimizer *opt, const char *name
 }
 
 /* Bytes of each half of a file's bounce buffer: a piece, or less for a smaller file. */
-size_t fadam_source_bounce_half(const fadam_source *in) { return in->size < FADAM_CHECKPOINT_PIECE_BYTES ? (size_t)in->size + 1 : FADAM_CHECKPOINT_PIECE_BYTES; }
+size_t fadam_source_bounce_half(const fadam_source *in) {
+    return in->size < FADAM_CHECKPOINT_PIECE_BYTES ? (size_t)in->size + 1 : FADAM_CHECKPOINT_PIECE_BYTES;
+}
 
 /* Reads `count` bytes at `offset` of the checkpoint into `destination`. */
-fadam_status fadam_source_read(const fadam_source *in, uint64_t offset, void *destination, size_t count, const char *function) {
+fadam_status fadam_source_read(const fadam_source *in, uint64_t offset, void *destination, size_t count,
+                               const char *function) {
     char *target = (char *)destination;
     if (count == 0) return FADAM_SUCCESS; /* a zero-element tensor's state pointer may be NULL */
     if (in->memory) {
@@ -249,17 +255,18 @@ static int next_piece(const fadam_load_plan *plan, size_t *e, uint64_t *done, ui
 
 /* Version 2 from a file: reading piece k+1 and hashing piece k at once on the pool (pool NULL: one
  * after the other), through the two halves of the bounce buffer; the digests go in in order. */
-static fadam_status verify_pipelined(const fadam_load_plan *plan, const fadam_source *in, fadam_cpu_pool *pool, fadam_checksum *hash,
-                                     const char *function) {
+static fadam_status verify_pipelined(const fadam_load_plan *plan, const fadam_source *in, fadam_cpu_pool *pool,
+                                     fadam_checksum *hash, const char *function) {
     size_t half = fadam_source_bounce_half(in), e = 0, framed = 0, current_entry = 0, current_bytes = 0, next_bytes = 0;
     uint64_t done = 0, current_offset = 0, next_offset = 0;
     int have_current, have_next, which = 0;
     fadam_status status;
-    FADAM_STATIC_ASSERT(FADAM_CHECKPOINT_PIECE_BYTES == FADAM_CHECKSUM_PIECE_BYTES, "a bounce half holds one checksum piece");
+    FADAM_STATIC_ASSERT(FADAM_CHECKPOINT_PIECE_BYTES == FADAM_CHECKSUM_PIECE_BYTES,
+                        "a bounce half holds one checksum piece");
     have_current = next_piece(plan, &e, &done, &current_offset, &current_bytes);
     current_entry = e;
-    if (have_current &&
-        (status = fadam_source_read(in, in->data_offset + current_offset, in->bounce, current_bytes, function)) != FADAM_SUCCESS)
+    if (have_current && (status = fadam_source_read(in, in->data_offset + current_offset, in->bounce, current_bytes,
+                                                    function)) != FADAM_SUCCESS)
         return status;
     while (have_current) {
         pipeline_step step;
@@ -283,19 +290,22 @@ static fadam_status verify_pipelined(const fadam_load_plan *plan, const fadam_so
         if (step.read_short)
             return fadam_fail(FADAM_ERR_IO, "%s: '%.300s' became shorter while it was read", function, in->path);
         for (; framed <= current_entry; framed++)
-            fadam_checksum_entry(hash, plan->by_name[framed]->name, plan->by_name[framed]->end - plan->by_name[framed]->begin);
+            fadam_checksum_entry(hash, plan->by_name[framed]->name,
+                                 plan->by_name[framed]->end - plan->by_name[framed]->begin);
         fadam_checksum_add_piece(hash, step.digest);
         have_current = have_next, current_entry = next_entry, current_bytes = next_bytes, which = 1 - which;
     }
     for (; framed < plan->parsed.n_entries; framed++)
-        fadam_checksum_entry(hash, plan->by_name[framed]->name, plan->by_name[framed]->end - plan->by_name[framed]->begin);
+        fadam_checksum_entry(hash, plan->by_name[framed]->name,
+                             plan->by_name[framed]->end - plan->by_name[framed]->begin);
     return FADAM_SUCCESS;
 }
 
 /* Streams through the data in name order and compares the checksum of the file's format_version with
  * the recorded one. Data in memory goes a pool's worth of pieces at a time (hashed at once); a file's
  * through the bounce buffer, one piece at a time. */
-fadam_status fadam_load_plan_verify(const fadam_load_plan *plan, const fadam_source *in, const fadam_optimizer *opt, const char *function) {
+fadam_status fadam_load_plan_verify(const fadam_load_plan *plan, const fadam_source *in, const fadam_optimizer *opt,
+                                    const char *function) {
     unsigned char digest[FADAM_CHECKSUM_MAX_BYTES];
     char expected[2 * FADAM_CHECKSUM_MAX_BYTES + 1], computed[2 * FADAM_CHECKSUM_MAX_BYTES + 1];
     size_t digest_bytes = fadam_checksum_bytes(plan->values.format_version), span;
@@ -331,8 +341,9 @@ fadam_status fadam_load_plan_verify(const fadam_load_plan *plan, const fadam_sou
         const char *prefix = fadam_checksum_prefix(plan->values.format_version);
         fadam_hex_encode(plan->values.checksum, digest_bytes, expected);
         fadam_hex_encode(digest, digest_bytes, computed);
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: checksum mismatch: the data or metadata changed after the checkpoint "
-                                             "was written (recorded %s%.16s..., computed %s%.16s...)",
+        return fadam_fail(FADAM_ERR_CORRUPT,
+                          "%s: checksum mismatch: the data or metadata changed after the checkpoint "
+                          "was written (recorded %s%.16s..., computed %s%.16s...)",
                           function, prefix, expected, prefix, computed);
 #else
         (void)expected, (void)computed; /* the fuzzer explores what lies behind the checksum */
@@ -343,8 +354,8 @@ fadam_status fadam_load_plan_verify(const fadam_load_plan *plan, const fadam_sou
 
 /* Reads the header of `in` and checks everything that does not depend on the registration's tensors:
  * header text stays in *header_copy (file sources). */
-fadam_status fadam_load_plan_read(const fadam_optimizer *opt, fadam_source *in, fadam_load_plan *out, char **header_copy_out,
-                                      const char *function) {
+fadam_status fadam_load_plan_read(const fadam_optimizer *opt, fadam_source *in, fadam_load_plan *out,
+                                  char **header_copy_out, const char *function) {
     unsigned char prefix[8];
     char *header_copy = NULL;
     const char *header_text;
@@ -381,7 +392,8 @@ fadam_status fadam_load_plan_read(const fadam_optimizer *opt, fadam_source *in, 
             status = fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the header", function);
     }
     if (status == FADAM_SUCCESS)
-        status = fadam_safetensors_index(&plan.parsed, plan.by_name, plan.by_offset, in->size - in->data_offset, function);
+        status =
+            fadam_safetensors_index(&plan.parsed, plan.by_name, plan.by_offset, in->size - in->data_offset, function);
     if (status == FADAM_SUCCESS) status = fadam_metadata_read(opt, &plan.parsed, &plan.values, function);
     *out = plan;
     *header_copy_out = header_copy;

@@ -37,21 +37,21 @@ typedef enum key_type {
 } key_type;
 
 enum {
-    KEY_OPTIONAL = 1,         /* absent: left as it is (checkpoints written before it existed) */
-    KEY_NAN_IF_SKIPPED = 2,   /* NaN allowed when fused.skipped is 1 */
-    KEY_AT_MOST_SKIPPED = 4   /* at most fused.skipped_total */
+    KEY_OPTIONAL = 1,       /* absent: left as it is (checkpoints written before it existed) */
+    KEY_NAN_IF_SKIPPED = 2, /* NaN allowed when fused.skipped is 1 */
+    KEY_AT_MOST_SKIPPED = 4 /* at most fused.skipped_total */
 };
 
 typedef struct metadata_key {
     const char *name;
     key_scope scope;
     key_type type;
-    size_t offset;       /* of the value in fadam_checkpoint_values (fadam_hparams for SCOPE_GROUP) */
-    size_t size;         /* of an integer value: 4 or 8 */
-    size_t width;        /* the widest text the value may take; 0: its length never changes */
-    int64_t low, high;   /* KEY_INTEGER, KEY_COUNTER */
+    size_t offset;     /* of the value in fadam_checkpoint_values (fadam_hparams for SCOPE_GROUP) */
+    size_t size;       /* of an integer value: 4 or 8 */
+    size_t width;      /* the widest text the value may take; 0: its length never changes */
+    int64_t low, high; /* KEY_INTEGER, KEY_COUNTER */
     float low_float, high_float;
-    const char *range;   /* the range (KEY_INTEGER, KEY_COUNTER_FLOAT) or why the limit (KEY_COUNTER), for messages */
+    const char *range; /* the range (KEY_INTEGER, KEY_COUNTER_FLOAT) or why the limit (KEY_COUNTER), for messages */
     const char *const *choices; /* KEY_CHOICE: the words for 0 and 1 */
     int flags;
 } metadata_key;
@@ -85,16 +85,16 @@ static const metadata_key metadata_keys[] = {
      * overflow at the next one. */
     {"fused.step", SCOPE_FUSED, KEY_COUNTER, VALUE(fused.step), WIDEST_INTEGER, 0, INT64_MAX - 1, 0, 0, CANNOT_ADVANCE,
      NULL, 0},
-    {"fused.skipped_total", SCOPE_FUSED, KEY_COUNTER, VALUE(fused.skipped_total), WIDEST_INTEGER, 0, INT64_MAX - 1, 0, 0,
-     CANNOT_ADVANCE, NULL, 0},
+    {"fused.skipped_total", SCOPE_FUSED, KEY_COUNTER, VALUE(fused.skipped_total), WIDEST_INTEGER, 0, INT64_MAX - 1, 0,
+     0, CANNOT_ADVANCE, NULL, 0},
     {"fused.skipped", SCOPE_FUSED, KEY_COUNTER, VALUE(fused.skipped), WIDEST_INTEGER, 0, 1, 0, 0, "", NULL, 0},
     /* +Inf: a finite norm past float's range; NaN: an Inf/NaN gradient, which skipped the step. */
-    {"fused.grad_norm", SCOPE_FUSED, KEY_COUNTER_FLOAT, VALUE(fused.grad_norm), WIDEST_FLOAT, 0, 0, 0.0f, __builtin_inff(),
-     NULL, NULL, KEY_NAN_IF_SKIPPED},
-    {"fused.clip_coef", SCOPE_FUSED, KEY_COUNTER_FLOAT, VALUE(fused.clip_coef), WIDEST_FLOAT, 0, 0, 0.0f, 1.0f, "in [0, 1]",
-     NULL, 0},
-    {"fused.lr_scale", SCOPE_FUSED, KEY_COUNTER_FLOAT, VALUE(fused.lr_scale), WIDEST_FLOAT, 0, 0, 0.0f, 1.0f, "in [0, 1]",
-     NULL, 0},
+    {"fused.grad_norm", SCOPE_FUSED, KEY_COUNTER_FLOAT, VALUE(fused.grad_norm), WIDEST_FLOAT, 0, 0, 0.0f,
+     __builtin_inff(), NULL, NULL, KEY_NAN_IF_SKIPPED},
+    {"fused.clip_coef", SCOPE_FUSED, KEY_COUNTER_FLOAT, VALUE(fused.clip_coef), WIDEST_FLOAT, 0, 0, 0.0f, 1.0f,
+     "in [0, 1]", NULL, 0},
+    {"fused.lr_scale", SCOPE_FUSED, KEY_COUNTER_FLOAT, VALUE(fused.lr_scale), WIDEST_FLOAT, 0, 0, 0.0f, 1.0f,
+     "in [0, 1]", NULL, 0},
     {"fused.loss_scale", SCOPE_FUSED, KEY_COUNTER_FLOAT, VALUE(fused.loss_scale), WIDEST_FLOAT, 0, 0, 0x1p-126f,
      0x1.fffffep127f, "a finite number >= 2^-126 (the loss scale divides every gradient)", NULL, 0},
     {"fused.good_steps", SCOPE_FUSED, KEY_COUNTER, VALUE(fused.good_steps), WIDEST_INTEGER, 0, INT32_MAX - 1, 0, 0, "",
@@ -108,7 +108,8 @@ static const metadata_key metadata_keys[] = {
 
 /* A field added to the hyperparameters or the counters without its key here does not compile. */
 _Static_assert(sizeof(fadam_hparams) == 8 * 4, "fadam_hparams changed: add its key to metadata_keys (8 group keys)");
-_Static_assert(sizeof(fadam_step_counters) == 48, "fadam_step_counters changed: add its key to metadata_keys (9 fused keys)");
+_Static_assert(sizeof(fadam_step_counters) == 48,
+               "fadam_step_counters changed: add its key to metadata_keys (9 fused keys)");
 _Static_assert(N_METADATA_KEYS == 5 + 8 + 9 + 2, "metadata_keys: 5 file, 8 group, 9 fused and 2 shard keys");
 _Static_assert(sizeof(fadam_mode) == sizeof(int), "a KEY_CHOICE value is an int");
 
@@ -123,8 +124,10 @@ static int64_t get_integer(const void *field, size_t size) {
 }
 
 static void set_integer(void *field, size_t size, int64_t value) {
-    if (size == 8) *(int64_t *)field = value;
-    else *(int32_t *)field = (int32_t)value;
+    if (size == 8)
+        *(int64_t *)field = value;
+    else
+        *(int32_t *)field = (int32_t)value;
 }
 
 /* ---- writing ---- */
@@ -207,7 +210,8 @@ void fadam_checkpoint_values_of(const fadam_optimizer *opt, const fadam_step_cou
     out->shard_count = opt->shard_ranks;
 }
 
-void fadam_metadata_write(const fadam_optimizer *opt, const fadam_checkpoint_values *values, fadam_metadata_list *list) {
+void fadam_metadata_write(const fadam_optimizer *opt, const fadam_checkpoint_values *values,
+                          fadam_metadata_list *list) {
     char text[FADAM_FLOAT_TEXT_MAX], prefix[32];
     size_t k;
     int64_t t;
@@ -275,14 +279,15 @@ static fadam_status read_checksum(const char *value, fadam_checkpoint_values *ou
     const char *prefix = fadam_checksum_prefix(out->format_version);
     size_t digest_bytes = fadam_checksum_bytes(out->format_version), n;
     if (strlen(value) != strlen(prefix) + 2 * digest_bytes || strncmp(value, prefix, strlen(prefix)) != 0)
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: checksum \"%.80s\" is not \"%s\" and %zu hex digits (format_version %d)",
-                          function, value, prefix, 2 * digest_bytes, out->format_version);
+        return fadam_fail(FADAM_ERR_CORRUPT,
+                          "%s: checksum \"%.80s\" is not \"%s\" and %zu hex digits (format_version %d)", function,
+                          value, prefix, 2 * digest_bytes, out->format_version);
     for (n = 0; n < digest_bytes; n++) {
         int high = fadam_hex_value(value[strlen(prefix) + 2 * n]);
         int low = fadam_hex_value(value[strlen(prefix) + 2 * n + 1]);
         if (high < 0 || low < 0)
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: checksum \"%.80s\" is not \"%s\" and %zu hex digits", function, value,
-                              prefix, 2 * digest_bytes);
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: checksum \"%.80s\" is not \"%s\" and %zu hex digits", function,
+                              value, prefix, 2 * digest_bytes);
         out->checksum[n] = (unsigned char)(high * 16 + low);
     }
     return FADAM_SUCCESS;
@@ -300,8 +305,8 @@ static fadam_status read_key(const metadata_key *key, const char *name, const fa
     switch (key->type) {
     case KEY_FORMAT:
         if (strcmp(value, FADAM_CHECKPOINT_FORMAT_NAME) != 0)
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ format is \"%.60s\", not \"" FADAM_CHECKPOINT_FORMAT_NAME
-                                                 "\"",
+            return fadam_fail(FADAM_ERR_CORRUPT,
+                              "%s: __metadata__ format is \"%.60s\", not \"" FADAM_CHECKPOINT_FORMAT_NAME "\"",
                               function, value);
         return FADAM_SUCCESS;
     case KEY_VERSION:
@@ -315,21 +320,22 @@ static fadam_status read_key(const metadata_key *key, const char *name, const fa
     case KEY_INTEGER:
         if (!fadam_parse_count(value, &number) || number < key->low || number > key->high) {
             if (key->range)
-                return fadam_fail(FADAM_ERR_CORRUPT, "%s: %s \"%.40s\" is not an integer in %s", function, key->name, value,
-                                  key->range);
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: %s \"%.40s\" is not an integer in [%lld, %lld]", function, key->name,
-                              value, (long long)key->low, (long long)key->high);
+                return fadam_fail(FADAM_ERR_CORRUPT, "%s: %s \"%.40s\" is not an integer in %s", function, key->name,
+                                  value, key->range);
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: %s \"%.40s\" is not an integer in [%lld, %lld]", function,
+                              key->name, value, (long long)key->low, (long long)key->high);
         }
         set_integer(field, key->size, number);
         return FADAM_SUCCESS;
     case KEY_FLOAT:
         if (!fadam_parse_float(value, (float *)field, &why))
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", %s", function, name, value, why);
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", %s", function, name, value,
+                              why);
         return FADAM_SUCCESS;
     case KEY_CHOICE:
         if (strcmp(value, key->choices[0]) != 0 && strcmp(value, key->choices[1]) != 0)
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", neither \"%s\" nor \"%s\"", function,
-                              name, value, key->choices[0], key->choices[1]);
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", neither \"%s\" nor \"%s\"",
+                              function, name, value, key->choices[0], key->choices[1]);
         *(int *)field = strcmp(value, key->choices[1]) == 0;
         return FADAM_SUCCESS;
     case KEY_COUNTER: {
@@ -343,8 +349,9 @@ static fadam_status read_key(const metadata_key *key, const char *name, const fa
     case KEY_COUNTER_FLOAT: {
         float *out = (float *)field;
         int nan_ok = (key->flags & KEY_NAN_IF_SKIPPED) && values->fused.skipped == 1;
-        const char *range = key->range ? key->range
-                                       : values->fused.skipped ? ">= 0 or nan" : ">= 0 (nan only in a skipped step)";
+        const char *range = key->range              ? key->range
+                            : values->fused.skipped ? ">= 0 or nan"
+                                                    : ">= 0 (nan only in a skipped step)";
         if (!fadam_parse_any_float(value, out))
             return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", not a number", function, name,
                               value);
@@ -356,7 +363,8 @@ static fadam_status read_key(const metadata_key *key, const char *name, const fa
     }
     case KEY_SHARD_COUNT:
         if (!fadam_parse_count(value, &number))
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: '%.300s': %s \"%.40s\" is not a count", function, path, name, value);
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: '%.300s': %s \"%.40s\" is not a count", function, path, name,
+                              value);
         set_integer(field, key->size, number);
         return FADAM_SUCCESS;
     }
@@ -378,18 +386,19 @@ static fadam_status read_scope(key_scope scope, const fadam_st_header *header, v
     return FADAM_SUCCESS;
 }
 
-fadam_status fadam_metadata_read(const fadam_optimizer *opt, const fadam_st_header *header, fadam_checkpoint_values *out,
-                                 const char *function) {
+fadam_status fadam_metadata_read(const fadam_optimizer *opt, const fadam_st_header *header,
+                                 fadam_checkpoint_values *out, const char *function) {
     char prefix[32], message[512];
     fadam_status status;
     int g;
     memset(out, 0, sizeof *out);
     if (!header->has_metadata)
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: the header has no __metadata__: not a fusedadam checkpoint", function);
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: the header has no __metadata__: not a fusedadam checkpoint",
+                          function);
     if ((status = read_scope(SCOPE_FILE, header, out, "", out, NULL, function)) != FADAM_SUCCESS) return status;
     if (out->n_groups != opt->n_groups)
-        return fadam_fail(FADAM_ERR_MISMATCH, "%s: the checkpoint has %lld parameter group(s), the optimizer %d", function,
-                          (long long)out->n_groups, opt->n_groups);
+        return fadam_fail(FADAM_ERR_MISMATCH, "%s: the checkpoint has %lld parameter group(s), the optimizer %d",
+                          function, (long long)out->n_groups, opt->n_groups);
     for (g = 0; g < out->n_groups; g++) {
         snprintf(prefix, sizeof prefix, "group.%d.", g);
         if ((status = read_scope(SCOPE_GROUP, header, &out->groups[g], prefix, out, NULL, function)) != FADAM_SUCCESS)

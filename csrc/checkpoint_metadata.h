@@ -17,14 +17,19 @@ typedef struct fadam_checkpoint_values {
     int64_t step;
     int n_groups;
     fadam_hparams groups[FADAM_MAX_GROUPS];
-    int has_fused;                                    /* the fused step's counters are there */
+    int has_fused; /* the fused step's counters are there */
     fadam_step_counters fused;
-    int64_t shard_rank, shard_count;                  /* 0 of 1 when not sharded */
+    int64_t shard_rank, shard_count; /* 0 of 1 when not sharded */
 } fadam_checkpoint_values;
 
 /* The per-tensor keys, NAME + suffix; the sharded ones only for a sharded optimizer. */
-enum { FADAM_TENSOR_KEY_PARAM_DTYPE, FADAM_TENSOR_KEY_GROUP, FADAM_TENSOR_KEY_OFFSET, FADAM_TENSOR_KEY_FULL_NUMEL,
-       FADAM_N_TENSOR_KEYS };
+enum {
+    FADAM_TENSOR_KEY_PARAM_DTYPE,
+    FADAM_TENSOR_KEY_GROUP,
+    FADAM_TENSOR_KEY_OFFSET,
+    FADAM_TENSOR_KEY_FULL_NUMEL,
+    FADAM_N_TENSOR_KEYS
+};
 extern const char *const fadam_tensor_key_suffix[FADAM_N_TENSOR_KEYS];
 
 /* key, value, key, value, ... as a save collects them; `slack` counts the spaces that make the
@@ -57,8 +62,8 @@ const char *fadam_metadata_tensor_value(const fadam_st_header *header, const cha
 /* format, format_version, checksum, step, n_groups (equal to the optimizer's), every group's
  * hyperparameters, then the fused step's counters when "fused.step" is there: in that order, the
  * first failure's message. */
-fadam_status fadam_metadata_read(const fadam_optimizer *opt, const fadam_st_header *header, fadam_checkpoint_values *out,
-                                 const char *function);
+fadam_status fadam_metadata_read(const fadam_optimizer *opt, const fadam_st_header *header,
+                                 fadam_checkpoint_values *out, const char *function);
 /* shard.rank and shard.count (a file without them is shard 0 of 1); `path` for messages. */
 fadam_status fadam_metadata_read_shard(const fadam_st_header *header, const char *path, fadam_checkpoint_values *out,
                                        const char *function);

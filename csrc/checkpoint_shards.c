@@ -100,16 +100,19 @@ static fadam_status gather_tensor(const fadam_optimizer *opt, int64_t t, const s
         if (entry->shape_overflows || entry->numel > (uint64_t)INT64_MAX)
             return fadam_fail(FADAM_ERR_CORRUPT, "%s: '%.300s': tensor '%.*s': shape out of range", function,
                               files[i].in.path, FADAM_NAME_CLIP, name);
-        if ((status = fadam_checkpoint_file_slice(&plan->parsed, name, numel, &offset, &full_numel, function)) != FADAM_SUCCESS)
+        if ((status = fadam_checkpoint_file_slice(&plan->parsed, name, numel, &offset, &full_numel, function)) !=
+            FADAM_SUCCESS)
             return status;
         if (full_numel != want_full)
-            return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s': tensor '%.*s' has %lld elements there, %lld registered",
-                              function, files[i].in.path, FADAM_NAME_CLIP, name, (long long)full_numel, (long long)want_full);
+            return fadam_fail(FADAM_ERR_MISMATCH,
+                              "%s: '%.300s': tensor '%.*s' has %lld elements there, %lld registered", function,
+                              files[i].in.path, FADAM_NAME_CLIP, name, (long long)full_numel, (long long)want_full);
         snprintf(key, sizeof key, "%s%s", name, fadam_tensor_key_suffix[FADAM_TENSOR_KEY_PARAM_DTYPE]);
         if ((status = fadam_metadata_require(&plan->parsed, key, &value, function)) != FADAM_SUCCESS) return status;
         if (strcmp(value, fadam_param_dtype_name(tensor->param_dtype)) != 0)
             return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': param dtype %.20s in '%.300s', %s registered",
-                              function, FADAM_NAME_CLIP, name, value, files[i].in.path, fadam_param_dtype_name(tensor->param_dtype));
+                              function, FADAM_NAME_CLIP, name, value, files[i].in.path,
+                              fadam_param_dtype_name(tensor->param_dtype));
         snprintf(key, sizeof key, "%s%s", name, fadam_tensor_key_suffix[FADAM_TENSOR_KEY_GROUP]);
         if ((status = fadam_metadata_require(&plan->parsed, key, &value, function)) != FADAM_SUCCESS) return status;
         if (!fadam_parse_count(value, &group) || group != tensor->group)
@@ -125,9 +128,9 @@ static fadam_status gather_tensor(const fadam_optimizer *opt, int64_t t, const s
             entry = fadam_safetensors_find(plan->by_name, plan->parsed.n_entries, key, &index);
             if (!entry || strcmp(entry->dtype, states[kind].dtype) != 0 || entry->n_dims != 1 ||
                 (int64_t)entry->numel != numel)
-                return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s': tensor '%.*s' %s: missing, or not %s [%lld]", function,
-                                  files[i].in.path, FADAM_NAME_CLIP, name, states[kind].suffix + 1, states[kind].dtype,
-                                  (long long)numel);
+                return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s': tensor '%.*s' %s: missing, or not %s [%lld]",
+                                  function, files[i].in.path, FADAM_NAME_CLIP, name, states[kind].suffix + 1,
+                                  states[kind].dtype, (long long)numel);
             if (lo < hi)
                 memcpy(host[kind] + (uint64_t)(lo - want_offset) * element,
                        files[i].data + files[i].in.data_offset + entry->begin + (uint64_t)(lo - offset) * element,
@@ -135,8 +138,8 @@ static fadam_status gather_tensor(const fadam_optimizer *opt, int64_t t, const s
         }
     }
     if (n_pieces == 0)
-        return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s' is in none of the %d checkpoint(s)", function, FADAM_NAME_CLIP,
-                          name, n_files);
+        return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s' is in none of the %d checkpoint(s)", function,
+                          FADAM_NAME_CLIP, name, n_files);
     qsort(pieces, (size_t)n_pieces, sizeof *pieces, compare_pieces);
     for (i = 0; i < n_pieces; i++) {
         if (pieces[i].numel == 0) continue;
@@ -144,8 +147,9 @@ static fadam_status gather_tensor(const fadam_optimizer *opt, int64_t t, const s
         end += pieces[i].numel;
     }
     if (i < n_pieces || end != want_full)
-        return fadam_fail(FADAM_ERR_MISMATCH, "%s: tensor '%.*s': the checkpoints' slices do not tile its %lld elements "
-                                              "(a gap or an overlap at element %lld)",
+        return fadam_fail(FADAM_ERR_MISMATCH,
+                          "%s: tensor '%.*s': the checkpoints' slices do not tile its %lld elements "
+                          "(a gap or an overlap at element %lld)",
                           function, FADAM_NAME_CLIP, name, (long long)want_full, (long long)end);
     return FADAM_SUCCESS;
 }
@@ -155,21 +159,24 @@ static fadam_status check_shard_set(const shard_file *files, int n_files, const 
     int i, j;
     for (i = 0; i < n_files; i++) {
         if (files[i].plan.values.shard_count != n_files || files[i].plan.values.shard_rank >= n_files)
-            return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s' is shard %lld of %lld, but %d file(s) were given", function,
-                              files[i].in.path, (long long)files[i].plan.values.shard_rank, (long long)files[i].plan.values.shard_count, n_files);
+            return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s' is shard %lld of %lld, but %d file(s) were given",
+                              function, files[i].in.path, (long long)files[i].plan.values.shard_rank,
+                              (long long)files[i].plan.values.shard_count, n_files);
         for (j = 0; j < i; j++)
             if (files[j].plan.values.shard_rank == files[i].plan.values.shard_rank)
                 return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s' and '%.300s' are both shard %lld", function,
                                   files[j].in.path, files[i].in.path, (long long)files[i].plan.values.shard_rank);
-        if (files[i].plan.values.step != files[0].plan.values.step || files[i].plan.values.has_fused != files[0].plan.values.has_fused ||
+        if (files[i].plan.values.step != files[0].plan.values.step ||
+            files[i].plan.values.has_fused != files[0].plan.values.has_fused ||
             memcmp(files[i].plan.values.groups, files[0].plan.values.groups, sizeof files[0].plan.values.groups) != 0 ||
             (files[0].plan.values.has_fused &&
              (files[i].plan.values.fused.step != files[0].plan.values.fused.step ||
               files[i].plan.values.fused.skipped_total != files[0].plan.values.fused.skipped_total ||
               files[i].plan.values.fused.loss_scale != files[0].plan.values.fused.loss_scale ||
               files[i].plan.values.fused.good_steps != files[0].plan.values.fused.good_steps)))
-            return fadam_fail(FADAM_ERR_MISMATCH, "%s: '%.300s' and '%.300s' differ in step, hyperparameters or the fused "
-                                                  "step's counters: not shards of one save",
+            return fadam_fail(FADAM_ERR_MISMATCH,
+                              "%s: '%.300s' and '%.300s' differ in step, hyperparameters or the fused "
+                              "step's counters: not shards of one save",
                               function, files[0].in.path, files[i].in.path);
     }
     return FADAM_SUCCESS;
@@ -187,7 +194,8 @@ static fadam_status commit_gathered(fadam_optimizer *opt, unsigned char *const *
     const void *from = plan->values.has_fused ? (const void *)&counters : (const void *)&plan->values.step;
     size_t counter_bytes = plan->values.has_fused ? sizeof counters : sizeof(int64_t);
     if (opt->fused_state)
-        target = plan->values.has_fused ? (void *)&opt->fused_state->counters : (void *)&opt->fused_state->counters.step;
+        target =
+            plan->values.has_fused ? (void *)&opt->fused_state->counters : (void *)&opt->fused_state->counters.step;
     if (opt->device == FADAM_DEVICE_CUDA &&
         (status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS)
         return status;
@@ -198,15 +206,18 @@ static fadam_status commit_gathered(fadam_optimizer *opt, unsigned char *const *
             size_t bytes = (size_t)states[kind].numel * states[kind].element_bytes;
             const unsigned char *from_host = host[FADAM_CHECKPOINT_MAX_STATES * t + kind];
             if (bytes == 0) continue;
-            if (opt->device == FADAM_DEVICE_CPU) memcpy(states[kind].data, from_host, bytes);
-            else if (cudaMemcpyAsync(states[kind].data, from_host, bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream) !=
-                     cudaSuccess)
+            if (opt->device == FADAM_DEVICE_CPU)
+                memcpy(states[kind].data, from_host, bytes);
+            else if (cudaMemcpyAsync(states[kind].data, from_host, bytes, cudaMemcpyHostToDevice,
+                                     (cudaStream_t)stream) != cudaSuccess)
                 status = fadam_cuda_fail(cudaGetLastError(), "cudaMemcpyAsync(state)", __FILE__, __LINE__);
         }
     }
     if (status == FADAM_SUCCESS && target) {
-        if (opt->device == FADAM_DEVICE_CPU) memcpy(target, from, counter_bytes);
-        else if (cudaMemcpyAsync(target, from, counter_bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream) != cudaSuccess)
+        if (opt->device == FADAM_DEVICE_CPU)
+            memcpy(target, from, counter_bytes);
+        else if (cudaMemcpyAsync(target, from, counter_bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream) !=
+                 cudaSuccess)
             status = fadam_cuda_fail(cudaGetLastError(), "cudaMemcpyAsync(step counters)", __FILE__, __LINE__);
     }
     /* The host buffers are freed after this returns. */
@@ -241,10 +252,12 @@ fadam_status fadam_load_shards(fadam_optimizer *opt, const char *const *paths, i
     files = (shard_file *)calloc((size_t)n_paths, sizeof *files);
     pieces = (shard_piece *)calloc((size_t)n_paths, sizeof *pieces);
     host = (unsigned char **)calloc((size_t)(opt->n_tensors > 0 ? opt->n_tensors : 1) * FADAM_CHECKPOINT_MAX_STATES,
-                                   sizeof *host);
-    status = files && pieces && host ? FADAM_SUCCESS
-                                     : fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the shard list", function);
-    for (i = 0; i < n_paths && status == FADAM_SUCCESS; i++, n_read++) status = read_shard_file(opt, paths[i], &files[i], function);
+                                    sizeof *host);
+    status = files && pieces && host
+                 ? FADAM_SUCCESS
+                 : fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the shard list", function);
+    for (i = 0; i < n_paths && status == FADAM_SUCCESS; i++, n_read++)
+        status = read_shard_file(opt, paths[i], &files[i], function);
     if (status == FADAM_SUCCESS) status = check_shard_set(files, n_paths, function);
     for (t = 0; t < opt->n_tensors && status == FADAM_SUCCESS; t++) {
         fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES];

@@ -84,24 +84,25 @@ fadam_status fadam_json_string(fadam_json_reader *p, const char **out) {
                 if (code >= 0xD800 && code <= 0xDBFF) {
                     unsigned low = 0;
                     char what[112];
-                    if (p->position + 1 >= p->length || p->text[p->position] != '\\' || p->text[p->position + 1] != 'u' ||
-                        !read_hex4(p, p->position + 2, &low)) {
-                        snprintf(what, sizeof what, "unpaired surrogate: high surrogate \\u%04x not followed by a \\u escape",
-                                 code);
+                    if (p->position + 1 >= p->length || p->text[p->position] != '\\' ||
+                        p->text[p->position + 1] != 'u' || !read_hex4(p, p->position + 2, &low)) {
+                        snprintf(what, sizeof what,
+                                 "unpaired surrogate: high surrogate \\u%04x not followed by a \\u escape", code);
                         return fadam_json_error(p, what);
                     }
                     if (low < 0xDC00 || low > 0xDFFF) {
-                        snprintf(what, sizeof what,
-                                 "unpaired surrogate: high surrogate \\u%04x followed by \\u%04x, not by a low surrogate",
-                                 code, low);
+                        snprintf(
+                            what, sizeof what,
+                            "unpaired surrogate: high surrogate \\u%04x followed by \\u%04x, not by a low surrogate",
+                            code, low);
                         return fadam_json_error(p, what);
                     }
                     p->position += 6;
                     code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
                 } else if (code >= 0xDC00 && code <= 0xDFFF) {
                     char what[96];
-                    snprintf(what, sizeof what, "unpaired surrogate: low surrogate \\u%04x without a high one before it",
-                             code);
+                    snprintf(what, sizeof what,
+                             "unpaired surrogate: low surrogate \\u%04x without a high one before it", code);
                     return fadam_json_error(p, what);
                 }
                 if (code == 0) return fadam_json_error(p, "NUL (\\u0000) inside a string");
@@ -176,7 +177,6 @@ fadam_status fadam_json_integer(fadam_json_reader *p, uint64_t *out) {
     return FADAM_SUCCESS;
 }
 
-
 int fadam_json_accept(fadam_json_reader *p, char c) {
     if (fadam_json_peek(p) != c) return 0;
     p->position++;
@@ -197,18 +197,21 @@ static fadam_status skip_number(fadam_json_reader *p) {
     if (p->position < p->length && t[p->position] == '0') {
         p->position++;
     } else {
-        for (digits = 0; p->position < p->length && t[p->position] >= '0' && t[p->position] <= '9'; digits++) p->position++;
+        for (digits = 0; p->position < p->length && t[p->position] >= '0' && t[p->position] <= '9'; digits++)
+            p->position++;
         if (!digits) return fadam_json_error(p, "expected a value");
     }
     if (p->position < p->length && t[p->position] == '.') {
         p->position++;
-        for (digits = 0; p->position < p->length && t[p->position] >= '0' && t[p->position] <= '9'; digits++) p->position++;
+        for (digits = 0; p->position < p->length && t[p->position] >= '0' && t[p->position] <= '9'; digits++)
+            p->position++;
         if (!digits) return fadam_json_error(p, "expected a digit after '.'");
     }
     if (p->position < p->length && (t[p->position] == 'e' || t[p->position] == 'E')) {
         p->position++;
         if (p->position < p->length && (t[p->position] == '+' || t[p->position] == '-')) p->position++;
-        for (digits = 0; p->position < p->length && t[p->position] >= '0' && t[p->position] <= '9'; digits++) p->position++;
+        for (digits = 0; p->position < p->length && t[p->position] >= '0' && t[p->position] <= '9'; digits++)
+            p->position++;
         if (!digits) return fadam_json_error(p, "expected a digit in the exponent");
     }
     return FADAM_SUCCESS;
@@ -234,7 +237,8 @@ fadam_status fadam_json_skip_value(fadam_json_reader *p, int max_depth) {
             } else {
                 if (c == '{') {
                     if ((status = fadam_json_string(p, &unused)) != FADAM_SUCCESS) return status;
-                    if ((status = fadam_json_expect(p, ':', "expected ':' after a key")) != FADAM_SUCCESS) return status;
+                    if ((status = fadam_json_expect(p, ':', "expected ':' after a key")) != FADAM_SUCCESS)
+                        return status;
                 }
                 continue;
             }
@@ -255,12 +259,14 @@ fadam_status fadam_json_skip_value(fadam_json_reader *p, int max_depth) {
             if (fadam_json_accept(p, ',')) {
                 if (open[depth - 1] == '{') {
                     if ((status = fadam_json_string(p, &unused)) != FADAM_SUCCESS) return status;
-                    if ((status = fadam_json_expect(p, ':', "expected ':' after a key")) != FADAM_SUCCESS) return status;
+                    if ((status = fadam_json_expect(p, ':', "expected ':' after a key")) != FADAM_SUCCESS)
+                        return status;
                 }
                 break;
             }
             if (open[depth - 1] == '{') {
-                if ((status = fadam_json_expect(p, '}', "expected ',' or '}' in an object")) != FADAM_SUCCESS) return status;
+                if ((status = fadam_json_expect(p, '}', "expected ',' or '}' in an object")) != FADAM_SUCCESS)
+                    return status;
             } else if ((status = fadam_json_expect(p, ']', "expected ',' or ']' in an array")) != FADAM_SUCCESS) {
                 return status;
             }

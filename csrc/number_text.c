@@ -80,10 +80,14 @@ int fadam_parse_float(const char *text, float *out, const char **why) {
 /* fadam_parse_float, and "nan", "inf", "-inf" (the fused step's logged values). */
 int fadam_parse_any_float(const char *text, float *out) {
     const char *why;
-    if (strcmp(text, "nan") == 0) *out = __builtin_nanf("");
-    else if (strcmp(text, "inf") == 0) *out = __builtin_inff();
-    else if (strcmp(text, "-inf") == 0) *out = -__builtin_inff();
-    else return fadam_parse_float(text, out, &why);
+    if (strcmp(text, "nan") == 0)
+        *out = __builtin_nanf("");
+    else if (strcmp(text, "inf") == 0)
+        *out = __builtin_inff();
+    else if (strcmp(text, "-inf") == 0)
+        *out = -__builtin_inff();
+    else
+        return fadam_parse_float(text, out, &why);
     return 1;
 }
 

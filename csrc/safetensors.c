@@ -29,9 +29,9 @@ static int compare_first_strings(const void *a, const void *b) {
 }
 
 fadam_status fadam_safetensors_write_header(fadam_text *out, char *const *metadata, size_t n_metadata,
-                                           const fadam_st_item *items, size_t n_items, size_t slack,
-                                           const char *marked_key, size_t *marked_position, uint64_t *data_bytes,
-                                           const char *function) {
+                                            const fadam_st_item *items, size_t n_items, size_t slack,
+                                            const char *marked_key, size_t *marked_position, uint64_t *data_bytes,
+                                            const char *function) {
     uint64_t offset = 0;
     size_t i;
     fadam_text_append_string(out, "{\"__metadata__\":{");
@@ -47,8 +47,9 @@ fadam_status fadam_safetensors_write_header(fadam_text *out, char *const *metada
         char fields[160];
         fadam_text_append(out, ",", 1);
         fadam_text_append_json_string(out, items[i].name);
-        snprintf(fields, sizeof fields, ":{\"dtype\":\"%s\",\"shape\":[%lld],\"data_offsets\":[%llu,%llu]}", items[i].dtype,
-                 (long long)items[i].numel, (unsigned long long)offset, (unsigned long long)(offset + items[i].bytes));
+        snprintf(fields, sizeof fields, ":{\"dtype\":\"%s\",\"shape\":[%lld],\"data_offsets\":[%llu,%llu]}",
+                 items[i].dtype, (long long)items[i].numel, (unsigned long long)offset,
+                 (unsigned long long)(offset + items[i].bytes));
         fadam_text_append_string(out, fields);
         offset += items[i].bytes;
     }
@@ -60,8 +61,9 @@ fadam_status fadam_safetensors_write_header(fadam_text *out, char *const *metada
     if (out->out_of_memory)
         return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the checkpoint header", function);
     if (out->length > FADAM_SAFETENSORS_HEADER_LIMIT)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: the checkpoint header would be %zu bytes, over the %llu-byte limit",
-                          function, out->length, (unsigned long long)FADAM_SAFETENSORS_HEADER_LIMIT);
+        return fadam_fail(FADAM_ERR_INVALID_VALUE,
+                          "%s: the checkpoint header would be %zu bytes, over the %llu-byte limit", function,
+                          out->length, (unsigned long long)FADAM_SAFETENSORS_HEADER_LIMIT);
     *data_bytes = offset;
     return FADAM_SUCCESS;
 }
@@ -74,17 +76,18 @@ fadam_status fadam_safetensors_check_size(uint64_t size, const char *function) {
 }
 
 fadam_status fadam_safetensors_header_length(const unsigned char prefix[8], uint64_t size, uint64_t *length,
-                                            const char *function) {
+                                             const char *function) {
     uint64_t header_length = 0;
     int i;
     for (i = 7; i >= 0; i--) header_length = header_length << 8 | prefix[i];
     if (header_length == 0) return fadam_fail(FADAM_ERR_CORRUPT, "%s: the header length is 0", function);
     if (header_length > (uint64_t)INT64_MAX)
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: the header length is negative (%lld as a signed 64-bit number)", function,
-                          (long long)(header_length - (uint64_t)INT64_MAX - 1) + INT64_MIN);
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: the header length is negative (%lld as a signed 64-bit number)",
+                          function, (long long)(header_length - (uint64_t)INT64_MAX - 1) + INT64_MIN);
     if (header_length > size - 8)
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: the header length %llu reaches past the end of the %llu-byte checkpoint "
-                                             "(truncated?)",
+        return fadam_fail(FADAM_ERR_CORRUPT,
+                          "%s: the header length %llu reaches past the end of the %llu-byte checkpoint "
+                          "(truncated?)",
                           function, (unsigned long long)header_length, (unsigned long long)size);
     if (header_length > FADAM_SAFETENSORS_HEADER_LIMIT)
         return fadam_fail(FADAM_ERR_CORRUPT, "%s: the header length %llu is over the %llu-byte limit", function,
@@ -149,15 +152,19 @@ static fadam_status parse_entry(fadam_json_reader *p, fadam_st_entry *entry) {
                 for (;;) {
                     uint64_t dim;
                     if ((status = fadam_json_integer(p, &dim)) != FADAM_SUCCESS) return status;
-                    if (++dims > FADAM_SAFETENSORS_MAX_DIMS) return fadam_json_error(p, "shape has more than 32 dimensions");
+                    if (++dims > FADAM_SAFETENSORS_MAX_DIMS)
+                        return fadam_json_error(p, "shape has more than 32 dimensions");
                     entry->n_dims = dims;
-                    if (dim != 0 && entry->numel > (uint64_t)INT64_MAX / dim) entry->shape_overflows = 1;
-                    else entry->numel *= dim;
+                    if (dim != 0 && entry->numel > (uint64_t)INT64_MAX / dim)
+                        entry->shape_overflows = 1;
+                    else
+                        entry->numel *= dim;
                     if (fadam_json_peek(p) == ',') {
                         p->position++;
                         continue;
                     }
-                    if ((status = fadam_json_expect(p, ']', "expected ',' or ']' in shape")) != FADAM_SUCCESS) return status;
+                    if ((status = fadam_json_expect(p, ']', "expected ',' or ']' in shape")) != FADAM_SUCCESS)
+                        return status;
                     break;
                 }
             }
@@ -169,7 +176,8 @@ static fadam_status parse_entry(fadam_json_reader *p, fadam_st_entry *entry) {
             if ((status = fadam_json_integer(p, &entry->begin)) != FADAM_SUCCESS) return status;
             if ((status = fadam_json_expect(p, ',', "data_offsets needs two integers")) != FADAM_SUCCESS) return status;
             if ((status = fadam_json_integer(p, &entry->end)) != FADAM_SUCCESS) return status;
-            if ((status = fadam_json_expect(p, ']', "data_offsets needs exactly two integers")) != FADAM_SUCCESS) return status;
+            if ((status = fadam_json_expect(p, ']', "data_offsets needs exactly two integers")) != FADAM_SUCCESS)
+                return status;
         } else {
             return fadam_json_error(p, "unknown key in a tensor entry (only dtype, shape, data_offsets)");
         }
@@ -177,12 +185,16 @@ static fadam_status parse_entry(fadam_json_reader *p, fadam_st_entry *entry) {
             p->position++;
             continue;
         }
-        if ((status = fadam_json_expect(p, '}', "expected ',' or '}' in a tensor entry")) != FADAM_SUCCESS) return status;
+        if ((status = fadam_json_expect(p, '}', "expected ',' or '}' in a tensor entry")) != FADAM_SUCCESS)
+            return status;
         break;
     }
     if (!seen_dtype || !seen_shape || !seen_offsets)
-        return fadam_fail(FADAM_ERR_CORRUPT, "%s: malformed header: tensor '%.*s' lacks %s", p->function, FADAM_NAME_CLIP,
-                          entry->name, !seen_dtype ? "dtype" : !seen_shape ? "shape" : "data_offsets");
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: malformed header: tensor '%.*s' lacks %s", p->function,
+                          FADAM_NAME_CLIP, entry->name,
+                          !seen_dtype   ? "dtype"
+                          : !seen_shape ? "shape"
+                                        : "data_offsets");
     return FADAM_SUCCESS;
 }
 
@@ -210,7 +222,8 @@ fadam_status fadam_safetensors_parse(const char *text, size_t length, fadam_st_h
                 if (out->n_entries == out->entries_capacity) {
                     size_t capacity = out->entries_capacity ? 2 * out->entries_capacity : 64;
                     fadam_st_entry *grown = (fadam_st_entry *)realloc(out->entries, capacity * sizeof *grown);
-                    if (!grown) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the header", function);
+                    if (!grown)
+                        return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the header", function);
                     out->entries = grown;
                     out->entries_capacity = capacity;
                 }
@@ -223,7 +236,8 @@ fadam_status fadam_safetensors_parse(const char *text, size_t length, fadam_st_h
                 p->position++;
                 continue;
             }
-            if ((status = fadam_json_expect(p, '}', "expected ',' or '}' after a tensor entry")) != FADAM_SUCCESS) return status;
+            if ((status = fadam_json_expect(p, '}', "expected ',' or '}' after a tensor entry")) != FADAM_SUCCESS)
+                return status;
             break;
         }
     }
@@ -256,8 +270,10 @@ fadam_st_entry *fadam_safetensors_find(fadam_st_entry *const *by_name, size_t n_
             *index_out = middle;
             return by_name[middle];
         }
-        if (order < 0) low = middle + 1;
-        else high = middle;
+        if (order < 0)
+            low = middle + 1;
+        else
+            high = middle;
     }
     return NULL;
 }
@@ -276,21 +292,24 @@ static fadam_status check_byte_ranges(fadam_st_header *parsed, fadam_st_entry **
             return fadam_fail(FADAM_ERR_CORRUPT, "%s: entry '%.*s': unknown dtype \"%.20s\"", function, FADAM_NAME_CLIP,
                               entry->name, entry->dtype);
         if (entry->shape_overflows || entry->numel > UINT64_MAX / known_dtypes[dtype].bytes)
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: entry '%.*s': shape %.*s overflows 64 bits", function, FADAM_NAME_CLIP,
-                              entry->name, entry->shape_length > 200 ? 200 : entry->shape_length, entry->shape_text);
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: entry '%.*s': shape %.*s overflows 64 bits", function,
+                              FADAM_NAME_CLIP, entry->name, entry->shape_length > 200 ? 200 : entry->shape_length,
+                              entry->shape_text);
         bytes = entry->numel * known_dtypes[dtype].bytes;
         if (entry->begin > entry->end)
             return fadam_fail(FADAM_ERR_CORRUPT, "%s: entry '%.*s': data_offsets [%llu, %llu] end before they begin",
                               function, FADAM_NAME_CLIP, entry->name, (unsigned long long)entry->begin,
                               (unsigned long long)entry->end);
         if (entry->end > data_size)
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: entry '%.*s': data_offsets [%llu, %llu] reach past the %llu data "
-                                                 "bytes (truncated?)",
+            return fadam_fail(FADAM_ERR_CORRUPT,
+                              "%s: entry '%.*s': data_offsets [%llu, %llu] reach past the %llu data "
+                              "bytes (truncated?)",
                               function, FADAM_NAME_CLIP, entry->name, (unsigned long long)entry->begin,
                               (unsigned long long)entry->end, (unsigned long long)data_size);
         if (entry->end - entry->begin != bytes)
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: entry '%.*s': data_offsets [%llu, %llu] span %llu bytes, but shape "
-                                                 "%.*s of %s needs %llu",
+            return fadam_fail(FADAM_ERR_CORRUPT,
+                              "%s: entry '%.*s': data_offsets [%llu, %llu] span %llu bytes, but shape "
+                              "%.*s of %s needs %llu",
                               function, FADAM_NAME_CLIP, entry->name, (unsigned long long)entry->begin,
                               (unsigned long long)entry->end, (unsigned long long)(entry->end - entry->begin),
                               entry->shape_length > 100 ? 100 : entry->shape_length, entry->shape_text,
@@ -301,8 +320,8 @@ static fadam_status check_byte_ranges(fadam_st_header *parsed, fadam_st_entry **
     for (i = 0; i < parsed->n_entries; i++) {
         const fadam_st_entry *entry = by_offset[i];
         if (entry->begin < previous_end)
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: entries '%.*s' and '%.*s' overlap in the data", function, FADAM_NAME_CLIP,
-                              by_offset[i - 1]->name, FADAM_NAME_CLIP, entry->name);
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: entries '%.*s' and '%.*s' overlap in the data", function,
+                              FADAM_NAME_CLIP, by_offset[i - 1]->name, FADAM_NAME_CLIP, entry->name);
         if (entry->begin > previous_end)
             return fadam_fail(FADAM_ERR_CORRUPT, "%s: %llu data bytes before entry '%.*s' belong to no entry", function,
                               (unsigned long long)(entry->begin - previous_end), FADAM_NAME_CLIP, entry->name);
@@ -320,8 +339,8 @@ static fadam_status check_unique_keys(fadam_st_header *parsed, fadam_st_entry **
     if (parsed->n_entries > 1) qsort(by_name, parsed->n_entries, sizeof *by_name, compare_entry_names);
     for (i = 1; i < parsed->n_entries; i++)
         if (strcmp(by_name[i]->name, by_name[i - 1]->name) == 0)
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: malformed header: duplicate key '%.*s'", function, FADAM_NAME_CLIP,
-                              by_name[i]->name);
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: malformed header: duplicate key '%.*s'", function,
+                              FADAM_NAME_CLIP, by_name[i]->name);
     if (parsed->n_metadata > 1)
         qsort(parsed->metadata, parsed->n_metadata, 2 * sizeof *parsed->metadata, compare_first_strings);
     for (i = 1; i < parsed->n_metadata; i++)
@@ -331,9 +350,8 @@ static fadam_status check_unique_keys(fadam_st_header *parsed, fadam_st_entry **
     return FADAM_SUCCESS;
 }
 
-
 fadam_status fadam_safetensors_index(fadam_st_header *header, fadam_st_entry **by_name, fadam_st_entry **by_offset,
-                                    uint64_t data_size, const char *function) {
+                                     uint64_t data_size, const char *function) {
     fadam_status status = check_unique_keys(header, by_name, function);
     if (status == FADAM_SUCCESS) status = check_byte_ranges(header, by_offset, data_size, function);
     return status;

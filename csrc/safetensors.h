@@ -56,22 +56,22 @@ typedef struct fadam_st_header {
  * `slack` spaces, and spaces up to a multiple of 8 of 8 + its length. `metadata` holds key, value,
  * ... sorted by key. *marked_position: where the value of `marked_key` starts (past its quote). */
 fadam_status fadam_safetensors_write_header(fadam_text *out, char *const *metadata, size_t n_metadata,
-                                           const fadam_st_item *items, size_t n_items, size_t slack,
-                                           const char *marked_key, size_t *marked_position, uint64_t *data_bytes,
-                                           const char *function);
+                                            const fadam_st_item *items, size_t n_items, size_t slack,
+                                            const char *marked_key, size_t *marked_position, uint64_t *data_bytes,
+                                            const char *function);
 
 /* A checkpoint of `size` bytes holds at least the 8-byte length. */
 fadam_status fadam_safetensors_check_size(uint64_t size, const char *function);
 /* The header length from the first 8 bytes: nonzero, inside the file, within the limit. */
 fadam_status fadam_safetensors_header_length(const unsigned char prefix[8], uint64_t size, uint64_t *length,
-                                            const char *function);
+                                             const char *function);
 /* Parses `length` bytes of header JSON into *out (free it with fadam_safetensors_free, also on failure). */
 fadam_status fadam_safetensors_parse(const char *text, size_t length, fadam_st_header *out, const char *function);
 /* Unique entry names and metadata keys (by_name sorted, metadata sorted), then every entry's dtype,
  * shape and range: inside the `data_size` bytes, as long as its shape, and, in offset order
  * (by_offset), no overlap, no hole, nothing after the last. by_name and by_offset hold n_entries. */
 fadam_status fadam_safetensors_index(fadam_st_header *header, fadam_st_entry **by_name, fadam_st_entry **by_offset,
-                                    uint64_t data_size, const char *function);
+                                     uint64_t data_size, const char *function);
 /* The entry called `name` in by_name (sorted), and its index there; NULL when none. */
 fadam_st_entry *fadam_safetensors_find(fadam_st_entry *const *by_name, size_t n_entries, const char *name,
                                        size_t *index_out);

@@ -45,11 +45,22 @@ static fadam_status walk(const char *text, size_t length, int max_depth) {
 }
 
 static void valid_documents(void) {
-    static const char *const documents[] = {
-        "{}", "[]", " \t\r\n{} \n", "0", "-0", "1.5e-3", "-12E+4", "\"\"", "true", "false", "null",
-        "{\"a\":1,\"b\":[true,false,null],\"c\":{\"d\":\"e\"}}", "[[],[[]],{},{\"\":[]}]",
-        "[\"\\u00e9\\ud83d\\ude00\\\"\\\\\\/\\b\\f\\n\\r\\t\"]", "[0,1,-1,0.0,123456789012345678901234567890]",
-        "{\"k\" : [ 1 , 2 ] , \"l\" : { } }"};
+    static const char *const documents[] = {"{}",
+                                            "[]",
+                                            " \t\r\n{} \n",
+                                            "0",
+                                            "-0",
+                                            "1.5e-3",
+                                            "-12E+4",
+                                            "\"\"",
+                                            "true",
+                                            "false",
+                                            "null",
+                                            "{\"a\":1,\"b\":[true,false,null],\"c\":{\"d\":\"e\"}}",
+                                            "[[],[[]],{},{\"\":[]}]",
+                                            "[\"\\u00e9\\ud83d\\ude00\\\"\\\\\\/\\b\\f\\n\\r\\t\"]",
+                                            "[0,1,-1,0.0,123456789012345678901234567890]",
+                                            "{\"k\" : [ 1 , 2 ] , \"l\" : { } }"};
     size_t i;
     for (i = 0; i < sizeof documents / sizeof documents[0]; i++) {
         fadam_status status;
@@ -123,14 +134,17 @@ static void *deep_documents(void *unused) {
     (void)unused;
     check_case_begin();
     text = nested('[', ']', 64);
-    CHECK(walk(text, strlen(text), 64) == FADAM_SUCCESS, "64 levels refused at limit 64: %s", fadam_last_error_message());
+    CHECK(walk(text, strlen(text), 64) == FADAM_SUCCESS, "64 levels refused at limit 64: %s",
+          fadam_last_error_message());
     free(text);
     text = nested('[', ']', 65);
-    CHECK(walk(text, strlen(text), 64) == FADAM_ERR_CORRUPT && strstr(fadam_last_error_message(), "nested too deep at byte 64"),
+    CHECK(walk(text, strlen(text), 64) == FADAM_ERR_CORRUPT &&
+              strstr(fadam_last_error_message(), "nested too deep at byte 64"),
           "65 levels at limit 64: \"%s\"", fadam_last_error_message());
     free(text);
     text = nested('[', ']', 100000);
-    CHECK(walk(text, strlen(text), 1 << 30) == FADAM_ERR_CORRUPT && strstr(fadam_last_error_message(), "nested too deep"),
+    CHECK(walk(text, strlen(text), 1 << 30) == FADAM_ERR_CORRUPT &&
+              strstr(fadam_last_error_message(), "nested too deep"),
           "100000 levels at any limit: \"%s\"", fadam_last_error_message());
     free(text);
     check_case_end("json_reader/nesting_limit_without_recursion");
@@ -143,8 +157,10 @@ static void nesting_limits(void) {
     /* 64 KiB of stack: a recursive reader would overflow it long before 100000 levels. */
     pthread_attr_init(&attributes);
     pthread_attr_setstacksize(&attributes, 64 << 10);
-    if (pthread_create(&thread, &attributes, deep_documents, NULL) == 0) pthread_join(thread, NULL);
-    else deep_documents(NULL);
+    if (pthread_create(&thread, &attributes, deep_documents, NULL) == 0)
+        pthread_join(thread, NULL);
+    else
+        deep_documents(NULL);
     pthread_attr_destroy(&attributes);
 }
 
@@ -231,7 +247,8 @@ static size_t random_utf8(uint64_t *rng, char *out) {
     if (c < 0x80) return out[0] = (char)c, 1;
     if (c < 0x800) return out[0] = (char)(0xC0 | c >> 6), out[1] = (char)(0x80 | (c & 0x3F)), 2;
     if (c < 0x10000)
-        return out[0] = (char)(0xE0 | c >> 12), out[1] = (char)(0x80 | ((c >> 6) & 0x3F)), out[2] = (char)(0x80 | (c & 0x3F)), 3;
+        return out[0] = (char)(0xE0 | c >> 12), out[1] = (char)(0x80 | ((c >> 6) & 0x3F)),
+               out[2] = (char)(0x80 | (c & 0x3F)), 3;
     out[0] = (char)(0xF0 | c >> 18), out[1] = (char)(0x80 | ((c >> 12) & 0x3F));
     out[2] = (char)(0x80 | ((c >> 6) & 0x3F)), out[3] = (char)(0x80 | (c & 0x3F));
     return 4;
@@ -332,11 +349,12 @@ static void random_round_trips(uint64_t seed) {
         if (text.out_of_memory) break;
         doc_open(&d, text.data, text.length);
         if (!read_node(&root, &d.reader) || fadam_json_end(&d.reader) != FADAM_SUCCESS) {
-            if (failures++ == 0) CHECK(0, "round %d: %s read back differently (%s)", round, text.data, fadam_last_error_message());
+            if (failures++ == 0)
+                CHECK(0, "round %d: %s read back differently (%s)", round, text.data, fadam_last_error_message());
         }
         doc_close(&d);
-        CHECK(walk(text.data, text.length, 64) == FADAM_SUCCESS, "round %d: skip_value refused %s: %s", round, text.data,
-              fadam_last_error_message());
+        CHECK(walk(text.data, text.length, 64) == FADAM_SUCCESS, "round %d: skip_value refused %s: %s", round,
+              text.data, fadam_last_error_message());
         free(text.data);
         free_node(&root);
     }

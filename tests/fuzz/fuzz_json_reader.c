@@ -44,7 +44,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             "safetensors: unexpected status", status);
     require(status == FADAM_SUCCESS || fadam_last_error_message()[0] != '\0', "safetensors: no message", status);
     for (i = 0; status == FADAM_SUCCESS && i < header.n_entries; i++)
-        require(header.entries[i].name && header.entries[i].dtype && header.entries[i].n_dims <= FADAM_SAFETENSORS_MAX_DIMS,
+        require(header.entries[i].name && header.entries[i].dtype &&
+                    header.entries[i].n_dims <= FADAM_SAFETENSORS_MAX_DIMS,
                 "safetensors: an entry without its fields", status);
     fadam_safetensors_free(&header);
     free(text);
