@@ -119,10 +119,7 @@ static fadam_status parse_metadata(fadam_json_reader *p, fadam_st_header *out) {
         out->metadata[2 * out->n_metadata] = (char *)key;
         out->metadata[2 * out->n_metadata + 1] = (char *)value;
         out->n_metadata++;
-        if (fadam_json_peek(p) == ',') {
-            p->position++;
-            continue;
-        }
+        if (fadam_json_accept(p, ',')) continue;
         return fadam_json_expect(p, '}', "expected ',' or '}' in __metadata__");
     }
 }
@@ -159,10 +156,7 @@ static fadam_status parse_entry(fadam_json_reader *p, fadam_st_entry *entry) {
                         entry->shape_overflows = 1;
                     else
                         entry->numel *= dim;
-                    if (fadam_json_peek(p) == ',') {
-                        p->position++;
-                        continue;
-                    }
+                    if (fadam_json_accept(p, ',')) continue;
                     if ((status = fadam_json_expect(p, ']', "expected ',' or ']' in shape")) != FADAM_SUCCESS)
                         return status;
                     break;
@@ -181,10 +175,7 @@ static fadam_status parse_entry(fadam_json_reader *p, fadam_st_entry *entry) {
         } else {
             return fadam_json_error(p, "unknown key in a tensor entry (only dtype, shape, data_offsets)");
         }
-        if (fadam_json_peek(p) == ',') {
-            p->position++;
-            continue;
-        }
+        if (fadam_json_accept(p, ',')) continue;
         if ((status = fadam_json_expect(p, '}', "expected ',' or '}' in a tensor entry")) != FADAM_SUCCESS)
             return status;
         break;
@@ -232,10 +223,7 @@ fadam_status fadam_safetensors_parse(const char *text, size_t length, fadam_st_h
                 entry->name = key;
                 if ((status = parse_entry(p, entry)) != FADAM_SUCCESS) return status;
             }
-            if (fadam_json_peek(p) == ',') {
-                p->position++;
-                continue;
-            }
+            if (fadam_json_accept(p, ',')) continue;
             if ((status = fadam_json_expect(p, '}', "expected ',' or '}' after a tensor entry")) != FADAM_SUCCESS)
                 return status;
             break;
