@@ -591,15 +591,16 @@ static int on_small_stack(void (*fn)(context *), context *c) {
  * by one loop ---- */
 
 typedef enum build_kind {
-    BUILD_VALUE,   /* metadata value a set to b (signed) */
-    BUILD_SHAPE,   /* entry a's shape set to b (signed) */
-    BUILD_OFFSETS, /* entry a's data_offsets set to b, "BEGIN,END" (signed) */
-    BUILD_EDIT,    /* the first a in the header text replaced by b */
-    BUILD_WRAP,    /* the header text between a and b */
-    BUILD_HEADER,  /* the header text replaced by a */
+    BUILD_VALUE,           /* metadata value a set to b (signed) */
+    BUILD_SHAPE,           /* entry a's shape set to b (signed) */
+    BUILD_OFFSETS,         /* entry a's data_offsets set to b, "BEGIN,END" (signed) */
+    BUILD_EDIT,            /* the first a in the header text replaced by b */
+    BUILD_WRAP,            /* the header text between a and b */
+    BUILD_HEADER,          /* the header text replaced by a */
     BUILD_DUPLICATE_ENTRY, /* entry w.exp_avg twice, the second key spelled a */
     BUILD_DUPLICATE_STEP,  /* metadata "step" twice, the second key spelled a */
-    BUILD_CUSTOM   /* build(): the bytes, and a fragment computed from them (or "") */
+    BUILD_DEEP,            /* 100k levels of `nesting` put in by the format b for the first a (a NULL: the header) */
+    BUILD_CUSTOM           /* build(): the bytes, and a fragment computed from them (or "") */
 } build_kind;
 
 typedef struct hostile_case {
@@ -609,7 +610,8 @@ typedef struct hostile_case {
     blob (*build)(context *c, char *expected, size_t size);
     fadam_status status;
     const char *part1, *part2; /* each optional; a custom build's fragment replaces part1 */
-    int after; /* > 0: part2 is "at byte N of the JSON", N this far past the end of the name "w.exp_avg" */
+    int after;   /* > 0: part2 is "at byte N of the JSON", N this far past the end of the name "w.exp_avg" */
+    int nesting; /* BUILD_DEEP: 1 {"a": ... 1 ... }, 2 [ ... 1 ... ], 3 { ... } */
 } hostile_case;
 
 static blob wrapped_header(const context *c, const char *before, const char *after) {
@@ -624,44 +626,24 @@ static blob wrapped_header(const context *c, const char *before, const char *aft
     return b;
 }
 
-/* `find` replaced by `format` around `depth` levels of open/inner/close. */
-static blob nested_edit(const context *c, const char *find, const char *format, const char *open, const char *inner,
-                        const char *close) {
-    char *deep = nested(open, inner, close, DEEP), *value = (char *)malloc(strlen(deep) + strlen(format) + 1);
+/* DEEP levels of nesting kind `nesting` (hostile_case.nesting), as `format` (a printf format with
+ * one %s) in place of the first `find`; the whole header when find is NULL. */
+static blob deep_edit(const context *c, int nesting, const char *find, const char *format) {
+    static const char *const patterns[][3] = {{"{\"a\":", "1", "}"}, {"[", "1", "]"}, {"{", "", "}"}};
+    const char *const *pattern = patterns[nesting - 1];
+    char *deep = nested(pattern[0], pattern[1], pattern[2], DEEP), *value;
     blob b;
+    if (!find) {
+        b = make_blob(deep, 0, c->good.data, c->good.data_size);
+        free(deep);
+        return b;
+    }
+    value = (char *)malloc(strlen(deep) + strlen(format) + 1);
     sprintf(value, format, deep);
     b = edited(&c->good, find, value);
     free(value);
     free(deep);
     return b;
-}
-
-static blob deep_object_field(context *c, char *e, size_t n) {
-    (void)e, (void)n;
-    return nested_edit(c, "\"w.exp_avg\":{", "\"w.exp_avg\":%s,\"x\":{", "{\"a\":", "1", "}");
-}
-static blob deep_array_entry(context *c, char *e, size_t n) {
-    (void)e, (void)n;
-    return nested_edit(c, "\"w.exp_avg\":", "\"w.exp_avg\":%s,\"x\":", "[", "1", "]");
-}
-static blob deep_array_metadata(context *c, char *e, size_t n) {
-    (void)e, (void)n;
-    return nested_edit(c, "\"format\":", "\"format\":%s,\"y\":", "[", "1", "]");
-}
-static blob deep_array_shape(context *c, char *e, size_t n) {
-    (void)e, (void)n;
-    return nested_edit(c, "\"shape\":[", "\"shape\":[%s,", "[", "1", "]");
-}
-static blob deep_objects_top(context *c, char *e, size_t n) {
-    char *deep = nested("{", "", "}", DEEP);
-    blob b = make_blob(deep, 0, c->good.data, c->good.data_size);
-    (void)e, (void)n;
-    free(deep);
-    return b;
-}
-static blob deep_objects_metadata(context *c, char *e, size_t n) {
-    (void)e, (void)n;
-    return nested_edit(c, "{\"__metadata__\":{", "{\"__metadata__\":%s,", "{", "", "}");
 }
 
 static blob shape_1xNx1_bf16_master(context *c, char *expected, size_t size) {
@@ -791,7 +773,9 @@ static blob offsets_moved_on(context *c, int trailing, char *expected, size_t si
     return b;
 }
 static blob offsets_gap(context *c, char *expected, size_t size) { return offsets_moved_on(c, 0, expected, size); }
-static blob offsets_trailing_byte(context *c, char *expected, size_t size) { return offsets_moved_on(c, 1, expected, size); }
+static blob offsets_trailing_byte(context *c, char *expected, size_t size) {
+    return offsets_moved_on(c, 1, expected, size);
+}
 
 /* The good header behind `header_length` (0: its own length), the 8 length bytes then set to `fill`
  * and the top one to `top_byte` (each when >= 0). */
@@ -839,8 +823,10 @@ static blob length_one_past_the_file(context *c, char *expected, size_t size) {
 static blob truncated(context *c, long long keep, int in_header) {
     blob b = from_pieces(&c->good);
     if (!b.bytes) return b;
-    if (in_header) b.size = 8 + header_length_of(b.bytes) - 1;
-    else b.size = keep >= 0 ? (size_t)keep : b.size - (size_t)-keep;
+    if (in_header)
+        b.size = 8 + header_length_of(b.bytes) - 1;
+    else
+        b.size = keep >= 0 ? (size_t)keep : b.size - (size_t)-keep;
     return b;
 }
 static blob truncated_to_nothing(context *c, char *e, size_t n) {
@@ -864,151 +850,157 @@ static blob truncated_by_one(context *c, char *e, size_t n) {
 #define CUSTOM(fn) BUILD_CUSTOM, NULL, NULL, fn
 static const hostile_case hostile_cases[] = {
     /* Byte ranges at and past the ends of the data. */
-    {"offsets_one_past_the_data", CUSTOM(offsets_one_past_the_data), CORRUPT, NULL, NULL, 0},
-    {"offsets_begin_after_end", CUSTOM(offsets_begin_after_end), CORRUPT, NULL, NULL, 0},
+    {"offsets_one_past_the_data", CUSTOM(offsets_one_past_the_data), CORRUPT, NULL, NULL, 0, 0},
+    {"offsets_begin_after_end", CUSTOM(offsets_begin_after_end), CORRUPT, NULL, NULL, 0, 0},
     {"offsets_begin_equals_end_for_data", CUSTOM(offsets_begin_equals_end), CORRUPT, "entry 'w.exp_avg': data_offsets",
-     "span 0 bytes, but shape [7] of F32 needs 28", 0},
-    {"offsets_overlapping_entries", CUSTOM(offsets_overlapping), CORRUPT, NULL, NULL, 0},
-    {"offsets_gap_before_an_entry", CUSTOM(offsets_gap), CORRUPT, NULL, NULL, 0},
-    {"offsets_trailing_data_byte", CUSTOM(offsets_trailing_byte), CORRUPT, "the last 1 data bytes belong to no entry", NULL,
-     0},
+     "span 0 bytes, but shape [7] of F32 needs 28", 0, 0},
+    {"offsets_overlapping_entries", CUSTOM(offsets_overlapping), CORRUPT, NULL, NULL, 0, 0},
+    {"offsets_gap_before_an_entry", CUSTOM(offsets_gap), CORRUPT, NULL, NULL, 0, 0},
+    {"offsets_trailing_data_byte", CUSTOM(offsets_trailing_byte), CORRUPT, "the last 1 data bytes belong to no entry",
+     NULL, 0, 0},
     /* Defect 8: a shape must be exactly [numel], as the optimizer saves it. */
     {"shape_7x1_for_a_7_element_entry", BUILD_SHAPE, "w.exp_avg", "[7,1]", NULL, CORRUPT,
-     "tensor 'w' exp_avg: shape [7,1] has 2 dimensions", "saves [7]", 0},
+     "tensor 'w' exp_avg: shape [7,1] has 2 dimensions", "saves [7]", 0, 0},
     {"shape_1x7_for_a_7_element_entry", BUILD_SHAPE, "w.exp_avg_sq", "[1,7]", NULL, CORRUPT,
-     "tensor 'w' exp_avg_sq: shape [1,7] has 2 dimensions", "saves [7]", 0},
-    {"shape_1xNx1_for_a_bf16_master", CUSTOM(shape_1xNx1_bf16_master), CORRUPT, NULL, NULL, 0},
+     "tensor 'w' exp_avg_sq: shape [1,7] has 2 dimensions", "saves [7]", 0, 0},
+    {"shape_1xNx1_for_a_bf16_master", CUSTOM(shape_1xNx1_bf16_master), CORRUPT, NULL, NULL, 0, 0},
     {"shape_scalar_for_a_1_element_entry", BUILD_SHAPE, "s.exp_avg", "[]", NULL, CORRUPT,
-     "tensor 's' exp_avg: shape [] has 0 dimensions", "saves [1]", 0},
+     "tensor 's' exp_avg: shape [] has 0 dimensions", "saves [1]", 0, 0},
     {"shape_0x3_for_an_empty_entry", BUILD_SHAPE, "e.exp_avg", "[0,3]", NULL, CORRUPT,
-     "tensor 'e' exp_avg: shape [0,3] has 2 dimensions", "saves [0]", 0},
+     "tensor 'e' exp_avg: shape [0,3] has 2 dimensions", "saves [0]", 0, 0},
     /* Defect 8: numbers out of a float's range in the metadata; rounding is fine, 0 or Inf is not. */
     {"float_1e-999_underflows", BUILD_VALUE, "group.0.lr", "1e-999", NULL, CORRUPT, "\"group.0.lr\" is \"1e-999\"",
-     "underflows to 0", 0},
+     "underflows to 0", 0, 0},
     {"float_1e-46_underflows", BUILD_VALUE, "group.1.weight_decay", "1e-46", NULL, CORRUPT,
-     "\"group.1.weight_decay\" is \"1e-46\"", "underflows to 0", 0},
+     "\"group.1.weight_decay\" is \"1e-46\"", "underflows to 0", 0, 0},
     {"float_long_zero_fraction_then_digit_underflows", BUILD_VALUE, "group.0.eps",
-     "0.00000000000000000000000000000000000000000000001", NULL, CORRUPT, "\"group.0.eps\"", "underflows to 0", 0},
+     "0.00000000000000000000000000000000000000000000001", NULL, CORRUPT, "\"group.0.eps\"", "underflows to 0", 0, 0},
     {"float_1e999_overflows", BUILD_VALUE, "group.0.lr", "1e999", NULL, CORRUPT, "\"group.0.lr\" is \"1e999\"",
-     "overflows to infinity", 0},
-    {"float_minus_1e999_overflows", BUILD_VALUE, "group.1.eps", "-1e999", NULL, CORRUPT, "\"group.1.eps\" is \"-1e999\"",
-     "overflows to infinity", 0},
+     "overflows to infinity", 0, 0},
+    {"float_minus_1e999_overflows", BUILD_VALUE, "group.1.eps", "-1e999", NULL, CORRUPT,
+     "\"group.1.eps\" is \"-1e999\"", "overflows to infinity", 0, 0},
     {"float_3.5e38_overflows", BUILD_VALUE, "group.0.beta1", "3.5e38", NULL, CORRUPT, "\"group.0.beta1\" is \"3.5e38\"",
-     "overflows to infinity", 0},
+     "overflows to infinity", 0, 0},
     {"float_fused_grad_norm_1e-999", BUILD_VALUE, "fused.grad_norm", "1e-999", NULL, CORRUPT,
-     "\"fused.grad_norm\" is \"1e-999\"", NULL, 0},
+     "\"fused.grad_norm\" is \"1e-999\"", NULL, 0, 0},
     {"float_fused_clip_coef_1e999", BUILD_VALUE, "fused.clip_coef", "1e999", NULL, CORRUPT,
-     "\"fused.clip_coef\" is \"1e999\"", NULL, 0},
+     "\"fused.clip_coef\" is \"1e999\"", NULL, 0, 0},
     /* Integers at 2^63-1, 2^63 and 2^64, in the JSON (offsets, shape) and in the metadata. */
-    {"int_offset_2^63", CUSTOM(offset_2_63), CORRUPT, "malformed header: number larger than 2^63-1", NULL, 0},
+    {"int_offset_2^63", CUSTOM(offset_2_63), CORRUPT, "malformed header: number larger than 2^63-1", NULL, 0, 0},
     {"int_offset_2^64", BUILD_EDIT, "\"data_offsets\":[0,", "\"data_offsets\":[18446744073709551616,", NULL, CORRUPT,
-     "malformed header: number larger than 2^63-1", NULL, 0},
+     "malformed header: number larger than 2^63-1", NULL, 0, 0},
     {"int_offset_2^64_plus_4_wraps_to_4", BUILD_EDIT, "\"data_offsets\":[0,",
-     "\"data_offsets\":[0,18446744073709551620],\"x\":[0,", NULL, CORRUPT, "number larger than 2^63-1", NULL, 0},
+     "\"data_offsets\":[0,18446744073709551620],\"x\":[0,", NULL, CORRUPT, "number larger than 2^63-1", NULL, 0, 0},
     {"int_offset_2^63-1", BUILD_OFFSETS, "e.exp_avg", "9223372036854775807,9223372036854775807", NULL, CORRUPT,
-     "entry 'e.exp_avg': data_offsets [9223372036854775807, 9223372036854775807] reach past", NULL, 0},
+     "entry 'e.exp_avg': data_offsets [9223372036854775807, 9223372036854775807] reach past", NULL, 0, 0},
     {"int_offset_1e999", BUILD_EDIT, "\"data_offsets\":[0,", "\"data_offsets\":[1e999,", NULL, CORRUPT,
-     "number is not an integer", NULL, 0},
+     "number is not an integer", NULL, 0, 0},
     {"int_offset_minus_zero", BUILD_EDIT, "\"data_offsets\":[0,", "\"data_offsets\":[-0,", NULL, CORRUPT,
-     "negative number", NULL, 0},
-    {"int_shape_2^63", BUILD_SHAPE, "w.exp_avg", "[9223372036854775808]", NULL, CORRUPT, "number larger than 2^63-1", NULL,
-     0},
+     "negative number", NULL, 0, 0},
+    {"int_shape_2^63", BUILD_SHAPE, "w.exp_avg", "[9223372036854775808]", NULL, CORRUPT, "number larger than 2^63-1",
+     NULL, 0, 0},
     {"int_shape_2^64", BUILD_SHAPE, "w.exp_avg", "[18446744073709551616]", NULL, CORRUPT, "number larger than 2^63-1",
-     NULL, 0},
+     NULL, 0, 0},
     {"int_shape_2^63-1_bytes_overflow", BUILD_SHAPE, "w.exp_avg", "[9223372036854775807]", NULL, CORRUPT,
-     "shape [9223372036854775807] overflows 64 bits", NULL, 0},
+     "shape [9223372036854775807] overflows 64 bits", NULL, 0, 0},
     {"int_shape_product_2^64", BUILD_SHAPE, "w.exp_avg", "[4294967296,4294967296]", NULL, CORRUPT,
-     "shape [4294967296,4294967296] overflows 64 bits", NULL, 0},
-    {"int_shape_1e999", BUILD_SHAPE, "w.exp_avg", "[1e999]", NULL, CORRUPT, "number is not an integer", NULL, 0},
-    {"int_shape_4096_digits", CUSTOM(shape_4096_digits), CORRUPT, "number larger than 2^63-1", NULL, 0},
+     "shape [4294967296,4294967296] overflows 64 bits", NULL, 0, 0},
+    {"int_shape_1e999", BUILD_SHAPE, "w.exp_avg", "[1e999]", NULL, CORRUPT, "number is not an integer", NULL, 0, 0},
+    {"int_shape_4096_digits", CUSTOM(shape_4096_digits), CORRUPT, "number larger than 2^63-1", NULL, 0, 0},
     {"int_metadata_step_2^63", BUILD_VALUE, "step", "9223372036854775808", NULL, CORRUPT,
-     "step \"9223372036854775808\" is not an integer in [0, 2^63-2]", NULL, 0},
+     "step \"9223372036854775808\" is not an integer in [0, 2^63-2]", NULL, 0, 0},
     {"int_metadata_step_2^64", BUILD_VALUE, "step", "18446744073709551616", NULL, CORRUPT,
-     "step \"18446744073709551616\" is not an integer in [0, 2^63-2]", NULL, 0},
-    {"int_metadata_step_1e999", BUILD_VALUE, "step", "1e999", NULL, CORRUPT, "step \"1e999\" is not an integer", NULL, 0},
+     "step \"18446744073709551616\" is not an integer in [0, 2^63-2]", NULL, 0, 0},
+    {"int_metadata_step_1e999", BUILD_VALUE, "step", "1e999", NULL, CORRUPT, "step \"1e999\" is not an integer", NULL,
+     0, 0},
     {"int_metadata_n_groups_2^64", BUILD_VALUE, "n_groups", "18446744073709551618", NULL, CORRUPT,
-     "n_groups \"18446744073709551618\"", NULL, 0},
+     "n_groups \"18446744073709551618\"", NULL, 0, 0},
     {"int_metadata_group_index_2^64", BUILD_VALUE, "w.group", "18446744073709551616", NULL, CORRUPT,
-     "\"w.group\" is \"18446744073709551616\", not a group index", NULL, 0},
+     "\"w.group\" is \"18446744073709551616\", not a group index", NULL, 0, 0},
     {"int_metadata_fused_step_2^64", BUILD_VALUE, "fused.step", "18446744073709551616", NULL, CORRUPT,
-     "\"fused.step\" is \"18446744073709551616\"", NULL, 0},
+     "\"fused.step\" is \"18446744073709551616\"", NULL, 0, 0},
     {"int_metadata_fused_skipped_total_2^63", BUILD_VALUE, "fused.skipped_total", "9223372036854775808", NULL, CORRUPT,
-     "\"fused.skipped_total\" is \"9223372036854775808\"", NULL, 0},
+     "\"fused.skipped_total\" is \"9223372036854775808\"", NULL, 0, 0},
     /* Duplicate keys, plain and spelled through \u escapes (the comparison is on decoded strings). */
     {"duplicate_entry_plain", BUILD_DUPLICATE_ENTRY, "\"w.exp_avg\"", NULL, NULL, CORRUPT,
-     "malformed header: duplicate key 'w.exp_avg'", NULL, 0},
+     "malformed header: duplicate key 'w.exp_avg'", NULL, 0, 0},
     {"duplicate_entry_via_u_escape", BUILD_DUPLICATE_ENTRY, "\"w.\\u0065xp_avg\"", NULL, NULL, CORRUPT,
-     "malformed header: duplicate key 'w.exp_avg'", NULL, 0},
+     "malformed header: duplicate key 'w.exp_avg'", NULL, 0, 0},
     {"duplicate_entry_all_escaped_upper_hex", BUILD_DUPLICATE_ENTRY,
      "\"\\u0077\\u002E\\u0065\\u0078\\u0070\\u005F\\u0061\\u0076\\u0067\"", NULL, NULL, CORRUPT,
-     "malformed header: duplicate key 'w.exp_avg'", NULL, 0},
+     "malformed header: duplicate key 'w.exp_avg'", NULL, 0, 0},
     {"duplicate_metadata_key_plain", BUILD_DUPLICATE_STEP, "\"step\"", NULL, NULL, CORRUPT,
-     "malformed header: duplicate __metadata__ key 'step'", NULL, 0},
+     "malformed header: duplicate __metadata__ key 'step'", NULL, 0, 0},
     {"duplicate_metadata_key_via_u_escape", BUILD_DUPLICATE_STEP, "\"st\\u0065p\"", NULL, NULL, CORRUPT,
-     "malformed header: duplicate __metadata__ key 'step'", NULL, 0},
-    {"duplicate_metadata_block_via_u_escape", BUILD_EDIT, "{\"__metadata__\":", "{\"__metadata__\":{},\"\\u005f_metadata__\":",
-     NULL, CORRUPT, "duplicate key \"__metadata__\"", NULL, 0},
+     "malformed header: duplicate __metadata__ key 'step'", NULL, 0, 0},
+    {"duplicate_metadata_block_via_u_escape", BUILD_EDIT, "{\"__metadata__\":",
+     "{\"__metadata__\":{},\"\\u005f_metadata__\":", NULL, CORRUPT, "duplicate key \"__metadata__\"", NULL, 0, 0},
     {"duplicate_entry_field_via_u_escape", BUILD_EDIT, "\"w.exp_avg\":{\"dtype\":\"F32\",",
-     "\"w.exp_avg\":{\"dtype\":\"F32\",\"dt\\u0079pe\":\"F32\",", NULL, CORRUPT, "duplicate key \"dtype\"", NULL, 0},
+     "\"w.exp_avg\":{\"dtype\":\"F32\",\"dt\\u0079pe\":\"F32\",", NULL, CORRUPT, "duplicate key \"dtype\"", NULL, 0, 0},
     {"duplicate_entry_field_shape", BUILD_EDIT, "\"w.exp_avg\":{\"dtype\":\"F32\",",
-     "\"w.exp_avg\":{\"dtype\":\"F32\",\"shape\":[7],", NULL, CORRUPT, "duplicate key \"shape\"", NULL, 0},
+     "\"w.exp_avg\":{\"dtype\":\"F32\",\"shape\":[7],", NULL, CORRUPT, "duplicate key \"shape\"", NULL, 0, 0},
     /* 100k levels of nesting wherever a value may start: refused at the first level the schema does
      * not allow, never by recursion (the table runs on a small stack). */
-    {"deep_objects_as_a_tensor_entry_field", CUSTOM(deep_object_field), CORRUPT, "unknown key in a tensor entry", NULL, 0},
-    {"deep_arrays_as_a_tensor_entry", CUSTOM(deep_array_entry), CORRUPT, "a tensor entry is not an object", NULL, 0},
-    {"deep_arrays_as_a_metadata_value", CUSTOM(deep_array_metadata), CORRUPT, "a __metadata__ value is not a string", NULL,
-     0},
-    {"deep_arrays_in_a_shape", CUSTOM(deep_array_shape), CORRUPT, "expected an integer", NULL, 0},
-    {"deep_objects_at_the_top", CUSTOM(deep_objects_top), CORRUPT, "expected a string at byte 1", NULL, 0},
-    {"deep_objects_as_the_metadata", CUSTOM(deep_objects_metadata), CORRUPT, "expected a string at byte 17", NULL, 0},
+    {"deep_objects_as_a_tensor_entry_field", BUILD_DEEP, "\"w.exp_avg\":{", "\"w.exp_avg\":%s,\"x\":{", NULL, CORRUPT,
+     "unknown key in a tensor entry", NULL, 0, 1},
+    {"deep_arrays_as_a_tensor_entry", BUILD_DEEP, "\"w.exp_avg\":", "\"w.exp_avg\":%s,\"x\":", NULL, CORRUPT,
+     "a tensor entry is not an object", NULL, 0, 2},
+    {"deep_arrays_as_a_metadata_value", BUILD_DEEP, "\"format\":", "\"format\":%s,\"y\":", NULL, CORRUPT,
+     "a __metadata__ value is not a string", NULL, 0, 2},
+    {"deep_arrays_in_a_shape", BUILD_DEEP, "\"shape\":[", "\"shape\":[%s,", NULL, CORRUPT, "expected an integer", NULL,
+     0, 2},
+    {"deep_objects_at_the_top", BUILD_DEEP, NULL, NULL, NULL, CORRUPT, "expected a string at byte 1", NULL, 0, 3},
+    {"deep_objects_as_the_metadata", BUILD_DEEP, "{\"__metadata__\":{", "{\"__metadata__\":%s,", NULL, CORRUPT,
+     "expected a string at byte 17", NULL, 0, 3},
     /* \u0000, raw NUL bytes, and surrogates that pair with nothing. The message gives the byte where
      * the parser stopped: just past the offending escape. */
     {"nul_escape_in_an_entry_name", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\u0000\":", NULL, CORRUPT,
-     "NUL (\\u0000) inside a string", NULL, 6},
+     "NUL (\\u0000) inside a string", NULL, 6, 0},
     {"nul_escape_in_a_metadata_key", BUILD_EDIT, "\"step\":", "\"step\\u0000\":", NULL, CORRUPT,
-     "NUL (\\u0000) inside a string", NULL, 0},
+     "NUL (\\u0000) inside a string", NULL, 0, 0},
     {"nul_escape_in_a_metadata_value", BUILD_EDIT, "\"fusedadam.optimizer\"", "\"fusedadam.optimizer\\u0000\"", NULL,
-     CORRUPT, "NUL (\\u0000) inside a string", NULL, 0},
+     CORRUPT, "NUL (\\u0000) inside a string", NULL, 0, 0},
     {"nul_escape_in_a_field_name", BUILD_EDIT, "\"dtype\":", "\"dt\\u0000ype\":", NULL, CORRUPT,
-     "NUL (\\u0000) inside a string", NULL, 0},
-    {"nul_byte_in_an_entry_name", CUSTOM(nul_byte_in_name), CORRUPT, "control character inside a string", NULL, 0},
-    {"nul_byte_as_padding", CUSTOM(nul_byte_padding), CORRUPT, "bytes after the JSON object", NULL, 0},
+     "NUL (\\u0000) inside a string", NULL, 0, 0},
+    {"nul_byte_in_an_entry_name", CUSTOM(nul_byte_in_name), CORRUPT, "control character inside a string", NULL, 0, 0},
+    {"nul_byte_as_padding", CUSTOM(nul_byte_padding), CORRUPT, "bytes after the JSON object", NULL, 0, 0},
     {"surrogate_high_at_the_end_of_a_string", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\":", NULL, CORRUPT,
-     "unpaired surrogate: high surrogate \\ud800 not followed by a \\u escape", NULL, 6},
+     "unpaired surrogate: high surrogate \\ud800 not followed by a \\u escape", NULL, 6, 0},
     {"surrogate_high_then_a_letter", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\udbffx\":", NULL, CORRUPT,
-     "unpaired surrogate: high surrogate \\udbff not followed by a \\u escape", NULL, 6},
+     "unpaired surrogate: high surrogate \\udbff not followed by a \\u escape", NULL, 6, 0},
     {"surrogate_low_alone", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\udc00\":", NULL, CORRUPT,
-     "unpaired surrogate: low surrogate \\udc00 without a high one", NULL, 6},
+     "unpaired surrogate: low surrogate \\udc00 without a high one", NULL, 6, 0},
     {"surrogate_low_then_high", BUILD_EDIT, "\"step\":", "\"st\\uDFFF\\uD800ep\":", NULL, CORRUPT,
-     "unpaired surrogate: low surrogate \\udfff without a high one", NULL, 0},
+     "unpaired surrogate: low surrogate \\udfff without a high one", NULL, 0, 0},
     {"surrogate_high_then_non_low", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\\u0041\":", NULL, CORRUPT,
-     "high surrogate \\ud800 followed by \\u0041, not by a low surrogate", NULL, 6},
+     "high surrogate \\ud800 followed by \\u0041, not by a low surrogate", NULL, 6, 0},
     {"surrogate_high_then_high", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\\udbff\":", NULL, CORRUPT,
-     "high surrogate \\ud800 followed by \\udbff, not by a low surrogate", NULL, 0},
+     "high surrogate \\ud800 followed by \\udbff, not by a low surrogate", NULL, 0, 0},
     {"surrogate_high_then_bad_escape", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\\u00\":", NULL, CORRUPT,
-     "high surrogate \\ud800 not followed by a \\u escape", NULL, 0},
+     "high surrogate \\ud800 not followed by a \\u escape", NULL, 0, 0},
     {"surrogate_encoded_raw_in_utf8", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\xed\xa0\x80\":", NULL, CORRUPT,
-     "invalid UTF-8 in a string", NULL, 0},
+     "invalid UTF-8 in a string", NULL, 0, 0},
     /* The header length around its limit, and other impossible lengths. */
-    {"header_length_one_past_the_limit", CUSTOM(length_one_past_the_limit), CORRUPT, NULL, NULL, 0},
-    {"header_length_zero", CUSTOM(length_zero), CORRUPT, "the header length is 0", NULL, 0},
-    {"header_length_2^63", CUSTOM(length_2_63), CORRUPT, "negative (-9223372036854775808 as a signed", NULL, 0},
-    {"header_length_2^64-1", CUSTOM(length_2_64_minus_1), CORRUPT, "negative (-1 as a signed", NULL, 0},
-    {"header_length_one_past_the_file", CUSTOM(length_one_past_the_file), CORRUPT, NULL, NULL, 0},
+    {"header_length_one_past_the_limit", CUSTOM(length_one_past_the_limit), CORRUPT, NULL, NULL, 0, 0},
+    {"header_length_zero", CUSTOM(length_zero), CORRUPT, "the header length is 0", NULL, 0, 0},
+    {"header_length_2^63", CUSTOM(length_2_63), CORRUPT, "negative (-9223372036854775808 as a signed", NULL, 0, 0},
+    {"header_length_2^64-1", CUSTOM(length_2_64_minus_1), CORRUPT, "negative (-1 as a signed", NULL, 0, 0},
+    {"header_length_one_past_the_file", CUSTOM(length_one_past_the_file), CORRUPT, NULL, NULL, 0, 0},
     /* What surrounds the object: trailing bytes, other top-level values, truncation. */
-    {"trailing_letter_after_the_object", BUILD_WRAP, "", "x", NULL, CORRUPT, "bytes after the JSON object", NULL, 0},
-    {"trailing_second_object", BUILD_WRAP, "", " {}", NULL, CORRUPT, "bytes after the JSON object", NULL, 0},
-    {"trailing_extra_brace", BUILD_WRAP, "", "}", NULL, CORRUPT, "bytes after the JSON object", NULL, 0},
-    {"top_level_array", BUILD_WRAP, "[", "]", NULL, CORRUPT, "the header does not start with '{'", NULL, 0},
-    {"top_level_string", BUILD_HEADER, "\"fusedadam\"", NULL, NULL, CORRUPT, "the header does not start with '{'", NULL, 0},
-    {"top_level_number", BUILD_HEADER, "1e999", NULL, NULL, CORRUPT, "the header does not start with '{'", NULL, 0},
-    {"top_level_null", BUILD_HEADER, "null", NULL, NULL, CORRUPT, "the header does not start with '{'", NULL, 0},
-    {"top_level_empty_object", BUILD_HEADER, "{}", NULL, NULL, CORRUPT, "the last", NULL, 0},
-    {"truncated_to_nothing", CUSTOM(truncated_to_nothing), CORRUPT, "the checkpoint is 0 bytes, shorter than the 8-byte",
-     NULL, 0},
-    {"truncated_inside_the_length", CUSTOM(truncated_in_length), CORRUPT, "the checkpoint is 7 bytes", NULL, 0},
-    {"truncated_inside_the_header", CUSTOM(truncated_in_header), CORRUPT, "reaches past the end of the", NULL, 0},
-    {"truncated_by_one_data_byte", CUSTOM(truncated_by_one), CORRUPT, "reach past the", NULL, 0},
+    {"trailing_letter_after_the_object", BUILD_WRAP, "", "x", NULL, CORRUPT, "bytes after the JSON object", NULL, 0, 0},
+    {"trailing_second_object", BUILD_WRAP, "", " {}", NULL, CORRUPT, "bytes after the JSON object", NULL, 0, 0},
+    {"trailing_extra_brace", BUILD_WRAP, "", "}", NULL, CORRUPT, "bytes after the JSON object", NULL, 0, 0},
+    {"top_level_array", BUILD_WRAP, "[", "]", NULL, CORRUPT, "the header does not start with '{'", NULL, 0, 0},
+    {"top_level_string", BUILD_HEADER, "\"fusedadam\"", NULL, NULL, CORRUPT, "the header does not start with '{'", NULL,
+     0, 0},
+    {"top_level_number", BUILD_HEADER, "1e999", NULL, NULL, CORRUPT, "the header does not start with '{'", NULL, 0, 0},
+    {"top_level_null", BUILD_HEADER, "null", NULL, NULL, CORRUPT, "the header does not start with '{'", NULL, 0, 0},
+    {"top_level_empty_object", BUILD_HEADER, "{}", NULL, NULL, CORRUPT, "the last", NULL, 0, 0},
+    {"truncated_to_nothing", CUSTOM(truncated_to_nothing), CORRUPT,
+     "the checkpoint is 0 bytes, shorter than the 8-byte", NULL, 0, 0},
+    {"truncated_inside_the_length", CUSTOM(truncated_in_length), CORRUPT, "the checkpoint is 7 bytes", NULL, 0, 0},
+    {"truncated_inside_the_header", CUSTOM(truncated_in_header), CORRUPT, "reaches past the end of the", NULL, 0, 0},
+    {"truncated_by_one_data_byte", CUSTOM(truncated_by_one), CORRUPT, "reach past the", NULL, 0, 0},
 };
 #undef CUSTOM
 #undef CORRUPT
@@ -1029,6 +1021,7 @@ static blob build_case(context *c, const hostile_case *k, char *expected, size_t
     case BUILD_HEADER: return make_blob(k->a, 0, c->good.data, c->good.data_size);
     case BUILD_DUPLICATE_ENTRY: return duplicate_entry(c, k->a);
     case BUILD_DUPLICATE_STEP: return duplicate_step(c, k->a);
+    case BUILD_DEEP: return deep_edit(c, k->nesting, k->a, k->b);
     case BUILD_CUSTOM: return k->build(c, expected, size);
     }
     return none;
