@@ -62,13 +62,12 @@ static void valid_documents(void) {
                                             "[0,1,-1,0.0,123456789012345678901234567890]",
                                             "{\"k\" : [ 1 , 2 ] , \"l\" : { } }"};
     size_t i;
+    check_case_begin();
     for (i = 0; i < sizeof documents / sizeof documents[0]; i++) {
-        fadam_status status;
-        check_case_begin();
-        status = walk(documents[i], strlen(documents[i]), 64);
+        fadam_status status = walk(documents[i], strlen(documents[i]), 64);
         CHECK(status == FADAM_SUCCESS, "document %zu (%s) refused: %s", i, documents[i], fadam_last_error_message());
-        check_case_end("json_reader/valid_documents");
     }
+    check_case_end("json_reader/valid_documents");
 }
 
 /* Each refused with this message fragment, at this byte. */
