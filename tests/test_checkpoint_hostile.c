@@ -19,7 +19,7 @@
 #include "fusedadam.h"
 #include "checksum_v2.h"
 
-/* checkpoint.c's limit on the JSON header (safetensors' own is 100 MB too). */
+/* safetensors.c's limit on the JSON header (safetensors' own is 100 MB too). */
 #define HEADER_LIMIT_BYTES ((size_t)100 << 20)
 #define DEEP 100000
 #define N_TENSORS 5
@@ -587,45 +587,470 @@ static int on_small_stack(void (*fn)(context *), context *c) {
     return ok;
 }
 
-/* ---- the cases ---- */
+/* ---- the cases: one table of {name, how the bad bytes are built, status, message fragments}, walked
+ * by one loop ---- */
 
-/* Defect 8: a shape must be exactly [numel], as the optimizer saves it. */
-static void shape_cases(context *c) {
-    char shape[64], expected[128];
-    expect_refused(c, "shape_7x1_for_a_7_element_entry", with_shape(c, "w.exp_avg", "[7,1]"), FADAM_ERR_CORRUPT,
-                   "tensor 'w' exp_avg: shape [7,1] has 2 dimensions", "saves [7]");
-    expect_refused(c, "shape_1x7_for_a_7_element_entry", with_shape(c, "w.exp_avg_sq", "[1,7]"), FADAM_ERR_CORRUPT,
-                   "tensor 'w' exp_avg_sq: shape [1,7] has 2 dimensions", "saves [7]");
-    snprintf(shape, sizeof shape, "[1,%lld,1]", (long long)c->target.numel[1]);
-    snprintf(expected, sizeof expected, "tensor 'b' master: shape %s has 3 dimensions", shape);
-    expect_refused(c, "shape_1xNx1_for_a_bf16_master", with_shape(c, "b.master", shape), FADAM_ERR_CORRUPT, expected, NULL);
-    expect_refused(c, "shape_scalar_for_a_1_element_entry", with_shape(c, "s.exp_avg", "[]"), FADAM_ERR_CORRUPT,
-                   "tensor 's' exp_avg: shape [] has 0 dimensions", "saves [1]");
-    expect_refused(c, "shape_0x3_for_an_empty_entry", with_shape(c, "e.exp_avg", "[0,3]"), FADAM_ERR_CORRUPT,
-                   "tensor 'e' exp_avg: shape [0,3] has 2 dimensions", "saves [0]");
+typedef enum build_kind {
+    BUILD_VALUE,           /* metadata value a set to b (signed) */
+    BUILD_SHAPE,           /* entry a's shape set to b (signed) */
+    BUILD_OFFSETS,         /* entry a's data_offsets set to b, "BEGIN,END" (signed) */
+    BUILD_EDIT,            /* the first a in the header text replaced by b */
+    BUILD_WRAP,            /* the header text between a and b */
+    BUILD_HEADER,          /* the header text replaced by a */
+    BUILD_DUPLICATE_ENTRY, /* entry w.exp_avg twice, the second key spelled a */
+    BUILD_DUPLICATE_STEP,  /* metadata "step" twice, the second key spelled a */
+    BUILD_DEEP,            /* 100k levels of `nesting` put in by the format b for the first a (a NULL: the header) */
+    BUILD_CUSTOM           /* build(): the bytes, and a fragment computed from them (or "") */
+} build_kind;
+
+typedef struct hostile_case {
+    const char *name;
+    build_kind how;
+    const char *a, *b;
+    blob (*build)(context *c, char *expected, size_t size);
+    fadam_status status;
+    const char *part1, *part2; /* each optional; a custom build's fragment replaces part1 */
+    int after;   /* > 0: part2 is "at byte N of the JSON", N this far past the end of the name "w.exp_avg" */
+    int nesting; /* BUILD_DEEP: 1 {"a": ... 1 ... }, 2 [ ... 1 ... ], 3 { ... } */
+} hostile_case;
+
+static blob wrapped_header(const context *c, const char *before, const char *after) {
+    char *header = header_json(&c->good), *text;
+    blob b = {NULL, 0};
+    if (!header) return b;
+    text = (char *)malloc(strlen(header) + strlen(before) + strlen(after) + 1);
+    sprintf(text, "%s%s%s", before, header, after);
+    b = make_blob(text, 0, c->good.data, c->good.data_size);
+    free(text);
+    free(header);
+    return b;
 }
 
-/* Defect 8: numbers out of a float's range in the metadata; rounding is fine, 0 or Inf is not. */
-static void float_range_cases(context *c) {
+/* DEEP levels of nesting kind `nesting` (hostile_case.nesting), as `format` (a printf format with
+ * one %s) in place of the first `find`; the whole header when find is NULL. */
+static blob deep_edit(const context *c, int nesting, const char *find, const char *format) {
+    static const char *const patterns[][3] = {{"{\"a\":", "1", "}"}, {"[", "1", "]"}, {"{", "", "}"}};
+    const char *const *pattern = patterns[nesting - 1];
+    char *deep = nested(pattern[0], pattern[1], pattern[2], DEEP), *value;
+    blob b;
+    if (!find) {
+        b = make_blob(deep, 0, c->good.data, c->good.data_size);
+        free(deep);
+        return b;
+    }
+    value = (char *)malloc(strlen(deep) + strlen(format) + 1);
+    sprintf(value, format, deep);
+    b = edited(&c->good, find, value);
+    free(value);
+    free(deep);
+    return b;
+}
+
+static blob shape_1xNx1_bf16_master(context *c, char *expected, size_t size) {
+    char shape[64];
+    snprintf(shape, sizeof shape, "[1,%lld,1]", (long long)c->target.numel[1]);
+    snprintf(expected, size, "tensor 'b' master: shape %s has 3 dimensions", shape);
+    return with_shape(c, "b.master", shape);
+}
+
+static blob offset_2_63(context *c, char *e, size_t n) {
+    const entry *w = find_entry(&c->good, "w.exp_avg");
+    char text[200];
+    blob none = {NULL, 0};
+    (void)e, (void)n;
+    if (!w) return none;
+    snprintf(text, sizeof text, "\"data_offsets\":[%llu,9223372036854775808]", w->begin);
+    return edited(&c->good, "\"data_offsets\":[0,", text);
+}
+
+static blob shape_4096_digits(context *c, char *e, size_t n) {
+    char *digits = nested("9", "", "", 4096), *shape = (char *)malloc(4096 + 16);
+    blob b;
+    (void)e, (void)n;
+    sprintf(shape, "\"shape\":[%s]", digits);
+    b = edited(&c->good, "\"shape\":[7]", shape);
+    free(digits);
+    free(shape);
+    return b;
+}
+
+/* Entry w.exp_avg twice, the second copy's key spelled `second_key`. */
+static blob duplicate_entry(context *c, const char *second_key) {
+    const entry *w = find_entry(&c->good, "w.exp_avg");
+    char original[256], text[700];
+    blob none = {NULL, 0};
+    if (!w) return none;
+    entry_text(w, original, sizeof original);
+    snprintf(text, sizeof text, "%s,%s%s", original, second_key, strchr(original, ':'));
+    return edited(&c->good, original, text);
+}
+
+/* "step":"<value>" twice, the second key spelled `second_key`. */
+static blob duplicate_step(context *c, const char *second_key) {
+    const pair *step = find_pair(&c->good, "step");
+    char value[160], text[700];
+    blob none = {NULL, 0};
+    if (!step) return none;
+    snprintf(value, sizeof value, "\"step\":\"%s\"", step->value);
+    snprintf(text, sizeof text, "%s,%s:\"%s\"", value, second_key, step->value);
+    return edited(&c->good, value, text);
+}
+
+/* Raw NUL bytes: make_blob copies strlen bytes, so these are built by hand. */
+static blob nul_byte_in_name(context *c, char *e, size_t n) {
+    char *header = header_json(&c->good);
+    const char *at = header ? strstr(header, "\"w.exp_avg\":") : NULL;
+    blob b = from_pieces(&c->good);
+    (void)e, (void)n;
+    if (b.bytes && at) b.bytes[8 + (size_t)(at - header) + 10] = '\0';
+    free(header);
+    return b;
+}
+static blob nul_byte_padding(context *c, char *e, size_t n) {
+    char *header = header_json(&c->good);
+    blob b = {NULL, 0};
+    (void)e, (void)n;
+    if (!header) return b;
+    b = make_blob(header, strlen(header) + 8, c->good.data, c->good.data_size);
+    if (b.bytes) b.bytes[8 + strlen(header)] = '\0';
+    free(header);
+    return b;
+}
+
+static blob offsets_one_past_the_data(context *c, char *expected, size_t size) {
+    const entry *last = last_entry(&c->good);
+    blob none = {NULL, 0};
+    if (!last) return none;
+    snprintf(expected, size, "entry '%s': data_offsets [%llu, %llu] reach past the %zu data bytes", last->name,
+             last->begin + 1, last->end + 1, c->good.data_size);
+    return with_offsets(c, last->name, last->begin + 1, last->end + 1);
+}
+static blob offsets_begin_after_end(context *c, char *expected, size_t size) {
+    const entry *w = find_entry(&c->good, "w.exp_avg");
+    blob none = {NULL, 0};
+    if (!w) return none;
+    snprintf(expected, size, "entry 'w.exp_avg': data_offsets [%llu, %llu] end before they begin", w->end, w->begin);
+    return with_offsets(c, "w.exp_avg", w->end, w->begin);
+}
+static blob offsets_begin_equals_end(context *c, char *e, size_t n) {
+    const entry *w = find_entry(&c->good, "w.exp_avg");
+    blob none = {NULL, 0};
+    (void)e, (void)n;
+    return w ? with_offsets(c, "w.exp_avg", w->begin, w->begin) : none;
+}
+/* The last entry moved 4 bytes back, into the one before it (the 4 bytes at the end are then
+ * unclaimed, but the overlap comes first in offset order). */
+static blob offsets_overlapping(context *c, char *expected, size_t size) {
+    pieces p = c->good;
+    entry *moved = (entry *)last_entry(&p);
+    blob none = {NULL, 0};
+    if (!moved) return none;
+    moved->begin -= 4, moved->end -= 4;
+    snprintf(expected, size, "and '%s' overlap in the data", moved->name);
+    return from_pieces(&p);
+}
+/* The last entry moved 4 bytes on and the data grown by 4: a gap; `trailing`: then moved back with
+ * the data 1 byte longer than the entries. */
+static blob offsets_moved_on(context *c, int trailing, char *expected, size_t size) {
+    pieces p = c->good;
+    entry *moved = (entry *)last_entry(&p);
+    unsigned char *grown;
+    blob b = {NULL, 0};
+    if (!moved) return b;
+    grown = (unsigned char *)calloc(p.data_size + 4, 1);
+    memcpy(grown, p.data, p.data_size);
+    memmove(grown + moved->begin + 4, grown + moved->begin, moved->end - moved->begin);
+    moved->begin += 4, moved->end += 4;
+    p.data = grown, p.data_size += 4;
+    snprintf(expected, size, "4 data bytes before entry '%s' belong to no entry", moved->name);
+    if (trailing) {
+        p.data_size -= 4 - 1;
+        moved->begin -= 4, moved->end -= 4;
+        expected[0] = '\0';
+    }
+    b = from_pieces(&p);
+    free(grown);
+    return b;
+}
+static blob offsets_gap(context *c, char *expected, size_t size) { return offsets_moved_on(c, 0, expected, size); }
+static blob offsets_trailing_byte(context *c, char *expected, size_t size) {
+    return offsets_moved_on(c, 1, expected, size);
+}
+
+/* The good header behind `header_length` (0: its own length), the 8 length bytes then set to `fill`
+ * and the top one to `top_byte` (each when >= 0). */
+static blob with_length(context *c, size_t header_length, int fill, int top_byte) {
+    char *header = header_json(&c->good);
+    blob b = {NULL, 0};
+    if (!header) return b;
+    b = make_blob(header, header_length, c->good.data, c->good.data_size);
+    if (b.bytes && fill >= 0) memset(b.bytes, fill, 8);
+    if (b.bytes && top_byte >= 0) b.bytes[7] = (unsigned char)top_byte;
+    free(header);
+    return b;
+}
+static blob length_one_past_the_limit(context *c, char *expected, size_t size) {
+    snprintf(expected, size, "the header length %zu is over the %zu-byte limit", HEADER_LIMIT_BYTES + 1,
+             HEADER_LIMIT_BYTES);
+    return with_length(c, HEADER_LIMIT_BYTES + 1, -1, -1);
+}
+static blob length_zero(context *c, char *e, size_t n) {
+    (void)e, (void)n;
+    return with_length(c, 0, 0, -1);
+}
+static blob length_2_63(context *c, char *e, size_t n) {
+    (void)e, (void)n;
+    return with_length(c, 0, 0, 0x80);
+}
+static blob length_2_64_minus_1(context *c, char *e, size_t n) {
+    (void)e, (void)n;
+    return with_length(c, 0, 0xFF, -1);
+}
+static blob length_one_past_the_file(context *c, char *expected, size_t size) {
+    blob b = with_length(c, 0, -1, -1);
+    if (b.bytes) {
+        uint64_t length = (uint64_t)(b.size - 8 + 1);
+        int i;
+        for (i = 0; i < 8; i++) b.bytes[i] = (unsigned char)(length >> (8 * i));
+        snprintf(expected, size, "the header length %llu reaches past the end of the %zu-byte checkpoint",
+                 (unsigned long long)length, b.size);
+    }
+    return b;
+}
+
+/* The good checkpoint cut to `keep` bytes (negative: that many bytes shorter; `in_header`: 1 byte
+ * before the data). */
+static blob truncated(context *c, long long keep, int in_header) {
+    blob b = from_pieces(&c->good);
+    if (!b.bytes) return b;
+    if (in_header)
+        b.size = 8 + header_length_of(b.bytes) - 1;
+    else
+        b.size = keep >= 0 ? (size_t)keep : b.size - (size_t)-keep;
+    return b;
+}
+static blob truncated_to_nothing(context *c, char *e, size_t n) {
+    (void)e, (void)n;
+    return truncated(c, 0, 0);
+}
+static blob truncated_in_length(context *c, char *e, size_t n) {
+    (void)e, (void)n;
+    return truncated(c, 7, 0);
+}
+static blob truncated_in_header(context *c, char *e, size_t n) {
+    (void)e, (void)n;
+    return truncated(c, 0, 1);
+}
+static blob truncated_by_one(context *c, char *e, size_t n) {
+    (void)e, (void)n;
+    return truncated(c, -1, 0);
+}
+
+#define CORRUPT FADAM_ERR_CORRUPT
+#define CUSTOM(fn) BUILD_CUSTOM, NULL, NULL, fn
+static const hostile_case hostile_cases[] = {
+    /* Byte ranges at and past the ends of the data. */
+    {"offsets_one_past_the_data", CUSTOM(offsets_one_past_the_data), CORRUPT, NULL, NULL, 0, 0},
+    {"offsets_begin_after_end", CUSTOM(offsets_begin_after_end), CORRUPT, NULL, NULL, 0, 0},
+    {"offsets_begin_equals_end_for_data", CUSTOM(offsets_begin_equals_end), CORRUPT, "entry 'w.exp_avg': data_offsets",
+     "span 0 bytes, but shape [7] of F32 needs 28", 0, 0},
+    {"offsets_overlapping_entries", CUSTOM(offsets_overlapping), CORRUPT, NULL, NULL, 0, 0},
+    {"offsets_gap_before_an_entry", CUSTOM(offsets_gap), CORRUPT, NULL, NULL, 0, 0},
+    {"offsets_trailing_data_byte", CUSTOM(offsets_trailing_byte), CORRUPT, "the last 1 data bytes belong to no entry",
+     NULL, 0, 0},
+    /* Defect 8: a shape must be exactly [numel], as the optimizer saves it. */
+    {"shape_7x1_for_a_7_element_entry", BUILD_SHAPE, "w.exp_avg", "[7,1]", NULL, CORRUPT,
+     "tensor 'w' exp_avg: shape [7,1] has 2 dimensions", "saves [7]", 0, 0},
+    {"shape_1x7_for_a_7_element_entry", BUILD_SHAPE, "w.exp_avg_sq", "[1,7]", NULL, CORRUPT,
+     "tensor 'w' exp_avg_sq: shape [1,7] has 2 dimensions", "saves [7]", 0, 0},
+    {"shape_1xNx1_for_a_bf16_master", CUSTOM(shape_1xNx1_bf16_master), CORRUPT, NULL, NULL, 0, 0},
+    {"shape_scalar_for_a_1_element_entry", BUILD_SHAPE, "s.exp_avg", "[]", NULL, CORRUPT,
+     "tensor 's' exp_avg: shape [] has 0 dimensions", "saves [1]", 0, 0},
+    {"shape_0x3_for_an_empty_entry", BUILD_SHAPE, "e.exp_avg", "[0,3]", NULL, CORRUPT,
+     "tensor 'e' exp_avg: shape [0,3] has 2 dimensions", "saves [0]", 0, 0},
+    /* Defect 8: numbers out of a float's range in the metadata; rounding is fine, 0 or Inf is not. */
+    {"float_1e-999_underflows", BUILD_VALUE, "group.0.lr", "1e-999", NULL, CORRUPT, "\"group.0.lr\" is \"1e-999\"",
+     "underflows to 0", 0, 0},
+    {"float_1e-46_underflows", BUILD_VALUE, "group.1.weight_decay", "1e-46", NULL, CORRUPT,
+     "\"group.1.weight_decay\" is \"1e-46\"", "underflows to 0", 0, 0},
+    {"float_long_zero_fraction_then_digit_underflows", BUILD_VALUE, "group.0.eps",
+     "0.00000000000000000000000000000000000000000000001", NULL, CORRUPT, "\"group.0.eps\"", "underflows to 0", 0, 0},
+    {"float_1e999_overflows", BUILD_VALUE, "group.0.lr", "1e999", NULL, CORRUPT, "\"group.0.lr\" is \"1e999\"",
+     "overflows to infinity", 0, 0},
+    {"float_minus_1e999_overflows", BUILD_VALUE, "group.1.eps", "-1e999", NULL, CORRUPT,
+     "\"group.1.eps\" is \"-1e999\"", "overflows to infinity", 0, 0},
+    {"float_3.5e38_overflows", BUILD_VALUE, "group.0.beta1", "3.5e38", NULL, CORRUPT, "\"group.0.beta1\" is \"3.5e38\"",
+     "overflows to infinity", 0, 0},
+    {"float_fused_grad_norm_1e-999", BUILD_VALUE, "fused.grad_norm", "1e-999", NULL, CORRUPT,
+     "\"fused.grad_norm\" is \"1e-999\"", NULL, 0, 0},
+    {"float_fused_clip_coef_1e999", BUILD_VALUE, "fused.clip_coef", "1e999", NULL, CORRUPT,
+     "\"fused.clip_coef\" is \"1e999\"", NULL, 0, 0},
+    /* Integers at 2^63-1, 2^63 and 2^64, in the JSON (offsets, shape) and in the metadata. */
+    {"int_offset_2^63", CUSTOM(offset_2_63), CORRUPT, "malformed header: number larger than 2^63-1", NULL, 0, 0},
+    {"int_offset_2^64", BUILD_EDIT, "\"data_offsets\":[0,", "\"data_offsets\":[18446744073709551616,", NULL, CORRUPT,
+     "malformed header: number larger than 2^63-1", NULL, 0, 0},
+    {"int_offset_2^64_plus_4_wraps_to_4", BUILD_EDIT, "\"data_offsets\":[0,",
+     "\"data_offsets\":[0,18446744073709551620],\"x\":[0,", NULL, CORRUPT, "number larger than 2^63-1", NULL, 0, 0},
+    {"int_offset_2^63-1", BUILD_OFFSETS, "e.exp_avg", "9223372036854775807,9223372036854775807", NULL, CORRUPT,
+     "entry 'e.exp_avg': data_offsets [9223372036854775807, 9223372036854775807] reach past", NULL, 0, 0},
+    {"int_offset_1e999", BUILD_EDIT, "\"data_offsets\":[0,", "\"data_offsets\":[1e999,", NULL, CORRUPT,
+     "number is not an integer", NULL, 0, 0},
+    {"int_offset_minus_zero", BUILD_EDIT, "\"data_offsets\":[0,", "\"data_offsets\":[-0,", NULL, CORRUPT,
+     "negative number", NULL, 0, 0},
+    {"int_shape_2^63", BUILD_SHAPE, "w.exp_avg", "[9223372036854775808]", NULL, CORRUPT, "number larger than 2^63-1",
+     NULL, 0, 0},
+    {"int_shape_2^64", BUILD_SHAPE, "w.exp_avg", "[18446744073709551616]", NULL, CORRUPT, "number larger than 2^63-1",
+     NULL, 0, 0},
+    {"int_shape_2^63-1_bytes_overflow", BUILD_SHAPE, "w.exp_avg", "[9223372036854775807]", NULL, CORRUPT,
+     "shape [9223372036854775807] overflows 64 bits", NULL, 0, 0},
+    {"int_shape_product_2^64", BUILD_SHAPE, "w.exp_avg", "[4294967296,4294967296]", NULL, CORRUPT,
+     "shape [4294967296,4294967296] overflows 64 bits", NULL, 0, 0},
+    {"int_shape_1e999", BUILD_SHAPE, "w.exp_avg", "[1e999]", NULL, CORRUPT, "number is not an integer", NULL, 0, 0},
+    {"int_shape_4096_digits", CUSTOM(shape_4096_digits), CORRUPT, "number larger than 2^63-1", NULL, 0, 0},
+    {"int_metadata_step_2^63", BUILD_VALUE, "step", "9223372036854775808", NULL, CORRUPT,
+     "step \"9223372036854775808\" is not an integer in [0, 2^63-2]", NULL, 0, 0},
+    {"int_metadata_step_2^64", BUILD_VALUE, "step", "18446744073709551616", NULL, CORRUPT,
+     "step \"18446744073709551616\" is not an integer in [0, 2^63-2]", NULL, 0, 0},
+    {"int_metadata_step_1e999", BUILD_VALUE, "step", "1e999", NULL, CORRUPT, "step \"1e999\" is not an integer", NULL,
+     0, 0},
+    {"int_metadata_n_groups_2^64", BUILD_VALUE, "n_groups", "18446744073709551618", NULL, CORRUPT,
+     "n_groups \"18446744073709551618\"", NULL, 0, 0},
+    {"int_metadata_group_index_2^64", BUILD_VALUE, "w.group", "18446744073709551616", NULL, CORRUPT,
+     "\"w.group\" is \"18446744073709551616\", not a group index", NULL, 0, 0},
+    {"int_metadata_fused_step_2^64", BUILD_VALUE, "fused.step", "18446744073709551616", NULL, CORRUPT,
+     "\"fused.step\" is \"18446744073709551616\"", NULL, 0, 0},
+    {"int_metadata_fused_skipped_total_2^63", BUILD_VALUE, "fused.skipped_total", "9223372036854775808", NULL, CORRUPT,
+     "\"fused.skipped_total\" is \"9223372036854775808\"", NULL, 0, 0},
+    /* Duplicate keys, plain and spelled through \u escapes (the comparison is on decoded strings). */
+    {"duplicate_entry_plain", BUILD_DUPLICATE_ENTRY, "\"w.exp_avg\"", NULL, NULL, CORRUPT,
+     "malformed header: duplicate key 'w.exp_avg'", NULL, 0, 0},
+    {"duplicate_entry_via_u_escape", BUILD_DUPLICATE_ENTRY, "\"w.\\u0065xp_avg\"", NULL, NULL, CORRUPT,
+     "malformed header: duplicate key 'w.exp_avg'", NULL, 0, 0},
+    {"duplicate_entry_all_escaped_upper_hex", BUILD_DUPLICATE_ENTRY,
+     "\"\\u0077\\u002E\\u0065\\u0078\\u0070\\u005F\\u0061\\u0076\\u0067\"", NULL, NULL, CORRUPT,
+     "malformed header: duplicate key 'w.exp_avg'", NULL, 0, 0},
+    {"duplicate_metadata_key_plain", BUILD_DUPLICATE_STEP, "\"step\"", NULL, NULL, CORRUPT,
+     "malformed header: duplicate __metadata__ key 'step'", NULL, 0, 0},
+    {"duplicate_metadata_key_via_u_escape", BUILD_DUPLICATE_STEP, "\"st\\u0065p\"", NULL, NULL, CORRUPT,
+     "malformed header: duplicate __metadata__ key 'step'", NULL, 0, 0},
+    {"duplicate_metadata_block_via_u_escape", BUILD_EDIT, "{\"__metadata__\":",
+     "{\"__metadata__\":{},\"\\u005f_metadata__\":", NULL, CORRUPT, "duplicate key \"__metadata__\"", NULL, 0, 0},
+    {"duplicate_entry_field_via_u_escape", BUILD_EDIT, "\"w.exp_avg\":{\"dtype\":\"F32\",",
+     "\"w.exp_avg\":{\"dtype\":\"F32\",\"dt\\u0079pe\":\"F32\",", NULL, CORRUPT, "duplicate key \"dtype\"", NULL, 0, 0},
+    {"duplicate_entry_field_shape", BUILD_EDIT, "\"w.exp_avg\":{\"dtype\":\"F32\",",
+     "\"w.exp_avg\":{\"dtype\":\"F32\",\"shape\":[7],", NULL, CORRUPT, "duplicate key \"shape\"", NULL, 0, 0},
+    /* 100k levels of nesting wherever a value may start: refused at the first level the schema does
+     * not allow, never by recursion (the table runs on a small stack). */
+    {"deep_objects_as_a_tensor_entry_field", BUILD_DEEP, "\"w.exp_avg\":{", "\"w.exp_avg\":%s,\"x\":{", NULL, CORRUPT,
+     "unknown key in a tensor entry", NULL, 0, 1},
+    {"deep_arrays_as_a_tensor_entry", BUILD_DEEP, "\"w.exp_avg\":", "\"w.exp_avg\":%s,\"x\":", NULL, CORRUPT,
+     "a tensor entry is not an object", NULL, 0, 2},
+    {"deep_arrays_as_a_metadata_value", BUILD_DEEP, "\"format\":", "\"format\":%s,\"y\":", NULL, CORRUPT,
+     "a __metadata__ value is not a string", NULL, 0, 2},
+    {"deep_arrays_in_a_shape", BUILD_DEEP, "\"shape\":[", "\"shape\":[%s,", NULL, CORRUPT, "expected an integer", NULL,
+     0, 2},
+    {"deep_objects_at_the_top", BUILD_DEEP, NULL, NULL, NULL, CORRUPT, "expected a string at byte 1", NULL, 0, 3},
+    {"deep_objects_as_the_metadata", BUILD_DEEP, "{\"__metadata__\":{", "{\"__metadata__\":%s,", NULL, CORRUPT,
+     "expected a string at byte 17", NULL, 0, 3},
+    /* \u0000, raw NUL bytes, and surrogates that pair with nothing. The message gives the byte where
+     * the parser stopped: just past the offending escape. */
+    {"nul_escape_in_an_entry_name", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\u0000\":", NULL, CORRUPT,
+     "NUL (\\u0000) inside a string", NULL, 6, 0},
+    {"nul_escape_in_a_metadata_key", BUILD_EDIT, "\"step\":", "\"step\\u0000\":", NULL, CORRUPT,
+     "NUL (\\u0000) inside a string", NULL, 0, 0},
+    {"nul_escape_in_a_metadata_value", BUILD_EDIT, "\"fusedadam.optimizer\"", "\"fusedadam.optimizer\\u0000\"", NULL,
+     CORRUPT, "NUL (\\u0000) inside a string", NULL, 0, 0},
+    {"nul_escape_in_a_field_name", BUILD_EDIT, "\"dtype\":", "\"dt\\u0000ype\":", NULL, CORRUPT,
+     "NUL (\\u0000) inside a string", NULL, 0, 0},
+    {"nul_byte_in_an_entry_name", CUSTOM(nul_byte_in_name), CORRUPT, "control character inside a string", NULL, 0, 0},
+    {"nul_byte_as_padding", CUSTOM(nul_byte_padding), CORRUPT, "bytes after the JSON object", NULL, 0, 0},
+    {"surrogate_high_at_the_end_of_a_string", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\":", NULL, CORRUPT,
+     "unpaired surrogate: high surrogate \\ud800 not followed by a \\u escape", NULL, 6, 0},
+    {"surrogate_high_then_a_letter", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\udbffx\":", NULL, CORRUPT,
+     "unpaired surrogate: high surrogate \\udbff not followed by a \\u escape", NULL, 6, 0},
+    {"surrogate_low_alone", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\udc00\":", NULL, CORRUPT,
+     "unpaired surrogate: low surrogate \\udc00 without a high one", NULL, 6, 0},
+    {"surrogate_low_then_high", BUILD_EDIT, "\"step\":", "\"st\\uDFFF\\uD800ep\":", NULL, CORRUPT,
+     "unpaired surrogate: low surrogate \\udfff without a high one", NULL, 0, 0},
+    {"surrogate_high_then_non_low", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\\u0041\":", NULL, CORRUPT,
+     "high surrogate \\ud800 followed by \\u0041, not by a low surrogate", NULL, 6, 0},
+    {"surrogate_high_then_high", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\\udbff\":", NULL, CORRUPT,
+     "high surrogate \\ud800 followed by \\udbff, not by a low surrogate", NULL, 0, 0},
+    {"surrogate_high_then_bad_escape", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\\u00\":", NULL, CORRUPT,
+     "high surrogate \\ud800 not followed by a \\u escape", NULL, 0, 0},
+    {"surrogate_encoded_raw_in_utf8", BUILD_EDIT, "\"w.exp_avg\":", "\"w.exp_avg\xed\xa0\x80\":", NULL, CORRUPT,
+     "invalid UTF-8 in a string", NULL, 0, 0},
+    /* The header length around its limit, and other impossible lengths. */
+    {"header_length_one_past_the_limit", CUSTOM(length_one_past_the_limit), CORRUPT, NULL, NULL, 0, 0},
+    {"header_length_zero", CUSTOM(length_zero), CORRUPT, "the header length is 0", NULL, 0, 0},
+    {"header_length_2^63", CUSTOM(length_2_63), CORRUPT, "negative (-9223372036854775808 as a signed", NULL, 0, 0},
+    {"header_length_2^64-1", CUSTOM(length_2_64_minus_1), CORRUPT, "negative (-1 as a signed", NULL, 0, 0},
+    {"header_length_one_past_the_file", CUSTOM(length_one_past_the_file), CORRUPT, NULL, NULL, 0, 0},
+    /* What surrounds the object: trailing bytes, other top-level values, truncation. */
+    {"trailing_letter_after_the_object", BUILD_WRAP, "", "x", NULL, CORRUPT, "bytes after the JSON object", NULL, 0, 0},
+    {"trailing_second_object", BUILD_WRAP, "", " {}", NULL, CORRUPT, "bytes after the JSON object", NULL, 0, 0},
+    {"trailing_extra_brace", BUILD_WRAP, "", "}", NULL, CORRUPT, "bytes after the JSON object", NULL, 0, 0},
+    {"top_level_array", BUILD_WRAP, "[", "]", NULL, CORRUPT, "the header does not start with '{'", NULL, 0, 0},
+    {"top_level_string", BUILD_HEADER, "\"fusedadam\"", NULL, NULL, CORRUPT, "the header does not start with '{'", NULL,
+     0, 0},
+    {"top_level_number", BUILD_HEADER, "1e999", NULL, NULL, CORRUPT, "the header does not start with '{'", NULL, 0, 0},
+    {"top_level_null", BUILD_HEADER, "null", NULL, NULL, CORRUPT, "the header does not start with '{'", NULL, 0, 0},
+    {"top_level_empty_object", BUILD_HEADER, "{}", NULL, NULL, CORRUPT, "the last", NULL, 0, 0},
+    {"truncated_to_nothing", CUSTOM(truncated_to_nothing), CORRUPT,
+     "the checkpoint is 0 bytes, shorter than the 8-byte", NULL, 0, 0},
+    {"truncated_inside_the_length", CUSTOM(truncated_in_length), CORRUPT, "the checkpoint is 7 bytes", NULL, 0, 0},
+    {"truncated_inside_the_header", CUSTOM(truncated_in_header), CORRUPT, "reaches past the end of the", NULL, 0, 0},
+    {"truncated_by_one_data_byte", CUSTOM(truncated_by_one), CORRUPT, "reach past the", NULL, 0, 0},
+};
+#undef CUSTOM
+#undef CORRUPT
+
+/* One case's bytes; *part1 replaced by a fragment the build computed. */
+static blob build_case(context *c, const hostile_case *k, char *expected, size_t size) {
+    unsigned long long begin = 0, end = 0;
+    blob none = {NULL, 0};
+    expected[0] = '\0';
+    switch (k->how) {
+    case BUILD_VALUE: return with_value(c, k->a, k->b);
+    case BUILD_SHAPE: return with_shape(c, k->a, k->b);
+    case BUILD_OFFSETS:
+        if (sscanf(k->b, "%llu,%llu", &begin, &end) != 2) return none;
+        return with_offsets(c, k->a, begin, end);
+    case BUILD_EDIT: return edited(&c->good, k->a, k->b);
+    case BUILD_WRAP: return wrapped_header(c, k->a, k->b);
+    case BUILD_HEADER: return make_blob(k->a, 0, c->good.data, c->good.data_size);
+    case BUILD_DUPLICATE_ENTRY: return duplicate_entry(c, k->a);
+    case BUILD_DUPLICATE_STEP: return duplicate_step(c, k->a);
+    case BUILD_DEEP: return deep_edit(c, k->nesting, k->a, k->b);
+    case BUILD_CUSTOM: return k->build(c, expected, size);
+    }
+    return none;
+}
+
+/* Every row of hostile_cases, refused through both calls, the state untouched. */
+static void refused_cases(context *c) {
+    char *header = header_json(&c->good);
+    const char *name_end = header ? strstr(header, "\"w.exp_avg\":") : NULL;
+    size_t after_name = name_end ? (size_t)(name_end - header) + 10 : 0, i;
+    for (i = 0; i < sizeof hostile_cases / sizeof hostile_cases[0]; i++) {
+        const hostile_case *k = &hostile_cases[i];
+        char computed[300], at[64];
+        blob b = build_case(c, k, computed, sizeof computed);
+        snprintf(at, sizeof at, "at byte %zu of the JSON", after_name + (size_t)k->after);
+        expect_refused(c, k->name, b, k->status, computed[0] ? computed : k->part1, k->after ? at : k->part2);
+    }
+    free(header);
+}
+
+static void run_refused_cases(context *c) { refused_cases(c); }
+
+/* What must load: the good checkpoint re-assembled, floats that round to a nonzero subnormal or to
+ * 0 from a zero, the header length at its limit, a surrogate pair in a new signed key. */
+static void loading_cases(context *c) {
+    char *header = header_json(&c->good);
     snapshot got;
-    expect_refused(c, "float_1e-999_underflows", with_value(c, "group.0.lr", "1e-999"), FADAM_ERR_CORRUPT,
-                   "\"group.0.lr\" is \"1e-999\"", "underflows to 0");
-    expect_refused(c, "float_1e-46_underflows", with_value(c, "group.1.weight_decay", "1e-46"), FADAM_ERR_CORRUPT,
-                   "\"group.1.weight_decay\" is \"1e-46\"", "underflows to 0");
-    expect_refused(c, "float_long_zero_fraction_then_digit_underflows",
-                   with_value(c, "group.0.eps", "0.00000000000000000000000000000000000000000000001"), FADAM_ERR_CORRUPT,
-                   "\"group.0.eps\"", "underflows to 0");
-    expect_refused(c, "float_1e999_overflows", with_value(c, "group.0.lr", "1e999"), FADAM_ERR_CORRUPT,
-                   "\"group.0.lr\" is \"1e999\"", "overflows to infinity");
-    expect_refused(c, "float_minus_1e999_overflows", with_value(c, "group.1.eps", "-1e999"), FADAM_ERR_CORRUPT,
-                   "\"group.1.eps\" is \"-1e999\"", "overflows to infinity");
-    expect_refused(c, "float_3.5e38_overflows", with_value(c, "group.0.beta1", "3.5e38"), FADAM_ERR_CORRUPT,
-                   "\"group.0.beta1\" is \"3.5e38\"", "overflows to infinity");
-    expect_refused(c, "float_fused_grad_norm_1e-999", with_value(c, "fused.grad_norm", "1e-999"), FADAM_ERR_CORRUPT,
-                   "\"fused.grad_norm\" is \"1e-999\"", NULL);
-    expect_refused(c, "float_fused_clip_coef_1e999", with_value(c, "fused.clip_coef", "1e999"), FADAM_ERR_CORRUPT,
-                   "\"fused.clip_coef\" is \"1e999\"", NULL);
-    /* A subnormal rounds to a nonzero float: accepted, and exactly the float it rounds to. */
+    if (!header) return;
+    expect_loads(c, "offsets_last_entry_ends_at_the_data_size_loads", from_pieces(&c->good), 0, NULL);
     memset(&got, 0, sizeof got);
     expect_loads(c, "float_subnormal_1e-45_loads", with_value(c, "group.0.weight_decay", "1e-45"), 1, &got);
     {
@@ -637,184 +1062,8 @@ static void float_range_cases(context *c) {
         snapshot_free(&got);
     }
     expect_loads(c, "float_zero_with_exponent_loads", with_value(c, "group.0.weight_decay", "0.000e-999"), 1, NULL);
-}
-
-/* Integers at 2^63-1, 2^63 and 2^64, in the JSON (offsets, shape) and in the metadata. */
-static void integer_cases(context *c) {
-    const entry *e = find_entry(&c->good, "w.exp_avg");
-    char text[200];
-    if (!e) return;
-    snprintf(text, sizeof text, "\"data_offsets\":[%llu,9223372036854775808]", e->begin);
-    expect_refused(c, "int_offset_2^63", edited(&c->good, "\"data_offsets\":[0,", text), FADAM_ERR_CORRUPT,
-                   "malformed header: number larger than 2^63-1", NULL);
-    expect_refused(c, "int_offset_2^64", edited(&c->good, "\"data_offsets\":[0,", "\"data_offsets\":[18446744073709551616,"),
-                   FADAM_ERR_CORRUPT, "malformed header: number larger than 2^63-1", NULL);
-    expect_refused(c, "int_offset_2^64_plus_4_wraps_to_4",
-                   edited(&c->good, "\"data_offsets\":[0,", "\"data_offsets\":[0,18446744073709551620],\"x\":[0,"),
-                   FADAM_ERR_CORRUPT, "number larger than 2^63-1", NULL);
-    expect_refused(c, "int_offset_2^63-1", with_offsets(c, "e.exp_avg", 9223372036854775807ull, 9223372036854775807ull),
-                   FADAM_ERR_CORRUPT, "entry 'e.exp_avg': data_offsets [9223372036854775807, 9223372036854775807] reach past",
-                   NULL);
-    expect_refused(c, "int_offset_1e999", edited(&c->good, "\"data_offsets\":[0,", "\"data_offsets\":[1e999,"),
-                   FADAM_ERR_CORRUPT, "number is not an integer", NULL);
-    expect_refused(c, "int_offset_minus_zero", edited(&c->good, "\"data_offsets\":[0,", "\"data_offsets\":[-0,"),
-                   FADAM_ERR_CORRUPT, "negative number", NULL);
-    expect_refused(c, "int_shape_2^63", with_shape(c, "w.exp_avg", "[9223372036854775808]"), FADAM_ERR_CORRUPT,
-                   "number larger than 2^63-1", NULL);
-    expect_refused(c, "int_shape_2^64", with_shape(c, "w.exp_avg", "[18446744073709551616]"), FADAM_ERR_CORRUPT,
-                   "number larger than 2^63-1", NULL);
-    expect_refused(c, "int_shape_2^63-1_bytes_overflow", with_shape(c, "w.exp_avg", "[9223372036854775807]"),
-                   FADAM_ERR_CORRUPT, "shape [9223372036854775807] overflows 64 bits", NULL);
-    expect_refused(c, "int_shape_product_2^64", with_shape(c, "w.exp_avg", "[4294967296,4294967296]"), FADAM_ERR_CORRUPT,
-                   "shape [4294967296,4294967296] overflows 64 bits", NULL);
-    expect_refused(c, "int_shape_1e999", with_shape(c, "w.exp_avg", "[1e999]"), FADAM_ERR_CORRUPT,
-                   "number is not an integer", NULL);
-    {
-        char *digits = nested("9", "", "", 4096), *shape = (char *)malloc(4096 + 16);
-        sprintf(shape, "\"shape\":[%s]", digits);
-        expect_refused(c, "int_shape_4096_digits", edited(&c->good, "\"shape\":[7]", shape), FADAM_ERR_CORRUPT,
-                       "number larger than 2^63-1", NULL);
-        free(digits);
-        free(shape);
-    }
-    expect_refused(c, "int_metadata_step_2^63", with_value(c, "step", "9223372036854775808"), FADAM_ERR_CORRUPT,
-                   "step \"9223372036854775808\" is not an integer in [0, 2^63-2]", NULL);
-    expect_refused(c, "int_metadata_step_2^64", with_value(c, "step", "18446744073709551616"), FADAM_ERR_CORRUPT,
-                   "step \"18446744073709551616\" is not an integer in [0, 2^63-2]", NULL);
-    expect_refused(c, "int_metadata_step_1e999", with_value(c, "step", "1e999"), FADAM_ERR_CORRUPT,
-                   "step \"1e999\" is not an integer", NULL);
-    expect_refused(c, "int_metadata_n_groups_2^64", with_value(c, "n_groups", "18446744073709551618"), FADAM_ERR_CORRUPT,
-                   "n_groups \"18446744073709551618\"", NULL);
-    expect_refused(c, "int_metadata_group_index_2^64", with_value(c, "w.group", "18446744073709551616"),
-                   FADAM_ERR_CORRUPT, "\"w.group\" is \"18446744073709551616\", not a group index", NULL);
-    expect_refused(c, "int_metadata_fused_step_2^64", with_value(c, "fused.step", "18446744073709551616"),
-                   FADAM_ERR_CORRUPT, "\"fused.step\" is \"18446744073709551616\"", NULL);
-    expect_refused(c, "int_metadata_fused_skipped_total_2^63", with_value(c, "fused.skipped_total", "9223372036854775808"),
-                   FADAM_ERR_CORRUPT, "\"fused.skipped_total\" is \"9223372036854775808\"", NULL);
-}
-
-/* Duplicate keys, plain and spelled through \u escapes (the comparison is on decoded strings). */
-static void duplicate_cases(context *c) {
-    const entry *e = find_entry(&c->good, "w.exp_avg");
-    const pair *step = find_pair(&c->good, "step");
-    char original[256], text[700], value[160];
-    if (!e || !step) return;
-    entry_text(e, original, sizeof original);
-    snprintf(text, sizeof text, "%s,%s", original, original);
-    expect_refused(c, "duplicate_entry_plain", edited(&c->good, original, text), FADAM_ERR_CORRUPT,
-                   "malformed header: duplicate key 'w.exp_avg'", NULL);
-    snprintf(text, sizeof text, "%s,\"w.\\u0065xp_avg\"%s", original, strchr(original, ':'));
-    expect_refused(c, "duplicate_entry_via_u_escape", edited(&c->good, original, text), FADAM_ERR_CORRUPT,
-                   "malformed header: duplicate key 'w.exp_avg'", NULL);
-    snprintf(text, sizeof text, "%s,\"\\u0077\\u002E\\u0065\\u0078\\u0070\\u005F\\u0061\\u0076\\u0067\"%s", original,
-             strchr(original, ':'));
-    expect_refused(c, "duplicate_entry_all_escaped_upper_hex", edited(&c->good, original, text), FADAM_ERR_CORRUPT,
-                   "malformed header: duplicate key 'w.exp_avg'", NULL);
-    snprintf(value, sizeof value, "\"step\":\"%s\"", step->value);
-    snprintf(text, sizeof text, "%s,%s", value, value);
-    expect_refused(c, "duplicate_metadata_key_plain", edited(&c->good, value, text), FADAM_ERR_CORRUPT,
-                   "malformed header: duplicate __metadata__ key 'step'", NULL);
-    snprintf(text, sizeof text, "%s,\"st\\u0065p\":\"%s\"", value, step->value);
-    expect_refused(c, "duplicate_metadata_key_via_u_escape", edited(&c->good, value, text), FADAM_ERR_CORRUPT,
-                   "malformed header: duplicate __metadata__ key 'step'", NULL);
-    expect_refused(c, "duplicate_metadata_block_via_u_escape",
-                   edited(&c->good, "{\"__metadata__\":", "{\"__metadata__\":{},\"\\u005f_metadata__\":"),
-                   FADAM_ERR_CORRUPT, "duplicate key \"__metadata__\"", NULL);
-    expect_refused(c, "duplicate_entry_field_via_u_escape",
-                   edited(&c->good, "\"w.exp_avg\":{\"dtype\":\"F32\",", "\"w.exp_avg\":{\"dtype\":\"F32\",\"dt\\u0079pe\":\"F32\","),
-                   FADAM_ERR_CORRUPT, "duplicate key \"dtype\"", NULL);
-    expect_refused(c, "duplicate_entry_field_shape",
-                   edited(&c->good, "\"w.exp_avg\":{\"dtype\":\"F32\",", "\"w.exp_avg\":{\"dtype\":\"F32\",\"shape\":[7],"),
-                   FADAM_ERR_CORRUPT, "duplicate key \"shape\"", NULL);
-}
-
-/* 100k levels of nesting wherever a value may start: refused at the first level the schema does
- * not allow, never by recursion (run on a small stack). */
-static void deep_cases(context *c) {
-    char *deep;
-    deep = nested("{\"a\":", "1", "}", DEEP);
-    {
-        char *value = (char *)malloc(strlen(deep) + 32);
-        sprintf(value, "\"w.exp_avg\":%s,\"x\":{", deep);
-        expect_refused(c, "deep_objects_as_a_tensor_entry_field", edited(&c->good, "\"w.exp_avg\":{", value),
-                       FADAM_ERR_CORRUPT, "unknown key in a tensor entry", NULL);
-        free(value);
-    }
-    free(deep);
-    deep = nested("[", "1", "]", DEEP);
-    {
-        char *value = (char *)malloc(strlen(deep) + 32);
-        sprintf(value, "\"w.exp_avg\":%s,\"x\":", deep);
-        expect_refused(c, "deep_arrays_as_a_tensor_entry", edited(&c->good, "\"w.exp_avg\":", value), FADAM_ERR_CORRUPT,
-                       "a tensor entry is not an object", NULL);
-        sprintf(value, "\"format\":%s,\"y\":", deep);
-        expect_refused(c, "deep_arrays_as_a_metadata_value", edited(&c->good, "\"format\":", value), FADAM_ERR_CORRUPT,
-                       "a __metadata__ value is not a string", NULL);
-        sprintf(value, "\"shape\":[%s,", deep);
-        expect_refused(c, "deep_arrays_in_a_shape", edited(&c->good, "\"shape\":[", value), FADAM_ERR_CORRUPT,
-                       "expected an integer", NULL);
-        free(value);
-    }
-    free(deep);
-    deep = nested("{", "", "}", DEEP);
-    expect_refused(c, "deep_objects_at_the_top", make_blob(deep, 0, c->good.data, c->good.data_size), FADAM_ERR_CORRUPT,
-                   "expected a string at byte 1", NULL);
-    {
-        char *value = (char *)malloc(strlen(deep) + 32);
-        sprintf(value, "{\"__metadata__\":%s,", deep);
-        expect_refused(c, "deep_objects_as_the_metadata", edited(&c->good, "{\"__metadata__\":{", value),
-                       FADAM_ERR_CORRUPT, "expected a string at byte 17", NULL);
-        free(value);
-    }
-    free(deep);
-}
-
-/* \u0000, raw NUL bytes, and surrogates that pair with nothing. The message gives the byte where
- * the parser stopped: just past the offending escape. */
-static void escape_cases(context *c) {
-    char *header = header_json(&c->good), expected[200];
-    const char *at;
-    size_t offset;
-    if (!header) return;
-    /* "w.exp_avg" -> "w.exp_avg<escape>": the escape starts where the closing quote was. */
-    at = strstr(header, "\"w.exp_avg\":");
-    offset = at ? (size_t)(at - header) + 10 : 0;
-#define AFTER(n) (snprintf(expected, sizeof expected, "at byte %zu of the JSON", offset + (n)), expected)
-    expect_refused(c, "nul_escape_in_an_entry_name", edited(&c->good, "\"w.exp_avg\":", "\"w.exp_avg\\u0000\":"),
-                   FADAM_ERR_CORRUPT, "NUL (\\u0000) inside a string", AFTER(6));
-    expect_refused(c, "nul_escape_in_a_metadata_key", edited(&c->good, "\"step\":", "\"step\\u0000\":"), FADAM_ERR_CORRUPT,
-                   "NUL (\\u0000) inside a string", NULL);
-    expect_refused(c, "nul_escape_in_a_metadata_value",
-                   edited(&c->good, "\"fusedadam.optimizer\"", "\"fusedadam.optimizer\\u0000\""), FADAM_ERR_CORRUPT,
-                   "NUL (\\u0000) inside a string", NULL);
-    expect_refused(c, "nul_escape_in_a_field_name", edited(&c->good, "\"dtype\":", "\"dt\\u0000ype\":"), FADAM_ERR_CORRUPT,
-                   "NUL (\\u0000) inside a string", NULL);
-    {
-        /* Raw NUL bytes: make_blob copies strlen bytes, so these are built by hand. */
-        blob b = from_pieces(&c->good);
-        if (b.bytes && at) b.bytes[8 + offset] = '\0';
-        expect_refused(c, "nul_byte_in_an_entry_name", b, FADAM_ERR_CORRUPT, "control character inside a string", NULL);
-        b = make_blob(header, strlen(header) + 8, c->good.data, c->good.data_size);
-        if (b.bytes) b.bytes[8 + strlen(header)] = '\0';
-        expect_refused(c, "nul_byte_as_padding", b, FADAM_ERR_CORRUPT, "bytes after the JSON object", NULL);
-    }
-    expect_refused(c, "surrogate_high_at_the_end_of_a_string", edited(&c->good, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\":"),
-                   FADAM_ERR_CORRUPT, "unpaired surrogate: high surrogate \\ud800 not followed by a \\u escape", AFTER(6));
-    expect_refused(c, "surrogate_high_then_a_letter", edited(&c->good, "\"w.exp_avg\":", "\"w.exp_avg\\udbffx\":"),
-                   FADAM_ERR_CORRUPT, "unpaired surrogate: high surrogate \\udbff not followed by a \\u escape", AFTER(6));
-    expect_refused(c, "surrogate_low_alone", edited(&c->good, "\"w.exp_avg\":", "\"w.exp_avg\\udc00\":"),
-                   FADAM_ERR_CORRUPT, "unpaired surrogate: low surrogate \\udc00 without a high one", AFTER(6));
-    expect_refused(c, "surrogate_low_then_high", edited(&c->good, "\"step\":", "\"st\\uDFFF\\uD800ep\":"),
-                   FADAM_ERR_CORRUPT, "unpaired surrogate: low surrogate \\udfff without a high one", NULL);
-    expect_refused(c, "surrogate_high_then_non_low", edited(&c->good, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\\u0041\":"),
-                   FADAM_ERR_CORRUPT, "high surrogate \\ud800 followed by \\u0041, not by a low surrogate", AFTER(6));
-    expect_refused(c, "surrogate_high_then_high", edited(&c->good, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\\udbff\":"),
-                   FADAM_ERR_CORRUPT, "high surrogate \\ud800 followed by \\udbff, not by a low surrogate", NULL);
-    expect_refused(c, "surrogate_high_then_bad_escape", edited(&c->good, "\"w.exp_avg\":", "\"w.exp_avg\\ud800\\u00\":"),
-                   FADAM_ERR_CORRUPT, "high surrogate \\ud800 not followed by a \\u escape", NULL);
-    expect_refused(c, "surrogate_encoded_raw_in_utf8", edited(&c->good, "\"w.exp_avg\":", "\"w.exp_avg\xed\xa0\x80\":"),
-                   FADAM_ERR_CORRUPT, "invalid UTF-8 in a string", NULL);
-#undef AFTER
+    expect_loads(c, "header_length_at_the_limit_loads",
+                 make_blob(header, HEADER_LIMIT_BYTES, c->good.data, c->good.data_size), 0, NULL);
     {
         /* A valid pair (U+1F600) in a new, signed metadata key: accepted and decoded to UTF-8. */
         pieces p = c->good;
@@ -830,129 +1079,6 @@ static void escape_cases(context *c) {
         free(json);
         free(escaped);
     }
-    free(header);
-}
-
-/* Byte ranges at and past the ends of the data. */
-static void offset_cases(context *c) {
-    const entry *last = last_entry(&c->good), *w = find_entry(&c->good, "w.exp_avg");
-    char expected[200];
-    if (!last || !w) return;
-    expect_loads(c, "offsets_last_entry_ends_at_the_data_size_loads", from_pieces(&c->good), 0, NULL);
-    snprintf(expected, sizeof expected, "entry '%s': data_offsets [%llu, %llu] reach past the %zu data bytes", last->name,
-             last->begin + 1, last->end + 1, c->good.data_size);
-    expect_refused(c, "offsets_one_past_the_data", with_offsets(c, last->name, last->begin + 1, last->end + 1),
-                   FADAM_ERR_CORRUPT, expected, NULL);
-    snprintf(expected, sizeof expected, "entry 'w.exp_avg': data_offsets [%llu, %llu] end before they begin", w->end,
-             w->begin);
-    expect_refused(c, "offsets_begin_after_end", with_offsets(c, "w.exp_avg", w->end, w->begin), FADAM_ERR_CORRUPT,
-                   expected, NULL);
-    expect_refused(c, "offsets_begin_equals_end_for_data", with_offsets(c, "w.exp_avg", w->begin, w->begin),
-                   FADAM_ERR_CORRUPT, "entry 'w.exp_avg': data_offsets", "span 0 bytes, but shape [7] of F32 needs 28");
-    {
-        /* The last entry moved 4 bytes back, into the one before it (the 4 bytes at the end are
-         * then unclaimed, but the overlap comes first in offset order). */
-        pieces p = c->good;
-        entry *moved = find_entry(&p, last->name);
-        moved->begin -= 4, moved->end -= 4;
-        snprintf(expected, sizeof expected, "and '%s' overlap in the data", last->name);
-        expect_refused(c, "offsets_overlapping_entries", from_pieces(&p), FADAM_ERR_CORRUPT, expected, NULL);
-    }
-    {
-        /* The last entry moved 4 bytes on and the data grown by 4: a gap. */
-        pieces p = c->good;
-        entry *moved = find_entry(&p, last->name);
-        unsigned char *grown = (unsigned char *)calloc(p.data_size + 4, 1);
-        memcpy(grown, p.data, p.data_size);
-        memmove(grown + moved->begin + 4, grown + moved->begin, moved->end - moved->begin);
-        moved->begin += 4, moved->end += 4;
-        p.data = grown, p.data_size += 4;
-        snprintf(expected, sizeof expected, "4 data bytes before entry '%s' belong to no entry", last->name);
-        expect_refused(c, "offsets_gap_before_an_entry", from_pieces(&p), FADAM_ERR_CORRUPT, expected, NULL);
-        p.data_size -= 4 - 1; /* now the end is past the data */
-        moved->begin -= 4, moved->end -= 4;
-        expect_refused(c, "offsets_trailing_data_byte", from_pieces(&p), FADAM_ERR_CORRUPT,
-                       "the last 1 data bytes belong to no entry", NULL);
-        free(grown);
-    }
-}
-
-/* The header length around its limit, and other impossible lengths. */
-static void header_length_cases(context *c) {
-    char *header = header_json(&c->good), expected[160];
-    blob b;
-    if (!header) return;
-    expect_loads(c, "header_length_at_the_limit_loads", make_blob(header, HEADER_LIMIT_BYTES, c->good.data,
-                                                                  c->good.data_size),
-                 0, NULL);
-    snprintf(expected, sizeof expected, "the header length %zu is over the %zu-byte limit", HEADER_LIMIT_BYTES + 1,
-             HEADER_LIMIT_BYTES);
-    expect_refused(c, "header_length_one_past_the_limit",
-                   make_blob(header, HEADER_LIMIT_BYTES + 1, c->good.data, c->good.data_size), FADAM_ERR_CORRUPT, expected,
-                   NULL);
-    b = make_blob(header, 0, c->good.data, c->good.data_size);
-    if (b.bytes) memset(b.bytes, 0, 8);
-    expect_refused(c, "header_length_zero", b, FADAM_ERR_CORRUPT, "the header length is 0", NULL);
-    b = make_blob(header, 0, c->good.data, c->good.data_size);
-    if (b.bytes) memset(b.bytes, 0, 7), b.bytes[7] = 0x80;
-    expect_refused(c, "header_length_2^63", b, FADAM_ERR_CORRUPT, "negative (-9223372036854775808 as a signed", NULL);
-    b = make_blob(header, 0, c->good.data, c->good.data_size);
-    if (b.bytes) memset(b.bytes, 0xFF, 8);
-    expect_refused(c, "header_length_2^64-1", b, FADAM_ERR_CORRUPT, "negative (-1 as a signed", NULL);
-    b = make_blob(header, 0, c->good.data, c->good.data_size);
-    if (b.bytes) {
-        uint64_t length = (uint64_t)(b.size - 8 + 1);
-        int i;
-        for (i = 0; i < 8; i++) b.bytes[i] = (unsigned char)(length >> (8 * i));
-        snprintf(expected, sizeof expected, "the header length %llu reaches past the end of the %zu-byte checkpoint",
-                 (unsigned long long)length, b.size);
-    }
-    expect_refused(c, "header_length_one_past_the_file", b, FADAM_ERR_CORRUPT, expected, NULL);
-    free(header);
-}
-
-/* What surrounds the object: trailing bytes, other top-level values, truncation. */
-static void framing_cases(context *c) {
-    char *header = header_json(&c->good), *text;
-    size_t length;
-    blob b;
-    if (!header) return;
-    length = strlen(header);
-    text = (char *)malloc(length + 16);
-    snprintf(text, length + 16, "%sx", header);
-    expect_refused(c, "trailing_letter_after_the_object", make_blob(text, 0, c->good.data, c->good.data_size),
-                   FADAM_ERR_CORRUPT, "bytes after the JSON object", NULL);
-    snprintf(text, length + 16, "%s {}", header);
-    expect_refused(c, "trailing_second_object", make_blob(text, 0, c->good.data, c->good.data_size), FADAM_ERR_CORRUPT,
-                   "bytes after the JSON object", NULL);
-    snprintf(text, length + 16, "%s}", header);
-    expect_refused(c, "trailing_extra_brace", make_blob(text, 0, c->good.data, c->good.data_size), FADAM_ERR_CORRUPT,
-                   "bytes after the JSON object", NULL);
-    snprintf(text, length + 16, "[%s]", header);
-    expect_refused(c, "top_level_array", make_blob(text, 0, c->good.data, c->good.data_size), FADAM_ERR_CORRUPT,
-                   "the header does not start with '{'", NULL);
-    expect_refused(c, "top_level_string", make_blob("\"fusedadam\"", 0, c->good.data, c->good.data_size),
-                   FADAM_ERR_CORRUPT, "the header does not start with '{'", NULL);
-    expect_refused(c, "top_level_number", make_blob("1e999", 0, c->good.data, c->good.data_size), FADAM_ERR_CORRUPT,
-                   "the header does not start with '{'", NULL);
-    expect_refused(c, "top_level_null", make_blob("null", 0, c->good.data, c->good.data_size), FADAM_ERR_CORRUPT,
-                   "the header does not start with '{'", NULL);
-    expect_refused(c, "top_level_empty_object", make_blob("{}", 0, c->good.data, c->good.data_size), FADAM_ERR_CORRUPT,
-                   "the last", NULL);
-    free(text);
-    b = from_pieces(&c->good);
-    b.size = 0;
-    expect_refused(c, "truncated_to_nothing", b, FADAM_ERR_CORRUPT, "the checkpoint is 0 bytes, shorter than the 8-byte",
-                   NULL);
-    b = from_pieces(&c->good);
-    b.size = 7;
-    expect_refused(c, "truncated_inside_the_length", b, FADAM_ERR_CORRUPT, "the checkpoint is 7 bytes", NULL);
-    b = from_pieces(&c->good);
-    if (b.bytes) b.size = 8 + header_length_of(b.bytes) - 1;
-    expect_refused(c, "truncated_inside_the_header", b, FADAM_ERR_CORRUPT, "reaches past the end of the", NULL);
-    b = from_pieces(&c->good);
-    if (b.bytes) b.size -= 1;
-    expect_refused(c, "truncated_by_one_data_byte", b, FADAM_ERR_CORRUPT, "reach past the", NULL);
     free(header);
 }
 
@@ -1066,8 +1192,6 @@ static void name_cases(uint64_t seed) {
     check_case_end("name/length_and_duplicates_refused_before_training");
 }
 
-static void run_deep_cases(context *c) { deep_cases(c); }
-
 int main(void) {
     const char *tmp = getenv("TMPDIR");
     uint64_t seed = check_seed("test_checkpoint_hostile"), rng = seed;
@@ -1106,17 +1230,10 @@ int main(void) {
     snapshot_take(&c.target, &c.before);
     snapshot_take(&c.source, &c.source_state);
 
-    offset_cases(&c); /* first: its first case checks that a re-assembled checkpoint loads */
-    shape_cases(&c);
-    float_range_cases(&c);
-    integer_cases(&c);
-    duplicate_cases(&c);
+    loading_cases(&c); /* first: its first case checks that a re-assembled checkpoint loads */
     check_case_begin();
-    CHECK(on_small_stack(run_deep_cases, &c), "cannot start a thread with a 512 KiB stack");
-    if (check_case_failed) check_case_end("hostile/deep_nesting_setup");
-    escape_cases(&c);
-    header_length_cases(&c);
-    framing_cases(&c);
+    CHECK(on_small_stack(run_refused_cases, &c), "cannot start a thread with a 512 KiB stack");
+    if (check_case_failed) check_case_end("hostile/small_stack_setup");
 
     snapshot_free(&c.before);
     snapshot_free(&c.source_state);

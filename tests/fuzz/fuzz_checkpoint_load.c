@@ -1,7 +1,7 @@
 /* fuzz_checkpoint_load.c - libFuzzer target for fadam_load_bytes: any input either loads or is refused
  * with a status and a message, and a refused input leaves the optimizer exactly as it was. Built with
  * -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, which lets inputs past the checksum. Run by
- * tests/fuzz/fuzz_checkpoint_load.sh (make test); the seeds are in tests/fuzz/corpus. */
+ * tests/fuzz/run_fuzz.sh (make test); the seeds are in tests/fuzz/corpus. */
 #include <stdio.h>
 #include <stdlib.h>
 
