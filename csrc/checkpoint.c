@@ -177,16 +177,14 @@ static fadam_status write_checkpoint(const fadam_optimizer *opt, const save_plan
 static fadam_status read_fused_counters(const fadam_optimizer *opt, fadam_step_counters *out, fadam_stream stream) {
     fadam_status status = FADAM_SUCCESS;
     int previous_device = 0;
-    cudaError_t error;
     if (opt->device == FADAM_DEVICE_CPU) {
         *out = opt->fused_state->counters;
         return FADAM_SUCCESS;
     }
     if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
-    error =
-        cudaMemcpyAsync(out, &opt->fused_state->counters, sizeof *out, cudaMemcpyDeviceToHost, (cudaStream_t)stream);
-    if (error == cudaSuccess) error = cudaStreamSynchronize((cudaStream_t)stream);
-    if (error != cudaSuccess) status = fadam_cuda_fail(error, "cudaMemcpyAsync(step counters)", __FILE__, __LINE__);
+    status = FADAM_CUDA_STATUS(
+        cudaMemcpyAsync(out, &opt->fused_state->counters, sizeof *out, cudaMemcpyDeviceToHost, (cudaStream_t)stream));
+    if (status == FADAM_SUCCESS) status = FADAM_CUDA_STATUS(cudaStreamSynchronize((cudaStream_t)stream));
     fadam_cuda_leave_device(opt->cuda_device, previous_device);
     return status;
 }
@@ -401,14 +399,11 @@ static fadam_status commit_state(fadam_optimizer *opt, fadam_load_plan *plan, co
         for (done = 0; done < bytes && status == FADAM_SUCCESS; done += FADAM_CHECKPOINT_PIECE_BYTES) {
             size_t piece =
                 bytes - done < FADAM_CHECKPOINT_PIECE_BYTES ? (size_t)(bytes - done) : FADAM_CHECKPOINT_PIECE_BYTES;
-            cudaError_t error;
             status = fadam_source_read(in, in->data_offset + entry->begin + done, staging, piece, function);
             if (status != FADAM_SUCCESS) break;
             /* The staging buffer is refilled only after the copy out of it finished. */
-            error = cudaMemcpyAsync(state + done, staging, piece, cudaMemcpyHostToDevice, stream);
-            if (error == cudaSuccess) error = cudaStreamSynchronize(stream);
-            if (error != cudaSuccess)
-                status = fadam_cuda_fail(error, "cudaMemcpyAsync(state, staging)", __FILE__, __LINE__);
+            status = FADAM_CUDA_STATUS(cudaMemcpyAsync(state + done, staging, piece, cudaMemcpyHostToDevice, stream));
+            if (status == FADAM_SUCCESS) status = FADAM_CUDA_STATUS(cudaStreamSynchronize(stream));
         }
     }
     if (status == FADAM_SUCCESS && opt->fused_state) {
@@ -421,12 +416,9 @@ static fadam_status commit_state(fadam_optimizer *opt, fadam_load_plan *plan, co
         if (opt->device == FADAM_DEVICE_CPU) {
             memcpy(target, host, bytes);
         } else {
-            cudaError_t error;
             memcpy(staging, host, bytes);
-            error = cudaMemcpyAsync(target, staging, bytes, cudaMemcpyHostToDevice, stream);
-            if (error == cudaSuccess) error = cudaStreamSynchronize(stream);
-            if (error != cudaSuccess)
-                status = fadam_cuda_fail(error, "cudaMemcpyAsync(step counters)", __FILE__, __LINE__);
+            status = FADAM_CUDA_STATUS(cudaMemcpyAsync(target, staging, bytes, cudaMemcpyHostToDevice, stream));
+            if (status == FADAM_SUCCESS) status = FADAM_CUDA_STATUS(cudaStreamSynchronize(stream));
         }
     }
     fadam_staging_end(opt, staging, previous_device);

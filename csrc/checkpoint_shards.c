@@ -208,22 +208,21 @@ static fadam_status commit_gathered(fadam_optimizer *opt, unsigned char *const *
             if (bytes == 0) continue;
             if (opt->device == FADAM_DEVICE_CPU)
                 memcpy(states[kind].data, from_host, bytes);
-            else if (cudaMemcpyAsync(states[kind].data, from_host, bytes, cudaMemcpyHostToDevice,
-                                     (cudaStream_t)stream) != cudaSuccess)
-                status = fadam_cuda_fail(cudaGetLastError(), "cudaMemcpyAsync(state)", __FILE__, __LINE__);
+            else
+                status = FADAM_CUDA_STATUS(cudaMemcpyAsync(states[kind].data, from_host, bytes, cudaMemcpyHostToDevice,
+                                                           (cudaStream_t)stream));
         }
     }
     if (status == FADAM_SUCCESS && target) {
         if (opt->device == FADAM_DEVICE_CPU)
             memcpy(target, from, counter_bytes);
-        else if (cudaMemcpyAsync(target, from, counter_bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream) !=
-                 cudaSuccess)
-            status = fadam_cuda_fail(cudaGetLastError(), "cudaMemcpyAsync(step counters)", __FILE__, __LINE__);
+        else
+            status = FADAM_CUDA_STATUS(
+                cudaMemcpyAsync(target, from, counter_bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream));
     }
     /* The host buffers are freed after this returns. */
-    if (status == FADAM_SUCCESS && opt->device == FADAM_DEVICE_CUDA &&
-        cudaStreamSynchronize((cudaStream_t)stream) != cudaSuccess)
-        status = fadam_cuda_fail(cudaGetLastError(), "cudaStreamSynchronize", __FILE__, __LINE__);
+    if (status == FADAM_SUCCESS && opt->device == FADAM_DEVICE_CUDA)
+        status = FADAM_CUDA_STATUS(cudaStreamSynchronize((cudaStream_t)stream));
     if (opt->device == FADAM_DEVICE_CUDA) fadam_cuda_leave_device(opt->cuda_device, previous_device);
     if (status != FADAM_SUCCESS) {
         char message[512];
