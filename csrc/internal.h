@@ -55,7 +55,7 @@ fadam_status fadam_cuda_launch_step(const fadam_step_kernel_args *args, int64_t 
                                     struct CUstream_st *stream);
 fadam_status fadam_cuda_grid_blocks(int64_t n_chunks, int device, unsigned *grid_out);
 
-/* ---- the tensor table (table.c) ---- */
+/* ---- the tensor table (table.c); hyperparameter and step-source checks (hparams.c) ---- */
 
 /* One tensor's dtypes, count, group, pointers and alignment; the moments too when state_given. */
 fadam_status fadam_check_tensor(const fadam_tensor *tensor, int64_t index, int n_groups, int state_given,
