@@ -668,7 +668,7 @@ static fadam_status write_checkpoint(const fadam_optimizer *opt, const save_plan
 static fadam_status require_finalized_for(const fadam_optimizer *opt, const char *function) {
     if (!opt->finalized)
         return fadam_fail(FADAM_ERR_BAD_STATE, "%s: the optimizer is not finalized; call fadam_finalize first", function);
-    return FADAM_SUCCESS;
+    return fadam_require_checkpoint_rules(opt, function);
 }
 
 /* The fused step's counters as they are after the work queued on `stream`. */

@@ -33,21 +33,24 @@ fadam_fused_step_config fadam_fused_step_config_default(void) {
     return c;
 }
 
-fadam_status fadam_check_hparams(const fadam_hparams *h, const char *function, int group) {
-    if (!fadam_is_finite(h->lr) || h->lr < 0.0f)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: lr=%g must be finite and >= 0", function, group, h->lr);
-    if (!(h->beta1 >= 0.0f && h->beta1 < 1.0f))
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta1=%g must be in [0, 1)", function, group, h->beta1);
-    if (!(h->beta2 >= 0.0f && h->beta2 < 1.0f))
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta2=%g must be in [0, 1)", function, group, h->beta2);
-    if (!fadam_is_finite(h->eps) || h->eps < 0.0f)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: eps=%g must be finite and >= 0", function, group, h->eps);
+fadam_hparams fadam_hparams_default_lion(void) {
+    fadam_hparams hparams;
+    hparams.lr = 1e-4f;
+    hparams.beta1 = 0.9f;
+    hparams.beta2 = 0.99f;
+    hparams.eps = 0.0f;
+    hparams.weight_decay = 0.0f;
+    hparams.mode = FADAM_LION;
+    hparams.bias_correction = 0;
+    hparams.maximize = 0;
+    return hparams;
+}
+
+/* The fields every rule reads, after the rule's own. */
+static fadam_status check_common(const fadam_hparams *h, const char *function, int group) {
     if (!fadam_is_finite(h->weight_decay) || h->weight_decay < 0.0f)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: weight_decay=%g must be finite and >= 0", function,
                           group, h->weight_decay);
-    if (h->mode != FADAM_ADAMW && h->mode != FADAM_ADAM_L2)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: mode=%d is neither FADAM_ADAMW nor FADAM_ADAM_L2",
-                          function, group, (int)h->mode);
     if (h->bias_correction != 0 && h->bias_correction != 1)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: bias_correction=%d must be 0 or 1", function, group,
                           h->bias_correction);
@@ -55,6 +58,46 @@ fadam_status fadam_check_hparams(const fadam_hparams *h, const char *function, i
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: maximize=%d must be 0 or 1", function, group,
                           h->maximize);
     return FADAM_SUCCESS;
+}
+
+/* ADAMW and ADAM_L2 (FADAM_RULES in kernels/rules.h). */
+static fadam_status fadam_check_adam_hparams(const fadam_hparams *h, const char *function, int group) {
+    if (!(h->beta1 >= 0.0f && h->beta1 < 1.0f))
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta1=%g must be in [0, 1)", function, group, h->beta1);
+    if (!(h->beta2 >= 0.0f && h->beta2 < 1.0f))
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta2=%g must be in [0, 1)", function, group, h->beta2);
+    if (!fadam_is_finite(h->eps) || h->eps < 0.0f)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: eps=%g must be finite and >= 0", function, group, h->eps);
+    return FADAM_SUCCESS;
+}
+
+/* LION: no bias correction divides by 1 - beta, so 1 is allowed; eps is not used. */
+static fadam_status fadam_check_lion_hparams(const fadam_hparams *h, const char *function, int group) {
+    if (!(h->beta1 >= 0.0f && h->beta1 <= 1.0f))
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta1=%g must be in [0, 1] for FADAM_LION", function,
+                          group, h->beta1);
+    if (!(h->beta2 >= 0.0f && h->beta2 <= 1.0f))
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta2=%g must be in [0, 1] for FADAM_LION", function,
+                          group, h->beta2);
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_check_hparams(const fadam_hparams *h, const char *function, int group) {
+    fadam_status status = FADAM_SUCCESS;
+    if (!fadam_is_finite(h->lr) || h->lr < 0.0f)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: lr=%g must be finite and >= 0", function, group, h->lr);
+    if (!fadam_rule_known((int)h->mode))
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: mode=%d is not a fadam_mode (FADAM_ADAMW, FADAM_ADAM_L2, "
+                                                   "FADAM_LION)",
+                          function, group, (int)h->mode);
+    switch (h->mode) {
+#define RULE_CHECK(mode, id, name, n_states, field0, field1, scalars, check, element) \
+    case mode: status = check(h, function, group); break;
+        FADAM_RULES(RULE_CHECK)
+#undef RULE_CHECK
+    default: break;
+    }
+    return status != FADAM_SUCCESS ? status : check_common(h, function, group);
 }
 
 fadam_status fadam_hparams_validate(const fadam_hparams *hparams) {

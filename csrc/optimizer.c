@@ -233,33 +233,49 @@ static fadam_status check_unique_names(const fadam_optimizer *opt) {
     return status;
 }
 
-/* Byte offsets of every tensor's master, m and v inside one state block; the total goes to *bytes. */
+/* Every state pointer of a tensor to NULL: the master, and each field a rule may keep. */
+static void clear_state_pointers(fadam_tensor *t) {
+    int field;
+    t->master = NULL;
+    for (field = 0; field < FADAM_FIELD_COUNT; field++) fadam_tensor_set_field(t, field, NULL);
+}
+
+/* Byte offsets inside one state block of every tensor's states (those its group's rule keeps, from
+ * the rule list), then its master for a 16-bit param; the total goes to *bytes. */
 static fadam_status plan_state(fadam_optimizer *opt, size_t *bytes) {
     size_t offset = 0;
     int64_t i;
     for (i = 0; i < opt->n_tensors; i++) {
         fadam_tensor *t = &opt->tensors[i];
+        int rule = (int)opt->groups[t->group].mode, k, n_states = fadam_rule_state_count(rule);
         size_t region = round_up((size_t)t->numel * sizeof(float), STATE_ALIGNMENT);
-        int regions = t->param_dtype == FADAM_FLOAT32 ? 2 : 3;
+        int regions = n_states + (t->param_dtype == FADAM_FLOAT32 ? 0 : 1);
         if ((size_t)t->numel > (SIZE_MAX / 4 - offset) / 4)
             return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_finalize: the optimizer state does not fit in memory");
-        /* Offsets are stored in the pointer fields until the block exists. */
-        t->exp_avg = (float *)(uintptr_t)offset;
-        t->exp_avg_sq = (float *)(uintptr_t)(offset + region);
-        t->master = regions == 3 ? (float *)(uintptr_t)(offset + 2 * region) : NULL;
+        /* Offsets (plus one, so that offset 0 is not NULL) are stored in the pointer fields until the
+         * block exists. */
+        clear_state_pointers(t);
+        for (k = 0; k < n_states; k++)
+            fadam_tensor_set_field(t, fadam_rule_state_field(rule, k), (float *)(uintptr_t)(offset + (size_t)k * region + 1));
+        if (regions > n_states) t->master = (float *)(uintptr_t)(offset + (size_t)n_states * region + 1);
         offset += (size_t)regions * region;
     }
     *bytes = offset;
     return FADAM_SUCCESS;
 }
 
+static float *rebase(float *planned, uintptr_t base) {
+    return planned ? (float *)(base + (uintptr_t)planned - 1) : NULL;
+}
+
 static void rebase_state(fadam_optimizer *opt, uintptr_t base) {
     int64_t i;
+    int field;
     for (i = 0; i < opt->n_tensors; i++) {
         fadam_tensor *t = &opt->tensors[i];
-        t->exp_avg = (float *)(base + (uintptr_t)t->exp_avg);
-        t->exp_avg_sq = (float *)(base + (uintptr_t)t->exp_avg_sq);
-        if (t->master) t->master = (float *)(base + (uintptr_t)t->master);
+        for (field = 0; field < FADAM_FIELD_COUNT; field++)
+            fadam_tensor_set_field(t, field, rebase(fadam_tensor_field(t, field), base));
+        t->master = rebase(t->master, base);
     }
 }
 
@@ -267,8 +283,9 @@ static void init_cpu_state(fadam_optimizer *opt) {
     int64_t i, j;
     for (i = 0; i < opt->n_tensors; i++) {
         fadam_tensor *t = &opt->tensors[i];
-        memset(t->exp_avg, 0, (size_t)t->numel * sizeof(float));
-        memset(t->exp_avg_sq, 0, (size_t)t->numel * sizeof(float));
+        int field;
+        for (field = 0; field < FADAM_FIELD_COUNT; field++)
+            if (fadam_tensor_field(t, field)) memset(fadam_tensor_field(t, field), 0, (size_t)t->numel * sizeof(float));
         if (!t->master) continue;
         for (j = 0; j < t->numel; j++) {
             uint16_t bits = ((const uint16_t *)t->param)[j];
@@ -319,7 +336,9 @@ fadam_status fadam_finalize(fadam_optimizer *opt, fadam_stream stream) {
     }
     rebase_state(opt, (uintptr_t)opt->state_block);
     /* The overlap check sees our buffers too, so a param inside a caller-allocator's block is caught. */
-    if ((status = fadam_table_check(opt->tensors, opt->n_tensors, opt->n_groups, "fadam_finalize")) != FADAM_SUCCESS)
+    if ((status = fadam_table_check_states_apart(opt->tensors, opt->n_tensors, opt->n_groups, "fadam_finalize")) !=
+            FADAM_SUCCESS ||
+        (status = fadam_check_rule_states(opt->tensors, opt->n_tensors, opt->groups, "fadam_finalize")) != FADAM_SUCCESS)
         goto fail;
 
     table_bytes = fadam_table_size(opt->n_tensors);
@@ -362,7 +381,7 @@ fail:
 fail_offsets:
     {
         int64_t i;
-        for (i = 0; i < opt->n_tensors; i++) opt->tensors[i].master = opt->tensors[i].exp_avg = opt->tensors[i].exp_avg_sq = NULL;
+        for (i = 0; i < opt->n_tensors; i++) clear_state_pointers(&opt->tensors[i]);
     }
     return status;
 }
@@ -382,6 +401,14 @@ fadam_status fadam_set_lr(fadam_optimizer *opt, int group, float lr) {
     return FADAM_SUCCESS;
 }
 
+/* Two rules keeping the same state fields (ADAMW and ADAM_L2): a finalized group may switch between them. */
+static int same_states(int rule_a, int rule_b) {
+    int k;
+    for (k = 0; k < FADAM_MAX_RULE_STATES; k++)
+        if (fadam_rule_state_field(rule_a, k) != fadam_rule_state_field(rule_b, k)) return 0;
+    return 1;
+}
+
 fadam_status fadam_set_hparams(fadam_optimizer *opt, int group, const fadam_hparams *hparams) {
     fadam_status status;
     fadam_clear_error();
@@ -389,6 +416,11 @@ fadam_status fadam_set_hparams(fadam_optimizer *opt, int group, const fadam_hpar
     FADAM_REQUIRE_NOT_NULL(hparams, "fadam_set_hparams");
     if ((status = require_group(opt, group, "fadam_set_hparams")) != FADAM_SUCCESS) return status;
     if ((status = fadam_check_hparams(hparams, "fadam_set_hparams", group)) != FADAM_SUCCESS) return status;
+    if (opt->finalized && !same_states((int)opt->groups[group].mode, (int)hparams->mode))
+        return fadam_fail(FADAM_ERR_BAD_STATE, "fadam_set_hparams: group %d: mode %s -> %s after fadam_finalize: the "
+                                               "group's state was laid out for %s and the new rule keeps other states",
+                          group, fadam_rule_name((int)opt->groups[group].mode), fadam_rule_name((int)hparams->mode),
+                          fadam_rule_name((int)opt->groups[group].mode));
     opt->groups[group] = *hparams;
     return FADAM_SUCCESS;
 }
@@ -454,6 +486,16 @@ fadam_status fadam_get_state(const fadam_optimizer *opt, int64_t index, float **
     if (master) *master = opt->tensors[index].master;
     if (exp_avg) *exp_avg = opt->tensors[index].exp_avg;
     if (exp_avg_sq) *exp_avg_sq = opt->tensors[index].exp_avg_sq;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_require_checkpoint_rules(const fadam_optimizer *opt, const char *function) {
+    int g;
+    for (g = 0; g < opt->n_groups; g++)
+        if (opt->groups[g].mode == FADAM_LION)
+            return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d is a FADAM_LION group, whose checkpoints are not "
+                                                       "supported yet (its state has no exp_avg_sq)",
+                              function, g);
     return FADAM_SUCCESS;
 }
 

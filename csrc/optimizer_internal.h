@@ -58,6 +58,10 @@ void fadam_fused_state_free(fadam_optimizer *opt);
 /* optimizer.c: FADAM_ERR_BAD_STATE naming `function` unless fadam_finalize has run. */
 fadam_status fadam_require_finalized(const fadam_optimizer *opt, const char *function);
 
+/* optimizer.c: FADAM_ERR_INVALID_VALUE unless every group's rule is one the checkpoint code writes and
+ * reads (ADAMW, ADAM_L2: Lion's checkpoints are not wired yet). */
+fadam_status fadam_require_checkpoint_rules(const fadam_optimizer *opt, const char *function);
+
 /* Allocation through the caller's allocator, else cudaMalloc or aligned host memory. */
 void *fadam_optimizer_alloc(fadam_optimizer *opt, size_t bytes);
 void fadam_optimizer_free(fadam_optimizer *opt, void *pointer);

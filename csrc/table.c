@@ -26,9 +26,9 @@ static fadam_status check_no_overlap(const fadam_tensor *tensors, int64_t n_tens
     int64_t n_spans = 0, i;
     buffer_span *spans;
     if (n_tensors == 0) return FADAM_SUCCESS;
-    if ((uint64_t)n_tensors > SIZE_MAX / (5 * sizeof(buffer_span)))
+    if ((uint64_t)n_tensors > SIZE_MAX / ((3 + FADAM_FIELD_COUNT) * sizeof(buffer_span)))
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_tensors=%lld is too large", function, (long long)n_tensors);
-    spans = (buffer_span *)malloc((size_t)n_tensors * 5 * sizeof(buffer_span));
+    spans = (buffer_span *)malloc((size_t)n_tensors * (3 + FADAM_FIELD_COUNT) * sizeof(buffer_span));
     if (!spans) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the overlap check", function);
     for (i = 0; i < n_tensors; i++) {
         const fadam_tensor *t = &tensors[i];
@@ -47,8 +47,11 @@ static fadam_status check_no_overlap(const fadam_tensor *tensors, int64_t n_tens
         ADD_SPAN(t->param, fadam_dtype_size(t->param_dtype), "param");
         ADD_SPAN(t->grad, fadam_dtype_size(t->grad_dtype), "grad");
         ADD_SPAN(t->master, 4, "master");
-        ADD_SPAN(t->exp_avg, 4, "exp_avg");
-        ADD_SPAN(t->exp_avg_sq, 4, "exp_avg_sq");
+        {
+            int field;
+            for (field = 0; field < FADAM_FIELD_COUNT; field++)
+                ADD_SPAN(fadam_tensor_field(t, field), 4, fadam_state_field_name(field));
+        }
 #undef ADD_SPAN
     }
     qsort(spans, (size_t)n_spans, sizeof(buffer_span), compare_spans);
@@ -99,15 +102,43 @@ fadam_status fadam_check_tensor(const fadam_tensor *t, int64_t index, int n_grou
     if (t->param == (const void *)t->grad)
         return fadam_fail(FADAM_ERR_OVERLAP, "%s: tensor %lld: param and grad are the same buffer", function, i);
     if (!state_given) return FADAM_SUCCESS;
-    if (!t->exp_avg) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: exp_avg is NULL", function, i);
-    if (!t->exp_avg_sq) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: exp_avg_sq is NULL", function, i);
+    /* state_given 2: the groups are known and fadam_check_rule_states checks which states are there */
+    if (state_given == 1) {
+        int field;
+        for (field = 0; field < FADAM_FIELD_COUNT; field++)
+            if (!fadam_tensor_field(t, field))
+                return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: %s is NULL", function, i,
+                                  fadam_state_field_name(field));
+    }
     if ((uintptr_t)t->master % 4 || (uintptr_t)t->exp_avg % 4 || (uintptr_t)t->exp_avg_sq % 4)
         return fadam_fail(FADAM_ERR_MISALIGNED, "%s: tensor %lld: master/exp_avg/exp_avg_sq must be 4-byte aligned",
                           function, i);
     return FADAM_SUCCESS;
 }
 
-fadam_status fadam_table_check(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, const char *function) {
+fadam_status fadam_check_rule_states(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
+                                     const char *function) {
+    int64_t i;
+    for (i = 0; i < n_tensors; i++) {
+        const fadam_tensor *t = &tensors[i];
+        int rule = (int)groups[t->group].mode, field, k, kept;
+        if (t->numel == 0) continue; /* an empty tensor's pointers are never touched */
+        for (field = 0; field < FADAM_FIELD_COUNT; field++) {
+            for (k = 0, kept = 0; k < fadam_rule_state_count(rule); k++) kept |= fadam_rule_state_field(rule, k) == field;
+            if (kept && !fadam_tensor_field(t, field))
+                return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: %s is NULL, but group %d's rule (%s) keeps it",
+                                  function, (long long)i, fadam_state_field_name(field), t->group, fadam_rule_name(rule));
+            if (!kept && fadam_tensor_field(t, field))
+                return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: %s must be NULL: group %d's rule (%s) keeps "
+                                                           "no such state",
+                                  function, (long long)i, fadam_state_field_name(field), t->group, fadam_rule_name(rule));
+        }
+    }
+    return FADAM_SUCCESS;
+}
+
+static fadam_status check_tensors(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, int state_given,
+                                  const char *function) {
     int64_t i;
     if (n_tensors < 0)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_tensors=%lld must be >= 0", function, (long long)n_tensors);
@@ -117,10 +148,19 @@ fadam_status fadam_table_check(const fadam_tensor *tensors, int64_t n_tensors, i
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_groups=%d must be in [1, %d]", function, n_groups,
                           FADAM_MAX_GROUPS);
     for (i = 0; i < n_tensors; i++) {
-        fadam_status status = fadam_check_tensor(&tensors[i], i, n_groups, 1, function);
+        fadam_status status = fadam_check_tensor(&tensors[i], i, n_groups, state_given, function);
         if (status != FADAM_SUCCESS) return status;
     }
     return check_no_overlap(tensors, n_tensors, function);
+}
+
+fadam_status fadam_table_check(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, const char *function) {
+    return check_tensors(tensors, n_tensors, n_groups, 1, function);
+}
+
+fadam_status fadam_table_check_states_apart(const fadam_tensor *tensors, int64_t n_tensors, int n_groups,
+                                            const char *function) {
+    return check_tensors(tensors, n_tensors, n_groups, 2, function);
 }
 
 size_t fadam_table_size(int64_t n_tensors) {
@@ -135,15 +175,18 @@ void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_grou
     fadam_table_header *header = (fadam_table_header *)host_table;
     fadam_table_entry *entries = (fadam_table_entry *)(header + 1);
     int64_t i, chunks = 0;
+    int field;
+    FADAM_STATIC_ASSERT(FADAM_STATE_FP32 == 0, "a zeroed entry holds fp32 states");
     for (i = 0; i < n_tensors; i++) {
         const fadam_tensor *t = &tensors[i];
         fadam_table_entry *e = &entries[i];
         memset(e, 0, sizeof *e);
         e->param = t->param;
         e->grad = t->grad;
-        e->master = t->master;
-        e->exp_avg = t->exp_avg;
-        e->exp_avg_sq = t->exp_avg_sq;
+        e->states[FADAM_SLOT_MASTER].data = t->master;
+        for (field = 0; field < FADAM_FIELD_COUNT; field++)
+            e->states[FADAM_SLOT_OF_FIELD(field)].data = fadam_tensor_field(t, field);
+        /* only fp32 states exist yet (memset: FADAM_STATE_FP32 == 0, block_scales NULL) */
         e->numel = t->numel;
         e->first_chunk = chunks;
         e->group = t->group;
