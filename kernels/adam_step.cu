@@ -1,6 +1,8 @@
-/* adam_step.cu - one fused Adam/AdamW step over every tensor of a model, in one launch.
+/* adam_step.cu - one fused optimizer step over every tensor of a model, in one launch: each tensor by
+ * its group's rule (kernels/rules.h: AdamW, Adam-L2 and Lion share the walk and the loops; the rule's
+ * element function is the loops' template argument).
  *
- * Computes, per element (docs/NUMERICS.md, the same order as csrc/reference.c):
+ * Adam computes, per element (docs/NUMERICS.md, the same order as csrc/reference.c):
  *   g = float(grad) * grad_scale (1/loss_scale * clip coefficient, 1 in a plain step); if maximize g = -g
  *   ADAM_L2: g += wd*p            ADAMW: p *= 1 - lr*wd
  *   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
@@ -11,6 +13,10 @@
  *   16-bit param, 16-bit grad, fp32 master:     14 + 14 = 28 B
  *   16-bit param, fp32 grad, fp32 master:       16 + 14 = 30 B
  *   16-bit param updated in place (no master):  10-12 + 10 = 20-22 B
+ * Lion (FADAM_LION, one moment: no v):
+ *   fp32 param, fp32 grad, no master:           12 + 8 = 20 B (p4 + g4 + m4 read, p4 + m4 written)
+ *   16-bit param, 16-bit grad, fp32 master:     10 + 10 = 20 B (g2 + master4 + m4; p2 + master4 + m4: the
+ *                                               param is not read when a master exists); fp32 grad: 22 B
  *
  * Launch shape: a 1-D grid of any size (production: one wave, the occupancy API's blocks per SM times
  * the SMs), a 1-D block of 32 to FADAM_BLOCK_THREADS threads, a multiple of 32. Warps own contiguous
@@ -168,11 +174,12 @@ static __device__ __forceinline__ void rule_range_for_param(const fadam_table_en
     }
 }
 
-/* 47 registers, no spills: 5 blocks of 256 per SM. What the loops need besides their data stays in
- * uniform registers because it is the same for the whole warp: the scalars come from one place, shared
- * memory (indexing the by-value arguments took 60 registers), and the warp index is broadcast by a
- * shuffle (ptxas cannot tell threadIdx.x / 32 is warp-uniform: 79 registers). A minimum of 5 blocks in
- * the launch bounds costs an instruction per element in every loop; the sass-check's budget holds 47. */
+/* 60 registers, no spills: 4 blocks of 256 per SM (47 and 5 blocks before Lion's loops joined Adam's in
+ * this kernel; bench/sass_budget.txt says why). What the loops need besides their data stays in
+ * uniform registers where ptxas can: the scalars come from one place, shared memory (indexing the
+ * by-value arguments took more registers), and the warp index is broadcast by a shuffle (ptxas cannot
+ * tell threadIdx.x / 32 is warp-uniform). A minimum of 5 blocks in the launch bounds gets 48 registers
+ * but a 16-byte stack frame, and costs an instruction per element in every loop. */
 __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fadam_step_kernel_args args) {
     __shared__ fadam_group_scalars group_scalars[FADAM_MAX_GROUPS];
     const fadam_table_header *table = args.table;
