@@ -266,7 +266,9 @@ typedef struct fadam_tensor {
 } fadam_tensor;
 
 /* Checks the tensors (pointers, alignment of each dtype, dtypes, counts, group < n_groups, no two
- * tensors sharing a buffer) and reports the table size in bytes. */
+ * tensors sharing a buffer) and reports the table size in bytes. The table knows no group's mode, so
+ * it takes exp_avg and exp_avg_sq for every tensor; a FADAM_LION group's tensors never touch their
+ * exp_avg_sq (any fp32 buffer of numel elements; fadam_cpu_step instead requires it NULL). */
 FADAM_API fadam_status fadam_table_bytes(const fadam_tensor *tensors, int64_t n_tensors, int n_groups,
                                          size_t *bytes_out);
 
