@@ -160,24 +160,18 @@ template <typename T> static __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-/* NUMERICS.md, one element per thread, in the reference's order of operations. */
+/* One element per thread, by the group's rule function (kernels/rules.h), as the reference does. */
 template <typename ParamT, typename GradT>
 __global__ void naive_adam_kernel(ParamT *param, const GradT *grad, float *master, float *exp_avg, float *exp_avg_sq,
                                   int64_t numel, fadam_group_scalars s) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= numel) return;
+    const fadam_loop_scalars loop = fadam_loop_scalars_of(&s);
     float p = master ? master[i] : to_float(param[i]);
-    float g = to_float(grad[i]) * s.grad_scale;
-    float m = exp_avg[i], v = exp_avg_sq[i];
-    if (s.maximize) g = -g;
-    if (s.coupled_decay) g = g + s.weight_decay * p;
-    if (s.decoupled_decay) p = p * s.decay_factor;
-    m = s.beta1 * m + s.one_minus_beta1 * g;
-    v = s.beta2 * v + s.one_minus_beta2 * g * g;
-    float denom = sqrtf(v) / s.bias_correction2_sqrt + s.eps;
-    p = p - s.step_size * m / denom;
+    float m = exp_avg[i], v = exp_avg_sq ? exp_avg_sq[i] : 0.0f;
+    fadam_rule_element(s.rule, &p, to_float(grad[i]), &m, &v, &loop);
     exp_avg[i] = m;
-    exp_avg_sq[i] = v;
+    if (exp_avg_sq) exp_avg_sq[i] = v;
     if (master) master[i] = p;
     param[i] = from_float<ParamT>(p);
 }

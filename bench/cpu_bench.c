@@ -310,21 +310,15 @@ static inline __attribute__((always_inline)) void specialized_range(const fadam_
     float *restrict master = t->master;
     float *restrict exp_avg = t->exp_avg;
     float *restrict exp_avg_sq = t->exp_avg_sq;
-    const float beta1 = s->beta1, one_minus_beta1 = s->one_minus_beta1, beta2 = s->beta2,
-                one_minus_beta2 = s->one_minus_beta2, eps = s->eps, weight_decay = s->weight_decay,
-                decay_factor = s->decay_factor, step_size = s->step_size,
-                bias_correction2_sqrt = s->bias_correction2_sqrt, grad_scale = s->grad_scale;
+    fadam_loop_scalars loop = fadam_loop_scalars_of(s); /* the rule function's scalars (kernels/rules.h) */
     int64_t i;
+    (void)maximize, (void)decoupled; /* folded into the loop scalars */
+    if (!coupled) loop.coupled_decay = 0;
     for (i = begin; i < end; i++) {
         float p = param_bf16 ? master[i] : param32[i];
-        float g = (grad_bf16 ? bf16_to_float(grad16[i]) : grad32[i]) * grad_scale;
+        float g = grad_bf16 ? bf16_to_float(grad16[i]) : grad32[i];
         float m = exp_avg[i], v = exp_avg_sq[i];
-        if (maximize) g = -g;
-        if (coupled) g = g + weight_decay * p;
-        if (decoupled) p = p * decay_factor;
-        m = beta1 * m + one_minus_beta1 * g;
-        v = beta2 * v + one_minus_beta2 * g * g;
-        p = p - step_size * m / (sqrtf(v) / bias_correction2_sqrt + eps);
+        fadam_adam_element(&p, g, &m, &v, &loop);
         exp_avg[i] = m;
         exp_avg_sq[i] = v;
         if (param_bf16) {

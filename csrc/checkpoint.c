@@ -26,12 +26,22 @@
 #error "checkpoint.c writes the host's bytes as safetensors' little-endian data"
 #endif
 
-int fadam_checkpoint_states(const fadam_tensor *tensor, fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES]) {
+int fadam_checkpoint_states(const fadam_optimizer *opt, int64_t t,
+                            fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES]) {
+    /* The suffixes, "." + the field's name, as string literals: entries keep pointers to them. */
+#define FIELD_SUFFIX_(field, member) "." #member,
+    static const char *const suffixes[FADAM_FIELD_COUNT] = {FADAM_STATE_FIELDS(FIELD_SUFFIX_)};
+#undef FIELD_SUFFIX_
+    const fadam_tensor *tensor = &opt->tensors[t];
+    int rule = (int)opt->groups[tensor->group].mode, n = fadam_rule_state_count(rule), i;
+    for (i = 0; i < n; i++) {
+        int field = fadam_rule_state_field(rule, i);
+        if (field < 0 || field >= FADAM_FIELD_COUNT) return i; /* FADAM_RULES's checks keep this from happening */
+        states[i].suffix = suffixes[field];
+        states[i].data = fadam_tensor_field(tensor, field);
+    }
     /* An fp32 parameter is its own master copy. */
-    int n = tensor->param_dtype == FADAM_FLOAT32 ? 2 : 3, i;
-    states[0].suffix = ".exp_avg", states[0].data = tensor->exp_avg;
-    states[1].suffix = ".exp_avg_sq", states[1].data = tensor->exp_avg_sq;
-    states[2].suffix = ".master", states[2].data = tensor->master;
+    if (tensor->param_dtype != FADAM_FLOAT32) states[n].suffix = ".master", states[n].data = tensor->master, n++;
     for (i = 0; i < n; i++) {
         states[i].numel = tensor->numel;
         states[i].dtype = "F32";
@@ -99,7 +109,7 @@ static fadam_status build_plan(const fadam_optimizer *opt, const fadam_step_coun
                               "%s: the name of tensor %lld is not valid UTF-8, which a safetensors "
                               "header requires",
                               function, (long long)t);
-        n_entries += (size_t)fadam_checkpoint_states(&opt->tensors[t], states);
+        n_entries += (size_t)fadam_checkpoint_states(opt, t, states);
     }
     if (opt->shard_count > 0 && opt->shard_ranks == 0)
         return fadam_fail(FADAM_ERR_BAD_STATE,
@@ -111,7 +121,7 @@ static fadam_status build_plan(const fadam_optimizer *opt, const fadam_step_coun
         return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the checkpoint plan", function);
     for (t = 0; t < opt->n_tensors; t++) {
         fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES];
-        int n_states = fadam_checkpoint_states(&opt->tensors[t], states);
+        int n_states = fadam_checkpoint_states(opt, t, states);
         size_t name_length = strlen(opt->names[t]);
         for (kind = 0; kind < n_states; kind++) {
             fadam_st_item *entry = &plan->entries[plan->n_entries++];
@@ -174,6 +184,7 @@ static fadam_status write_checkpoint(const fadam_optimizer *opt, const save_plan
     return fadam_sink_patch(out, 8 + (uint64_t)plan->checksum_position, hex, 2 * digest_bytes, function);
 }
 
+/* The fused step's counters as they are after the work queued on `stream`. */
 static fadam_status read_fused_counters(const fadam_optimizer *opt, fadam_step_counters *out, fadam_stream stream) {
     fadam_status status = FADAM_SUCCESS;
     int previous_device = 0;
@@ -348,7 +359,7 @@ static fadam_status match_tensors(fadam_load_plan *plan, const fadam_optimizer *
         const fadam_tensor *tensor = &opt->tensors[t];
         const char *name = opt->names[t];
         fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES];
-        int kind, n_states = fadam_checkpoint_states(tensor, states);
+        int kind, n_states = fadam_checkpoint_states(opt, t, states);
         /* The first state's entry tells whether the tensor is there at all. */
         if ((status = match_entry(plan, opt, t, states, 0, function)) != FADAM_SUCCESS) return status;
         snprintf(key, sizeof key, "%s%s", name, fadam_tensor_key_suffix[FADAM_TENSOR_KEY_PARAM_DTYPE]);
@@ -389,7 +400,7 @@ static fadam_status commit_state(fadam_optimizer *opt, fadam_load_plan *plan, co
         const fadam_st_entry *entry = plan->by_name[i];
         fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES];
         unsigned char *state;
-        fadam_checkpoint_states(&opt->tensors[plan->entry_tensor[i]], states);
+        fadam_checkpoint_states(opt, plan->entry_tensor[i], states);
         state = (unsigned char *)states[plan->entry_kind[i]].data;
         uint64_t done, bytes = entry->end - entry->begin;
         if (opt->device == FADAM_DEVICE_CPU) {

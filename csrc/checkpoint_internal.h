@@ -11,7 +11,7 @@
 
 /* Bytes per piece when state is copied through host memory (pinned on the CUDA device). */
 #define FADAM_CHECKPOINT_PIECE_BYTES ((size_t)8 << 20)
-#define FADAM_CHECKPOINT_MAX_STATES 3
+#define FADAM_CHECKPOINT_MAX_STATES (1 + FADAM_MAX_RULE_STATES) /* the master, then the rule's */
 
 /* One state buffer of a tensor as a checkpoint entry: NAME + suffix, `numel` elements of `dtype`. */
 typedef struct fadam_checkpoint_state {
@@ -22,9 +22,11 @@ typedef struct fadam_checkpoint_state {
     size_t element_bytes;
 } fadam_checkpoint_state;
 
-/* The tensor's states, in the order their entries are matched on load (the first one's absence
- * means "the tensor is missing"); returns how many. The one place that lists them. */
-int fadam_checkpoint_states(const fadam_tensor *tensor, fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES]);
+/* Tensor t's states, in the order their entries are matched on load (the first one's absence means
+ * "the tensor is missing"): its group's rule's states (kernels/rules.h), then the master of a 16-bit
+ * param; returns how many. The one place that lists them. */
+int fadam_checkpoint_states(const fadam_optimizer *opt, int64_t t,
+                            fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES]);
 
 /* Where a save writes: memory, or a file descriptor. */
 typedef struct fadam_sink {

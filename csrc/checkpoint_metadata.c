@@ -30,7 +30,7 @@ typedef enum key_type {
     KEY_CHECKSUM,      /* the version's prefix and hex digits (a zero placeholder when written) */
     KEY_INTEGER,       /* an integer in [low, high]: "NAME \"v\" is not an integer in RANGE" */
     KEY_FLOAT,         /* a finite float */
-    KEY_CHOICE,        /* one of two words, value 0 or 1 */
+    KEY_CHOICE,        /* one of a list of words, value its index */
     KEY_COUNTER,       /* a counter in [0, high]: "__metadata__ \"NAME\" is \"v\", not an integer in [0, high]" */
     KEY_COUNTER_FLOAT, /* a float in [low, high], "nan", "inf" */
     KEY_SHARD_COUNT    /* a count, optional */
@@ -52,13 +52,21 @@ typedef struct metadata_key {
     int64_t low, high; /* KEY_INTEGER, KEY_COUNTER */
     float low_float, high_float;
     const char *range; /* the range (KEY_INTEGER, KEY_COUNTER_FLOAT) or why the limit (KEY_COUNTER), for messages */
-    const char *const *choices; /* KEY_CHOICE: the words for 0 and 1 */
+    const char *const *choices; /* KEY_CHOICE: the words for 0, 1, ..., then NULL */
     int flags;
 } metadata_key;
 
-/* The group mode's words, indexed by fadam_mode: the one place they are spelled. */
-static const char *const mode_words[2] = {"adamw", "adam_l2"};
-static const char *const bool_words[2] = {"false", "true"};
+/* The group mode's words, indexed by fadam_mode: the rule list's names (kernels/rules.h). */
+#define RULE_WORD_(mode, id, name, ...) name,
+static const char *const mode_words[FADAM_RULE_COUNT + 1] = {FADAM_RULES(RULE_WORD_) NULL};
+#undef RULE_WORD_
+static const char *const bool_words[3] = {"false", "true", NULL};
+
+static int choice_count(const char *const *choices) {
+    int n = 0;
+    while (choices[n]) n++;
+    return n;
+}
 
 #define VALUE(field) offsetof(fadam_checkpoint_values, field), sizeof(((fadam_checkpoint_values *)0)->field)
 #define HPARAM(field) offsetof(fadam_hparams, field), sizeof(((fadam_hparams *)0)->field)
@@ -192,7 +200,12 @@ static void format_value(const metadata_key *key, const void *base, char text[FA
     }
     case KEY_FLOAT:
     case KEY_COUNTER_FLOAT: fadam_format_float(*(const float *)field, text); break;
-    case KEY_CHOICE: snprintf(text, FADAM_FLOAT_TEXT_MAX, "%s", key->choices[*(const int *)field ? 1 : 0]); break;
+    case KEY_CHOICE: {
+        int choice = *(const int *)field;
+        if (choice < 0 || choice >= choice_count(key->choices)) choice = choice != 0; /* a flag's nonzero is 1 */
+        snprintf(text, FADAM_FLOAT_TEXT_MAX, "%s", key->choices[choice]);
+        break;
+    }
     default: snprintf(text, FADAM_FLOAT_TEXT_MAX, "%lld", (long long)get_integer(field, key->size)); break;
     }
 }
@@ -332,12 +345,20 @@ static fadam_status read_key(const metadata_key *key, const char *name, const fa
             return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", %s", function, name, value,
                               why);
         return FADAM_SUCCESS;
-    case KEY_CHOICE:
-        if (strcmp(value, key->choices[0]) != 0 && strcmp(value, key->choices[1]) != 0)
-            return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", neither \"%s\" nor \"%s\"",
-                              function, name, value, key->choices[0], key->choices[1]);
-        *(int *)field = strcmp(value, key->choices[1]) == 0;
-        return FADAM_SUCCESS;
+    case KEY_CHOICE: {
+        int choice, n = choice_count(key->choices);
+        char words[96] = "";
+        for (choice = 0; choice < n; choice++)
+            if (strcmp(value, key->choices[choice]) == 0) {
+                *(int *)field = choice;
+                return FADAM_SUCCESS;
+            }
+        for (choice = 0; choice < n; choice++)
+            snprintf(words + strlen(words), sizeof words - strlen(words), "%s\"%s\"",
+                     choice == 0 ? "" : choice == n - 1 ? " or " : ", ", key->choices[choice]);
+        return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", not %s", function, name, value,
+                          words);
+    }
     case KEY_COUNTER: {
         int64_t limit = key->flags & KEY_AT_MOST_SKIPPED ? values->fused.skipped_total : key->high;
         if (!fadam_parse_count(value, &number) || number > limit)

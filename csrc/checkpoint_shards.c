@@ -81,7 +81,7 @@ static fadam_status gather_tensor(const fadam_optimizer *opt, int64_t t, const s
                                   const char *function) {
     const fadam_tensor *tensor = &opt->tensors[t];
     fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES];
-    int n_states = fadam_checkpoint_states(tensor, states);
+    int n_states = fadam_checkpoint_states(opt, t, states);
     const char *name = opt->names[t];
     char key[FADAM_MAX_NAME_LENGTH + 32];
     int64_t want_offset, want_full, end = 0, group;
@@ -201,7 +201,7 @@ static fadam_status commit_gathered(fadam_optimizer *opt, unsigned char *const *
         return status;
     for (t = 0; t < opt->n_tensors && status == FADAM_SUCCESS; t++) {
         fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES];
-        int n_states = fadam_checkpoint_states(&opt->tensors[t], states);
+        int n_states = fadam_checkpoint_states(opt, t, states);
         for (kind = 0; kind < n_states && status == FADAM_SUCCESS; kind++) {
             size_t bytes = (size_t)states[kind].numel * states[kind].element_bytes;
             const unsigned char *from_host = host[FADAM_CHECKPOINT_MAX_STATES * t + kind];
@@ -261,7 +261,7 @@ fadam_status fadam_load_shards(fadam_optimizer *opt, const char *const *paths, i
     for (t = 0; t < opt->n_tensors && status == FADAM_SUCCESS; t++) {
         fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES];
         unsigned char **own = &host[FADAM_CHECKPOINT_MAX_STATES * t];
-        int n_states = fadam_checkpoint_states(&opt->tensors[t], states);
+        int n_states = fadam_checkpoint_states(opt, t, states);
         for (kind = 0; kind < n_states; kind++) {
             own[kind] = (unsigned char *)malloc((size_t)states[kind].numel * states[kind].element_bytes + 1);
             if (!own[kind]) status = fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the state", function);

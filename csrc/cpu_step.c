@@ -1,6 +1,7 @@
 /* cpu_step.c - the CPU device's fast path: the arithmetic of fadam_reference_update, element for
  * element in the same order (so bit for bit the same results), in loops the compiler vectorizes
- * (one per dtype combination; the usual AdamW flags as constants, others as selects), split over the
+ * (one per rule and dtype combination, each calling the rule's element function of kernels/rules.h;
+ * coupled decay off as a constant, or read at run time), split over the
  * threads of a fadam_cpu_pool (cpu_pool.c) by element ranges. Each element's update depends on that
  * element alone, so the split changes no bit; the gradient norm's sum has one fixed order
  * (fadam_reference_sum_of_squares) whatever the threads. tests/test_cpu_fast.c and
@@ -32,7 +33,7 @@ static inline float bits_float(uint32_t bits) {
 static inline float bf16_to_float(uint16_t bits) { return bits_float((uint32_t)bits << 16); }
 
 /* fadam_float_to_bf16_bits without a branch, so a vector loop can use it. */
-static inline uint16_t float_to_bf16(float value) {
+static inline __attribute__((always_inline)) uint16_t float_to_bf16(float value) {
     uint32_t bits = float_bits(value), rounded, quiet;
     rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
     quiet = (bits >> 16) | 0x0040u;
@@ -46,7 +47,7 @@ static inline uint32_t mask_of(int condition) { return 0u - (uint32_t)condition;
 
 /* fadam_fp16_bits_to_float with every case computed and one selected (the reference's functions,
  * called out of line, kept the fp16 loops scalar: one call per element). */
-static inline float f16_to_float(uint16_t half) {
+static inline __attribute__((always_inline)) float f16_to_float(uint16_t half) {
     uint32_t sign = (uint32_t)(half & 0x8000u) << 16, exponent = (half >> 10) & 0x1Fu, mantissa = half & 0x3FFu;
     uint32_t special = sign | 0x7F800000u | (mantissa << 13);
     uint32_t normal = sign | ((exponent + 112u) << 23) | (mantissa << 13);
@@ -58,7 +59,7 @@ static inline float f16_to_float(uint16_t half) {
 
 /* fadam_float_to_fp16_bits likewise. Round to nearest even as a sum: adding just under half the
  * dropped unit, plus the kept part's low bit, carries exactly when the reference rounds up. */
-static inline uint16_t float_to_f16(float value) {
+static inline __attribute__((always_inline)) uint16_t float_to_f16(float value) {
     uint32_t bits = float_bits(value);
     uint32_t sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7FFFFFFFu, exponent = magnitude >> 23;
     uint32_t rebiased = magnitude - (112u << 23); /* wraps below the normal range, where it is not used */
@@ -78,92 +79,86 @@ static inline uint16_t float_to_f16(float value) {
 
 enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_F16 = 2 };
 
-static inline float load_kind(const void *base, int kind, int64_t i) {
+static inline __attribute__((always_inline)) float load_kind(const void *base, int kind, int64_t i) {
     if (kind == KIND_F32) return ((const float *)base)[i];
     if (kind == KIND_BF16) return bf16_to_float(((const uint16_t *)base)[i]);
     return f16_to_float(((const uint16_t *)base)[i]);
 }
 
-static inline void store_kind(void *base, int kind, int64_t i, float value) {
+static inline __attribute__((always_inline)) void store_kind(void *base, int kind, int64_t i, float value) {
     if (kind == KIND_F32) ((float *)base)[i] = value;
     else if (kind == KIND_BF16) ((uint16_t *)base)[i] = float_to_bf16(value);
     else ((uint16_t *)base)[i] = float_to_f16(value);
 }
 
-/* The update of elements [begin, end). Kinds, master and (for the usual AdamW) the flags are
- * constants after inlining: a select left in the loop keeps gcc from vectorizing the 16-bit loops. */
+/* The update of elements [begin, end) by `rule`'s element function (kernels/rules.h). Rule, kinds,
+ * master and the flag `coupled_known_off` are constants after inlining: a select left in the loop
+ * keeps gcc from vectorizing the 16-bit loops. */
 static inline __attribute__((always_inline)) void update_range(const fadam_tensor *t, int64_t begin, int64_t end,
-                                                               const fadam_group_scalars *s, int param_kind,
-                                                               int grad_kind, int has_master, int maximize,
-                                                               int coupled, int decoupled) {
+                                                               const fadam_group_scalars *s, int rule, int param_kind,
+                                                               int grad_kind, int has_master, int coupled_known_off) {
+    const int field0 = fadam_rule_state_field(rule, 0), field1 = fadam_rule_state_field(rule, 1);
     float *restrict master = t->master;
-    float *restrict exp_avg = t->exp_avg;
-    float *restrict exp_avg_sq = t->exp_avg_sq;
-    const float grad_scale = s->grad_scale, weight_decay = s->weight_decay, decay_factor = s->decay_factor;
-    const float beta1 = s->beta1, one_minus_beta1 = s->one_minus_beta1, beta2 = s->beta2,
-                one_minus_beta2 = s->one_minus_beta2, eps = s->eps, step_size = s->step_size,
-                bias_correction2_sqrt = s->bias_correction2_sqrt;
+    float *restrict state0 = fadam_tensor_field(t, field0);
+    float *restrict state1 = field1 == FADAM_FIELD_NONE ? NULL : fadam_tensor_field(t, field1);
+    fadam_loop_scalars loop = fadam_loop_scalars_of(s); /* maximize and decoupled decay folded in */
     int64_t i;
+    if (coupled_known_off) loop.coupled_decay = 0;
     for (i = begin; i < end; i++) {
         float p = has_master ? master[i] : load_kind(t->param, param_kind, i);
-        float g = load_kind(t->grad, grad_kind, i) * grad_scale;
-        float m = exp_avg[i], v = exp_avg_sq[i], denom;
-        g = maximize ? -g : g;
-        g = coupled ? g + weight_decay * p : g;
-        p = decoupled ? p * decay_factor : p;
-        m = beta1 * m + one_minus_beta1 * g;
-        v = beta2 * v + one_minus_beta2 * g * g;
-        denom = sqrtf(v) / bias_correction2_sqrt + eps;
-        p = p - step_size * m / denom;
-        exp_avg[i] = m;
-        exp_avg_sq[i] = v;
+        float g = load_kind(t->grad, grad_kind, i);
+        float m = state0[i], v = field1 == FADAM_FIELD_NONE ? 0.0f : state1[i];
+        fadam_rule_element(rule, &p, g, &m, &v, &loop);
+        state0[i] = m;
+        if (field1 != FADAM_FIELD_NONE) state1[i] = v;
         if (has_master) master[i] = p;
         store_kind(t->param, param_kind, i, p);
     }
 }
 
-/* Per dtype combination, two loops: AdamW without maximize (nearly every LLM group) with its flags
- * as constants, and any flags read at run time. */
-#define DEFINE_RANGE(name, param_kind, grad_kind, has_master)                                               \
-    FADAM_CPU_CLONES static void name(const fadam_tensor *t, int64_t begin, int64_t end,                   \
-                                      const fadam_group_scalars *s) {                                      \
-        if (!s->maximize && !s->coupled_decay && s->decoupled_decay)                                       \
-            update_range(t, begin, end, s, param_kind, grad_kind, has_master, 0, 0, 1);                    \
-        else                                                                                               \
-            update_range(t, begin, end, s, param_kind, grad_kind, has_master, s->maximize, s->coupled_decay, \
-                         s->decoupled_decay);                                                              \
+/* Per rule and dtype combination, two loops: without coupled decay (every rule but Adam + L2 with
+ * wd != 0; nearly every LLM group) with that flag a constant, and with it read at run time. */
+#define DEFINE_RANGE(rule, name, param_kind, grad_kind, has_master)                                       \
+    FADAM_CPU_CLONES static void name(const fadam_tensor *t, int64_t begin, int64_t end,                 \
+                                      const fadam_group_scalars *s) {                                    \
+        if (!s->coupled_decay) update_range(t, begin, end, s, rule, param_kind, grad_kind, has_master, 1); \
+        else update_range(t, begin, end, s, rule, param_kind, grad_kind, has_master, 0);                 \
     }
-DEFINE_RANGE(range_f32_f32, KIND_F32, KIND_F32, 0)
-DEFINE_RANGE(range_f32_bf16, KIND_F32, KIND_BF16, 0)
-DEFINE_RANGE(range_f32_f16, KIND_F32, KIND_F16, 0)
-DEFINE_RANGE(range_bf16_f32_master, KIND_BF16, KIND_F32, 1)
-DEFINE_RANGE(range_bf16_bf16_master, KIND_BF16, KIND_BF16, 1)
-DEFINE_RANGE(range_bf16_f16_master, KIND_BF16, KIND_F16, 1)
-DEFINE_RANGE(range_bf16_f32, KIND_BF16, KIND_F32, 0)
-DEFINE_RANGE(range_bf16_bf16, KIND_BF16, KIND_BF16, 0)
-DEFINE_RANGE(range_bf16_f16, KIND_BF16, KIND_F16, 0)
-DEFINE_RANGE(range_f16_f32_master, KIND_F16, KIND_F32, 1)
-DEFINE_RANGE(range_f16_bf16_master, KIND_F16, KIND_BF16, 1)
-DEFINE_RANGE(range_f16_f16_master, KIND_F16, KIND_F16, 1)
-DEFINE_RANGE(range_f16_f32, KIND_F16, KIND_F32, 0)
-DEFINE_RANGE(range_f16_bf16, KIND_F16, KIND_BF16, 0)
-DEFINE_RANGE(range_f16_f16, KIND_F16, KIND_F16, 0)
+/* The 15 loops of one rule, and its [param dtype][grad dtype][has master] table. */
+#define DEFINE_RULE_RANGES(mode, id, ...)                                                                 \
+    DEFINE_RANGE(mode, id##_f32_f32, KIND_F32, KIND_F32, 0)                                               \
+    DEFINE_RANGE(mode, id##_f32_bf16, KIND_F32, KIND_BF16, 0)                                             \
+    DEFINE_RANGE(mode, id##_f32_f16, KIND_F32, KIND_F16, 0)                                               \
+    DEFINE_RANGE(mode, id##_bf16_f32_master, KIND_BF16, KIND_F32, 1)                                      \
+    DEFINE_RANGE(mode, id##_bf16_bf16_master, KIND_BF16, KIND_BF16, 1)                                    \
+    DEFINE_RANGE(mode, id##_bf16_f16_master, KIND_BF16, KIND_F16, 1)                                      \
+    DEFINE_RANGE(mode, id##_bf16_f32, KIND_BF16, KIND_F32, 0)                                             \
+    DEFINE_RANGE(mode, id##_bf16_bf16, KIND_BF16, KIND_BF16, 0)                                           \
+    DEFINE_RANGE(mode, id##_bf16_f16, KIND_BF16, KIND_F16, 0)                                             \
+    DEFINE_RANGE(mode, id##_f16_f32_master, KIND_F16, KIND_F32, 1)                                        \
+    DEFINE_RANGE(mode, id##_f16_bf16_master, KIND_F16, KIND_BF16, 1)                                      \
+    DEFINE_RANGE(mode, id##_f16_f16_master, KIND_F16, KIND_F16, 1)                                        \
+    DEFINE_RANGE(mode, id##_f16_f32, KIND_F16, KIND_F32, 0)                                               \
+    DEFINE_RANGE(mode, id##_f16_bf16, KIND_F16, KIND_BF16, 0)                                             \
+    DEFINE_RANGE(mode, id##_f16_f16, KIND_F16, KIND_F16, 0)
+FADAM_RULES(DEFINE_RULE_RANGES)
+#undef DEFINE_RULE_RANGES
 #undef DEFINE_RANGE
 
 typedef void (*range_function)(const fadam_tensor *, int64_t, int64_t, const fadam_group_scalars *);
 
-static range_function pick_range(const fadam_tensor *t) {
-    /* [param dtype][grad dtype][has master] */
-    static const range_function table[3][3][2] = {
-        {{range_f32_f32, range_f32_f32}, {range_f32_bf16, range_f32_bf16}, {range_f32_f16, range_f32_f16}},
-        {{range_bf16_f32, range_bf16_f32_master},
-         {range_bf16_bf16, range_bf16_bf16_master},
-         {range_bf16_f16, range_bf16_f16_master}},
-        {{range_f16_f32, range_f16_f32_master},
-         {range_f16_bf16, range_f16_bf16_master},
-         {range_f16_f16, range_f16_f16_master}},
-    };
-    return table[t->param_dtype][t->grad_dtype][t->master != NULL];
+#define RULE_RANGE_TABLE(mode, id, ...)                                                                   \
+    {{{id##_f32_f32, id##_f32_f32}, {id##_f32_bf16, id##_f32_bf16}, {id##_f32_f16, id##_f32_f16}},       \
+     {{id##_bf16_f32, id##_bf16_f32_master}, {id##_bf16_bf16, id##_bf16_bf16_master},                    \
+      {id##_bf16_f16, id##_bf16_f16_master}},                                                            \
+     {{id##_f16_f32, id##_f16_f32_master}, {id##_f16_bf16, id##_f16_bf16_master},                        \
+      {id##_f16_f16, id##_f16_f16_master}}},
+/* [rule][param dtype][grad dtype][has master], in fadam_mode order (rules.h checks the list's order) */
+static const range_function range_table[FADAM_RULE_COUNT][3][3][2] = {FADAM_RULES(RULE_RANGE_TABLE)};
+#undef RULE_RANGE_TABLE
+
+static range_function pick_range(const fadam_tensor *t, int rule) {
+    return range_table[rule][t->param_dtype][t->grad_dtype][t->master != NULL];
 }
 
 /* ---- the split over threads ---- */
@@ -217,7 +212,7 @@ static void update_block(void *context, int64_t block) {
         const fadam_tensor *t = &w->tensors[i];
         int64_t begin = (low > w->starts[i] ? low : w->starts[i]) - w->starts[i];
         int64_t end = (high < w->starts[i + 1] ? high : w->starts[i + 1]) - w->starts[i];
-        if (begin < end) pick_range(t)(t, begin, end, &w->scalars[t->group]);
+        if (begin < end) pick_range(t, w->scalars[t->group].rule)(t, begin, end, &w->scalars[t->group]);
     }
 }
 
@@ -244,7 +239,8 @@ void fadam_cpu_update_tensors(fadam_cpu_pool *pool, const fadam_tensor *tensors,
         }
         fadam_cpu_pool_release(pool);
     }
-    for (i = 0; i < n_tensors; i++) pick_range(&tensors[i])(&tensors[i], 0, tensors[i].numel, &scalars[tensors[i].group]);
+    for (i = 0; i < n_tensors; i++)
+        pick_range(&tensors[i], scalars[tensors[i].group].rule)(&tensors[i], 0, tensors[i].numel, &scalars[tensors[i].group]);
 }
 
 /* ---- the fused step's sum of squares, in fadam_reference_sum_of_squares's order ---- */

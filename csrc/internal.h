@@ -74,13 +74,44 @@ fadam_status fadam_cuda_launch_step(const fadam_step_kernel_args *args, int64_t 
                                     struct CUstream_st *stream);
 fadam_status fadam_cuda_grid_blocks(int64_t n_chunks, int device, unsigned *grid_out);
 
-/* ---- the tensor table (table.c) ---- */
+/* ---- the tensor table (table.c); hyperparameter and step-source checks (hparams.c) ---- */
 
-/* One tensor's dtypes, count, group, pointers and alignment; the moments too when state_given. */
+/* One tensor's dtypes, count, group, pointers and alignment; state_given 1: every state field set,
+ * 2: the states checked apart (fadam_check_rule_states), 0: none yet (registration). */
 fadam_status fadam_check_tensor(const fadam_tensor *tensor, int64_t index, int n_groups, int state_given,
                                 const char *function);
-/* Every tensor, then that no two buffers overlap. */
+/* The public field holding state field `field` (enum fadam_state_field) of a tensor. */
+static inline float *fadam_tensor_field(const fadam_tensor *t, int field) {
+    switch (field) {
+#define FADAM_FIELD_CASE_(name, member) \
+    case name: return t->member;
+        FADAM_STATE_FIELDS(FADAM_FIELD_CASE_)
+#undef FADAM_FIELD_CASE_
+    default: return NULL;
+    }
+}
+static inline void fadam_tensor_set_field(fadam_tensor *t, int field, float *pointer) {
+    switch (field) {
+#define FADAM_FIELD_CASE_(name, member) \
+    case name: t->member = pointer; break;
+        FADAM_STATE_FIELDS(FADAM_FIELD_CASE_)
+#undef FADAM_FIELD_CASE_
+    default: break;
+    }
+}
+
+/* Each non-empty tensor holds exactly the states its group's rule keeps (FADAM_RULES): a kept one
+ * NULL is FADAM_ERR_NULL_POINTER, one the rule does not keep set (Lion's exp_avg_sq) is
+ * FADAM_ERR_INVALID_VALUE. After fadam_table_check and the groups' own checks. */
+fadam_status fadam_check_rule_states(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
+                                     const char *function);
+/* Every tensor, then that no two buffers overlap. Without the groups (fadam_table_encode), every state
+ * field must be set (a Lion group's tensor of a functional table passes an unused exp_avg_sq). */
 fadam_status fadam_table_check(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, const char *function);
+/* The same but for the state fields, which the caller checks against the groups' rules afterwards
+ * (fadam_check_rule_states, once the groups' hparams are checked). */
+fadam_status fadam_table_check_states_apart(const fadam_tensor *tensors, int64_t n_tensors, int n_groups,
+                                            const char *function);
 size_t fadam_table_size(int64_t n_tensors);
 /* Encodes an already checked list; tests pick a small chunk size to cross chunk boundaries. */
 void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, int32_t chunk_elems,

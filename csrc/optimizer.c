@@ -119,7 +119,7 @@ static fadam_status require_not_finalized(const fadam_optimizer *opt, const char
     return FADAM_SUCCESS;
 }
 
-static fadam_status require_finalized(const fadam_optimizer *opt, const char *function) {
+fadam_status fadam_require_finalized(const fadam_optimizer *opt, const char *function) {
     if (!opt->finalized)
         return fadam_fail(FADAM_ERR_BAD_STATE, "%s: the optimizer is not finalized; call fadam_finalize first", function);
     return FADAM_SUCCESS;
@@ -235,33 +235,49 @@ static fadam_status check_unique_names(const fadam_optimizer *opt) {
     return status;
 }
 
-/* Byte offsets of every tensor's master, m and v inside one state block; the total goes to *bytes. */
+/* Every state pointer of a tensor to NULL: the master, and each field a rule may keep. */
+static void clear_state_pointers(fadam_tensor *t) {
+    int field;
+    t->master = NULL;
+    for (field = 0; field < FADAM_FIELD_COUNT; field++) fadam_tensor_set_field(t, field, NULL);
+}
+
+/* Byte offsets inside one state block of every tensor's states (those its group's rule keeps, from
+ * the rule list), then its master for a 16-bit param; the total goes to *bytes. */
 static fadam_status plan_state(fadam_optimizer *opt, size_t *bytes) {
     size_t offset = 0;
     int64_t i;
     for (i = 0; i < opt->n_tensors; i++) {
         fadam_tensor *t = &opt->tensors[i];
+        int rule = (int)opt->groups[t->group].mode, k, n_states = fadam_rule_state_count(rule);
         size_t region = round_up((size_t)t->numel * sizeof(float), STATE_ALIGNMENT);
-        int regions = t->param_dtype == FADAM_FLOAT32 ? 2 : 3;
+        int regions = n_states + (t->param_dtype == FADAM_FLOAT32 ? 0 : 1);
         if ((size_t)t->numel > (SIZE_MAX / 4 - offset) / 4)
             return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_finalize: the optimizer state does not fit in memory");
-        /* Offsets are stored in the pointer fields until the block exists. */
-        t->exp_avg = (float *)(uintptr_t)offset;
-        t->exp_avg_sq = (float *)(uintptr_t)(offset + region);
-        t->master = regions == 3 ? (float *)(uintptr_t)(offset + 2 * region) : NULL;
+        /* Offsets (plus one, so that offset 0 is not NULL) are stored in the pointer fields until the
+         * block exists. */
+        clear_state_pointers(t);
+        for (k = 0; k < n_states; k++)
+            fadam_tensor_set_field(t, fadam_rule_state_field(rule, k), (float *)(uintptr_t)(offset + (size_t)k * region + 1));
+        if (regions > n_states) t->master = (float *)(uintptr_t)(offset + (size_t)n_states * region + 1);
         offset += (size_t)regions * region;
     }
     *bytes = offset;
     return FADAM_SUCCESS;
 }
 
+static float *rebase(float *planned, uintptr_t base) {
+    return planned ? (float *)(base + (uintptr_t)planned - 1) : NULL;
+}
+
 static void rebase_state(fadam_optimizer *opt, uintptr_t base) {
     int64_t i;
+    int field;
     for (i = 0; i < opt->n_tensors; i++) {
         fadam_tensor *t = &opt->tensors[i];
-        t->exp_avg = (float *)(base + (uintptr_t)t->exp_avg);
-        t->exp_avg_sq = (float *)(base + (uintptr_t)t->exp_avg_sq);
-        if (t->master) t->master = (float *)(base + (uintptr_t)t->master);
+        for (field = 0; field < FADAM_FIELD_COUNT; field++)
+            fadam_tensor_set_field(t, field, rebase(fadam_tensor_field(t, field), base));
+        t->master = rebase(t->master, base);
     }
 }
 
@@ -269,8 +285,9 @@ static void init_cpu_state(fadam_optimizer *opt) {
     int64_t i, j;
     for (i = 0; i < opt->n_tensors; i++) {
         fadam_tensor *t = &opt->tensors[i];
-        memset(t->exp_avg, 0, (size_t)t->numel * sizeof(float));
-        memset(t->exp_avg_sq, 0, (size_t)t->numel * sizeof(float));
+        int field;
+        for (field = 0; field < FADAM_FIELD_COUNT; field++)
+            if (fadam_tensor_field(t, field)) memset(fadam_tensor_field(t, field), 0, (size_t)t->numel * sizeof(float));
         if (!t->master) continue;
         for (j = 0; j < t->numel; j++) {
             uint16_t bits = ((const uint16_t *)t->param)[j];
@@ -321,7 +338,9 @@ fadam_status fadam_finalize(fadam_optimizer *opt, fadam_stream stream) {
     }
     rebase_state(opt, (uintptr_t)opt->state_block);
     /* The overlap check sees our buffers too, so a param inside a caller-allocator's block is caught. */
-    if ((status = fadam_table_check(opt->tensors, opt->n_tensors, opt->n_groups, "fadam_finalize")) != FADAM_SUCCESS)
+    if ((status = fadam_table_check_states_apart(opt->tensors, opt->n_tensors, opt->n_groups, "fadam_finalize")) !=
+            FADAM_SUCCESS ||
+        (status = fadam_check_rule_states(opt->tensors, opt->n_tensors, opt->groups, "fadam_finalize")) != FADAM_SUCCESS)
         goto fail;
 
     table_bytes = fadam_table_size(opt->n_tensors);
@@ -364,64 +383,8 @@ fail:
 fail_offsets:
     {
         int64_t i;
-        for (i = 0; i < opt->n_tensors; i++) opt->tensors[i].master = opt->tensors[i].exp_avg = opt->tensors[i].exp_avg_sq = NULL;
+        for (i = 0; i < opt->n_tensors; i++) clear_state_pointers(&opt->tensors[i]);
     }
-    return status;
-}
-
-/* ---- stepping ---- */
-
-static fadam_status run_step(fadam_optimizer *opt, const fadam_step_source *source, fadam_stream stream,
-                             const char *function) {
-    fadam_status status;
-    if (opt->device == FADAM_DEVICE_CPU) {
-        return fadam_cpu_update_all(opt->cpu_pool, opt->tensors, opt->n_tensors, opt->groups, opt->n_groups, source,
-                                    NULL, function);
-    } else {
-        fadam_step_kernel_args args;
-        int previous_device = 0;
-        if ((status = fadam_check_step_source(source, function)) != FADAM_SUCCESS) return status;
-        memset(&args, 0, sizeof args);
-        args.table = (const fadam_table_header *)opt->device_table;
-        args.device_step = source->device_step;
-        args.device_lr = source->device_lr;
-        args.step = source->step;
-        args.n_groups = opt->n_groups;
-        memcpy(args.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
-        if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
-        status = FADAM_CUDA_STATUS(
-            fadam_launch_adam_step(&args, opt->grid_blocks, FADAM_BLOCK_THREADS, (cudaStream_t)stream));
-        fadam_cuda_leave_device(opt->cuda_device, previous_device);
-        return status;
-    }
-}
-
-fadam_status fadam_step(fadam_optimizer *opt, fadam_stream stream) {
-    fadam_step_source source;
-    fadam_status status;
-    fadam_clear_error();
-    FADAM_REQUIRE_NOT_NULL(opt, "fadam_step");
-    if ((status = require_finalized(opt, "fadam_step")) != FADAM_SUCCESS) return status;
-    if (opt->step == INT64_MAX) /* t + 1 would overflow */
-        return fadam_fail(FADAM_ERR_BAD_STATE, "fadam_step: the step counter is at INT64_MAX and cannot advance");
-    memset(&source, 0, sizeof source);
-    source.step = opt->step + 1;
-    FADAM_RANGE_PUSH("step");
-    status = run_step(opt, &source, stream, "fadam_step");
-    FADAM_RANGE_POP();
-    if (status == FADAM_SUCCESS) opt->step++; /* a failed launch took no step */
-    return status;
-}
-
-fadam_status fadam_step_from(fadam_optimizer *opt, const fadam_step_source *source, fadam_stream stream) {
-    fadam_status status;
-    fadam_clear_error();
-    FADAM_REQUIRE_NOT_NULL(opt, "fadam_step_from");
-    FADAM_REQUIRE_NOT_NULL(source, "fadam_step_from");
-    if ((status = require_finalized(opt, "fadam_step_from")) != FADAM_SUCCESS) return status;
-    FADAM_RANGE_PUSH("step_from");
-    status = run_step(opt, source, stream, "fadam_step_from");
-    FADAM_RANGE_POP();
     return status;
 }
 
@@ -440,6 +403,14 @@ fadam_status fadam_set_lr(fadam_optimizer *opt, int group, float lr) {
     return FADAM_SUCCESS;
 }
 
+/* Two rules keeping the same state fields (ADAMW and ADAM_L2): a finalized group may switch between them. */
+static int same_states(int rule_a, int rule_b) {
+    int k;
+    for (k = 0; k < FADAM_MAX_RULE_STATES; k++)
+        if (fadam_rule_state_field(rule_a, k) != fadam_rule_state_field(rule_b, k)) return 0;
+    return 1;
+}
+
 fadam_status fadam_set_hparams(fadam_optimizer *opt, int group, const fadam_hparams *hparams) {
     fadam_status status;
     fadam_clear_error();
@@ -447,6 +418,11 @@ fadam_status fadam_set_hparams(fadam_optimizer *opt, int group, const fadam_hpar
     FADAM_REQUIRE_NOT_NULL(hparams, "fadam_set_hparams");
     if ((status = require_group(opt, group, "fadam_set_hparams")) != FADAM_SUCCESS) return status;
     if ((status = fadam_check_hparams(hparams, "fadam_set_hparams", group)) != FADAM_SUCCESS) return status;
+    if (opt->finalized && !same_states((int)opt->groups[group].mode, (int)hparams->mode))
+        return fadam_fail(FADAM_ERR_BAD_STATE, "fadam_set_hparams: group %d: mode %s -> %s after fadam_finalize: the "
+                                               "group's state was laid out for %s and the new rule keeps other states",
+                          group, fadam_rule_name((int)opt->groups[group].mode), fadam_rule_name((int)hparams->mode),
+                          fadam_rule_name((int)opt->groups[group].mode));
     opt->groups[group] = *hparams;
     return FADAM_SUCCESS;
 }
@@ -505,7 +481,7 @@ fadam_status fadam_get_state(const fadam_optimizer *opt, int64_t index, float **
     fadam_status status;
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(opt, "fadam_get_state");
-    if ((status = require_finalized(opt, "fadam_get_state")) != FADAM_SUCCESS) return status;
+    if ((status = fadam_require_finalized(opt, "fadam_get_state")) != FADAM_SUCCESS) return status;
     if (index < 0 || index >= opt->n_tensors)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_get_state: index=%lld, but %lld tensor(s) are registered",
                           (long long)index, (long long)opt->n_tensors);

@@ -55,6 +55,9 @@ void fadam_shard_free(fadam_optimizer *opt);
 fadam_status fadam_fused_state_create(fadam_optimizer *opt, struct CUstream_st *stream);
 void fadam_fused_state_free(fadam_optimizer *opt);
 
+/* optimizer.c: FADAM_ERR_BAD_STATE naming `function` unless fadam_finalize has run. */
+fadam_status fadam_require_finalized(const fadam_optimizer *opt, const char *function);
+
 /* Allocation through the caller's allocator, else cudaMalloc or aligned host memory. */
 void *fadam_optimizer_alloc(fadam_optimizer *opt, size_t bytes);
 void fadam_optimizer_free(fadam_optimizer *opt, void *pointer);

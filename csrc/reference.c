@@ -1,6 +1,6 @@
 /* reference.c - the CPU implementation of the update: what the tests compare the kernels to, and the
- * CPU device of the managed optimizer. Written to be read first: one element at a time, in exactly
- * the order of docs/NUMERICS.md. Build it with -ffp-contract=off so no multiply-add is fused. */
+ * CPU device of the managed optimizer. Written to be read first: one element at a time, each by the
+ * group's rule function (kernels/rules.h), in the order of docs/NUMERICS.md. Build it with -ffp-contract=off so no multiply-add is fused. */
 #include <math.h>
 #include <string.h>
 
@@ -77,23 +77,23 @@ static void store_from_float(void *buffer, fadam_dtype dtype, int64_t i, float v
     }
 }
 
+/* A rule's state k of tensor t (the rule list names the field), or NULL past its states. */
+static float *rule_state(const fadam_tensor *t, int rule, int k) {
+    int field = fadam_rule_state_field(rule, k);
+    return field == FADAM_FIELD_NONE ? NULL : fadam_tensor_field(t, field);
+}
+
 void fadam_reference_update(const fadam_tensor *t, const fadam_group_scalars *s) {
+    const fadam_loop_scalars loop = fadam_loop_scalars_of(s); /* maximize and decoupled decay folded in */
+    float *state0 = rule_state(t, s->rule, 0), *state1 = rule_state(t, s->rule, 1);
     int64_t i;
     for (i = 0; i < t->numel; i++) {
         float p = t->master ? t->master[i] : load_as_float(t->param, t->param_dtype, i);
         float g = load_as_float(t->grad, t->grad_dtype, i);
-        float m = t->exp_avg[i], v = t->exp_avg_sq[i];
-        float denom;
-        g = g * s->grad_scale;                              /* unscale and clip; 1 in a plain step */
-        if (s->maximize) g = -g;
-        if (s->coupled_decay) g = g + s->weight_decay * p;  /* Adam + L2: decay enters the moments */
-        if (s->decoupled_decay) p = p * s->decay_factor;    /* AdamW: decay outside the adaptive term */
-        m = s->beta1 * m + s->one_minus_beta1 * g;
-        v = s->beta2 * v + s->one_minus_beta2 * g * g;
-        denom = sqrtf(v) / s->bias_correction2_sqrt + s->eps;
-        p = p - s->step_size * m / denom;
-        t->exp_avg[i] = m;
-        t->exp_avg_sq[i] = v;
+        float m = state0[i], v = state1 ? state1[i] : 0.0f;
+        fadam_rule_element(s->rule, &p, g, &m, &v, &loop); /* kernels/rules.h */
+        state0[i] = m;
+        if (state1) state1[i] = v;
         if (t->master) t->master[i] = p;
         store_from_float(t->param, t->param_dtype, i, p);
     }
@@ -126,12 +126,14 @@ static fadam_status checked_cpu_step(fadam_cpu_pool *pool, const fadam_tensor *t
     int g;
     FADAM_REQUIRE_NOT_NULL(groups, function);
     FADAM_REQUIRE_NOT_NULL(source, function);
-    status = fadam_table_check(tensors, n_tensors, n_groups, function);
+    status = fadam_table_check_states_apart(tensors, n_tensors, n_groups, function);
     if (status != FADAM_SUCCESS) return status;
     for (g = 0; g < n_groups; g++) {
         status = fadam_check_hparams(&groups[g], function, g);
         if (status != FADAM_SUCCESS) return status;
     }
+    status = fadam_check_rule_states(tensors, n_tensors, groups, function);
+    if (status != FADAM_SUCCESS) return status;
     return fadam_cpu_update_all(pool, tensors, n_tensors, groups, n_groups, source, NULL, function);
 }
 
@@ -151,12 +153,14 @@ fadam_status fadam_cpu_step_scaled(fadam_cpu_pool *pool, const fadam_tensor *ten
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(groups, "fadam_cpu_step_scaled");
     FADAM_REQUIRE_NOT_NULL(source, "fadam_cpu_step_scaled");
-    status = fadam_table_check(tensors, n_tensors, n_groups, "fadam_cpu_step_scaled");
+    status = fadam_table_check_states_apart(tensors, n_tensors, n_groups, "fadam_cpu_step_scaled");
     if (status != FADAM_SUCCESS) return status;
     for (g = 0; g < n_groups; g++) {
         status = fadam_check_hparams(&groups[g], "fadam_cpu_step_scaled", g);
         if (status != FADAM_SUCCESS) return status;
     }
+    status = fadam_check_rule_states(tensors, n_tensors, groups, "fadam_cpu_step_scaled");
+    if (status != FADAM_SUCCESS) return status;
     step = source->device_step ? *source->device_step : source->step;
     if (step < 1)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_cpu_step_scaled: step=%lld must be >= 1 (1 is the first step)",

@@ -1,77 +1,10 @@
-/* table.c - hyperparameter checks, and the tensor table: validated on the host, encoded once, read by
- * every multi-tensor kernel (layout in kernels/adam_math.h). */
+/* table.c - the tensor table: validated on the host, encoded once, read by every multi-tensor kernel
+ * (layout in kernels/adam_math.h). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
-
-fadam_hparams fadam_hparams_default(void) {
-    fadam_hparams hparams;
-    hparams.lr = 1e-3f;
-    hparams.beta1 = 0.9f;
-    hparams.beta2 = 0.999f;
-    hparams.eps = 1e-8f;
-    hparams.weight_decay = 1e-2f;
-    hparams.mode = FADAM_ADAMW;
-    hparams.bias_correction = 1;
-    hparams.maximize = 0;
-    return hparams;
-}
-
-fadam_fused_step_config fadam_fused_step_config_default(void) {
-    fadam_fused_step_config c;
-    memset(&c, 0, sizeof c);
-    c.max_grad_norm = 0.0f;
-    c.dynamic_loss_scaling = 0;
-    c.initial_loss_scale = 65536.0f;
-    c.growth_factor = 2.0f;
-    c.backoff_factor = 0.5f;
-    c.growth_interval = 2000;
-    c.schedule = FADAM_SCHEDULE_CONSTANT;
-    c.warmup_steps = 0;
-    c.total_steps = 0;
-    c.min_lr_ratio = 0.0f;
-    c.min_loss_scale = 1.0f;
-    return c;
-}
-
-fadam_status fadam_check_hparams(const fadam_hparams *h, const char *function, int group) {
-    if (!fadam_is_finite(h->lr) || h->lr < 0.0f)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: lr=%g must be finite and >= 0", function, group, h->lr);
-    if (!(h->beta1 >= 0.0f && h->beta1 < 1.0f))
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta1=%g must be in [0, 1)", function, group, h->beta1);
-    if (!(h->beta2 >= 0.0f && h->beta2 < 1.0f))
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: beta2=%g must be in [0, 1)", function, group, h->beta2);
-    if (!fadam_is_finite(h->eps) || h->eps < 0.0f)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: eps=%g must be finite and >= 0", function, group, h->eps);
-    if (!fadam_is_finite(h->weight_decay) || h->weight_decay < 0.0f)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: weight_decay=%g must be finite and >= 0", function,
-                          group, h->weight_decay);
-    if (h->mode != FADAM_ADAMW && h->mode != FADAM_ADAM_L2)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: mode=%d is neither FADAM_ADAMW nor FADAM_ADAM_L2",
-                          function, group, (int)h->mode);
-    if (h->bias_correction != 0 && h->bias_correction != 1)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: bias_correction=%d must be 0 or 1", function, group,
-                          h->bias_correction);
-    if (h->maximize != 0 && h->maximize != 1)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: group %d: maximize=%d must be 0 or 1", function, group,
-                          h->maximize);
-    return FADAM_SUCCESS;
-}
-
-fadam_status fadam_hparams_validate(const fadam_hparams *hparams) {
-    fadam_clear_error();
-    FADAM_REQUIRE_NOT_NULL(hparams, "fadam_hparams_validate");
-    return fadam_check_hparams(hparams, "fadam_hparams_validate", 0);
-}
-
-fadam_status fadam_check_step_source(const fadam_step_source *source, const char *function) {
-    if (source->device_step == NULL && source->step < 1)
-        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: step=%lld must be >= 1 (1 is the first step)", function,
-                          (long long)source->step);
-    return FADAM_SUCCESS;
-}
 
 static int is_known_dtype(fadam_dtype dtype) { return fadam_dtype_size(dtype) != 0; }
 
@@ -93,9 +26,9 @@ static fadam_status check_no_overlap(const fadam_tensor *tensors, int64_t n_tens
     int64_t n_spans = 0, i;
     buffer_span *spans;
     if (n_tensors == 0) return FADAM_SUCCESS;
-    if ((uint64_t)n_tensors > SIZE_MAX / (5 * sizeof(buffer_span)))
+    if ((uint64_t)n_tensors > SIZE_MAX / ((3 + FADAM_FIELD_COUNT) * sizeof(buffer_span)))
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_tensors=%lld is too large", function, (long long)n_tensors);
-    spans = (buffer_span *)malloc((size_t)n_tensors * 5 * sizeof(buffer_span));
+    spans = (buffer_span *)malloc((size_t)n_tensors * (3 + FADAM_FIELD_COUNT) * sizeof(buffer_span));
     if (!spans) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the overlap check", function);
     for (i = 0; i < n_tensors; i++) {
         const fadam_tensor *t = &tensors[i];
@@ -114,8 +47,11 @@ static fadam_status check_no_overlap(const fadam_tensor *tensors, int64_t n_tens
         ADD_SPAN(t->param, fadam_dtype_size(t->param_dtype), "param");
         ADD_SPAN(t->grad, fadam_dtype_size(t->grad_dtype), "grad");
         ADD_SPAN(t->master, 4, "master");
-        ADD_SPAN(t->exp_avg, 4, "exp_avg");
-        ADD_SPAN(t->exp_avg_sq, 4, "exp_avg_sq");
+        {
+            int field;
+            for (field = 0; field < FADAM_FIELD_COUNT; field++)
+                ADD_SPAN(fadam_tensor_field(t, field), 4, fadam_state_field_name(field));
+        }
 #undef ADD_SPAN
     }
     qsort(spans, (size_t)n_spans, sizeof(buffer_span), compare_spans);
@@ -167,15 +103,43 @@ fadam_status fadam_check_tensor(const fadam_tensor *t, int64_t index, int n_grou
     if (t->param == (const void *)t->grad)
         return fadam_fail_tensor(index, FADAM_ERR_OVERLAP, "%s: tensor %lld: param and grad are the same buffer", function, i);
     if (!state_given) return FADAM_SUCCESS;
-    if (!t->exp_avg) return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: exp_avg is NULL", function, i);
-    if (!t->exp_avg_sq) return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: exp_avg_sq is NULL", function, i);
+    /* state_given 2: the groups are known and fadam_check_rule_states checks which states are there */
+    if (state_given == 1) {
+        int field;
+        for (field = 0; field < FADAM_FIELD_COUNT; field++)
+            if (!fadam_tensor_field(t, field))
+                return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: %s is NULL", function, i,
+                                  fadam_state_field_name(field));
+    }
     if ((uintptr_t)t->master % 4 || (uintptr_t)t->exp_avg % 4 || (uintptr_t)t->exp_avg_sq % 4)
         return fadam_fail_tensor(index, FADAM_ERR_MISALIGNED, "%s: tensor %lld: master/exp_avg/exp_avg_sq must be 4-byte aligned",
                           function, i);
     return FADAM_SUCCESS;
 }
 
-fadam_status fadam_table_check(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, const char *function) {
+fadam_status fadam_check_rule_states(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
+                                     const char *function) {
+    int64_t i;
+    for (i = 0; i < n_tensors; i++) {
+        const fadam_tensor *t = &tensors[i];
+        int rule = (int)groups[t->group].mode, field, k, kept;
+        if (t->numel == 0) continue; /* an empty tensor's pointers are never touched */
+        for (field = 0; field < FADAM_FIELD_COUNT; field++) {
+            for (k = 0, kept = 0; k < fadam_rule_state_count(rule); k++) kept |= fadam_rule_state_field(rule, k) == field;
+            if (kept && !fadam_tensor_field(t, field))
+                return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: %s is NULL, but group %d's rule (%s) keeps it",
+                                  function, (long long)i, fadam_state_field_name(field), t->group, fadam_rule_name(rule));
+            if (!kept && fadam_tensor_field(t, field))
+                return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: %s must be NULL: group %d's rule (%s) keeps "
+                                                           "no such state",
+                                  function, (long long)i, fadam_state_field_name(field), t->group, fadam_rule_name(rule));
+        }
+    }
+    return FADAM_SUCCESS;
+}
+
+static fadam_status check_tensors(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, int state_given,
+                                  const char *function) {
     int64_t i;
     if (n_tensors < 0)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_tensors=%lld must be >= 0", function, (long long)n_tensors);
@@ -185,10 +149,19 @@ fadam_status fadam_table_check(const fadam_tensor *tensors, int64_t n_tensors, i
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_groups=%d must be in [1, %d]", function, n_groups,
                           FADAM_MAX_GROUPS);
     for (i = 0; i < n_tensors; i++) {
-        fadam_status status = fadam_check_tensor(&tensors[i], i, n_groups, 1, function);
+        fadam_status status = fadam_check_tensor(&tensors[i], i, n_groups, state_given, function);
         if (status != FADAM_SUCCESS) return status;
     }
     return check_no_overlap(tensors, n_tensors, function);
+}
+
+fadam_status fadam_table_check(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, const char *function) {
+    return check_tensors(tensors, n_tensors, n_groups, 1, function);
+}
+
+fadam_status fadam_table_check_states_apart(const fadam_tensor *tensors, int64_t n_tensors, int n_groups,
+                                            const char *function) {
+    return check_tensors(tensors, n_tensors, n_groups, 2, function);
 }
 
 size_t fadam_table_size(int64_t n_tensors) {
@@ -203,15 +176,18 @@ void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_grou
     fadam_table_header *header = (fadam_table_header *)host_table;
     fadam_table_entry *entries = (fadam_table_entry *)(header + 1);
     int64_t i, chunks = 0;
+    int field;
+    FADAM_STATIC_ASSERT(FADAM_STATE_FP32 == 0, "a zeroed entry holds fp32 states");
     for (i = 0; i < n_tensors; i++) {
         const fadam_tensor *t = &tensors[i];
         fadam_table_entry *e = &entries[i];
         memset(e, 0, sizeof *e);
         e->param = t->param;
         e->grad = t->grad;
-        e->master = t->master;
-        e->exp_avg = t->exp_avg;
-        e->exp_avg_sq = t->exp_avg_sq;
+        e->states[FADAM_SLOT_MASTER].data = t->master;
+        for (field = 0; field < FADAM_FIELD_COUNT; field++)
+            e->states[FADAM_SLOT_OF_FIELD(field)].data = fadam_tensor_field(t, field);
+        /* only fp32 states exist yet (memset: FADAM_STATE_FP32 == 0, block_scales NULL) */
         e->numel = t->numel;
         e->first_chunk = chunks;
         e->group = t->group;

@@ -19,8 +19,8 @@
  *   - fadam_stream is ABI-compatible with cudaStream_t: pass a cudaStream_t, or NULL for the legacy
  *     default stream. It is ignored on the CPU device.
  *
- * The update is PyTorch's torch.optim.AdamW (mode FADAM_ADAMW) and torch.optim.Adam with L2 weight
- * decay (mode FADAM_ADAM_L2); see README.md for the formula.
+ * The update is PyTorch's torch.optim.AdamW (mode FADAM_ADAMW), torch.optim.Adam with L2 weight
+ * decay (mode FADAM_ADAM_L2), or Lion (mode FADAM_LION); see README.md for the formulas.
  */
 #ifndef FUSEDADAM_H
 #define FUSEDADAM_H
@@ -104,7 +104,10 @@ typedef enum fadam_dtype {
 
 typedef enum fadam_mode {
     FADAM_ADAMW = 0,  /* decoupled weight decay: p *= 1 - lr*wd, outside the adaptive term */
-    FADAM_ADAM_L2 = 1 /* classic Adam: g += wd*p, so the decay is divided by sqrt(v) */
+    FADAM_ADAM_L2 = 1, /* classic Adam: g += wd*p, so the decay is divided by sqrt(v) */
+    /* Lion (Chen et al. 2023): c = b1*m + (1-b1)*g; p = p*(1 - lr*wd) - lr*sign(c); m = b2*m + (1-b2)*g.
+     * Keeps exp_avg only (exp_avg_sq must be NULL); eps and bias_correction are not used. */
+    FADAM_LION = 2
 } fadam_mode;
 
 typedef enum fadam_device_kind {
@@ -115,18 +118,22 @@ typedef enum fadam_device_kind {
 /* Hyperparameters of one parameter group. Start from fadam_hparams_default(). */
 typedef struct fadam_hparams {
     float lr;            /* learning rate, >= 0 */
-    float beta1;         /* in [0, 1) */
-    float beta2;         /* in [0, 1) */
-    float eps;           /* >= 0 */
+    float beta1;         /* in [0, 1) (Lion: [0, 1]) */
+    float beta2;         /* in [0, 1) (Lion: [0, 1]) */
+    float eps;           /* >= 0; not used by Lion */
     float weight_decay;  /* >= 0; 0 for biases and norm weights in LLM recipes */
     fadam_mode mode;
-    int bias_correction; /* 1: divide by 1 - beta^t as PyTorch does; 0: textbook form */
+    int bias_correction; /* 1: divide by 1 - beta^t as PyTorch does; 0: textbook form (0 or 1; Lion: unused) */
     int maximize;        /* 1: ascend instead of descend */
 } fadam_hparams;
 
 /* PyTorch's AdamW defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
  * mode AdamW, bias correction on, maximize off. */
 FADAM_API fadam_hparams fadam_hparams_default(void);
+
+/* Lion's defaults (the paper's): lr=1e-4, betas=(0.9, 0.99), weight_decay=0, mode FADAM_LION, eps 0
+ * and bias correction off (unused), maximize off. */
+FADAM_API fadam_hparams fadam_hparams_default_lion(void);
 
 /* Checks ranges; FADAM_ERR_INVALID_VALUE names the first bad field. */
 FADAM_API fadam_status fadam_hparams_validate(const fadam_hparams *hparams);
@@ -207,7 +214,9 @@ FADAM_API fadam_status fadam_step_from(fadam_optimizer *opt, const fadam_step_so
 /* Sets one group's learning rate for the following steps; rebuilds nothing, copies nothing. */
 FADAM_API fadam_status fadam_set_lr(fadam_optimizer *opt, int group, float lr);
 
-/* Replaces all hyperparameters of a group (validated first). Allowed after finalize. */
+/* Replaces all hyperparameters of a group (validated first). Allowed after finalize, except a change
+ * of mode between rules that keep different states (e.g. AdamW to Lion): FADAM_ERR_BAD_STATE, since the
+ * state was laid out for the group's rule at finalize. */
 FADAM_API fadam_status fadam_set_hparams(fadam_optimizer *opt, int group, const fadam_hparams *hparams);
 FADAM_API fadam_status fadam_get_hparams(const fadam_optimizer *opt, int group, fadam_hparams *out);
 
@@ -222,7 +231,8 @@ FADAM_API fadam_status fadam_num_tensors(const fadam_optimizer *opt, int64_t *co
 FADAM_API fadam_status fadam_num_groups(const fadam_optimizer *opt, int *count_out);
 
 /* Pointers to a tensor's optimizer state (device memory on the CUDA device): master (NULL for an
- * fp32 param, which is its own master), exp_avg (m) and exp_avg_sq (v). After finalize only. */
+ * fp32 param, which is its own master), exp_avg (m) and exp_avg_sq (v; NULL for a Lion group's
+ * tensor, which keeps m only). After finalize only. */
 FADAM_API fadam_status fadam_get_state(const fadam_optimizer *opt, int64_t index, float **master,
                                        float **exp_avg, float **exp_avg_sq);
 
@@ -256,7 +266,7 @@ typedef struct fadam_tensor {
     float *master;      /* fp32 master for a 16-bit param, or NULL to update the 16-bit param in
                            place; must be NULL for an fp32 param (it is its own master) */
     float *exp_avg;     /* m, fp32 */
-    float *exp_avg_sq;  /* v, fp32 */
+    float *exp_avg_sq;  /* v, fp32; NULL for a FADAM_LION group (required there) */
     int64_t numel;      /* >= 0 */
     fadam_dtype param_dtype;
     fadam_dtype grad_dtype;
@@ -264,7 +274,9 @@ typedef struct fadam_tensor {
 } fadam_tensor;
 
 /* Checks the tensors (pointers, alignment of each dtype, dtypes, counts, group < n_groups, no two
- * tensors sharing a buffer) and reports the table size in bytes. */
+ * tensors sharing a buffer) and reports the table size in bytes. The table knows no group's mode, so
+ * it takes exp_avg and exp_avg_sq for every tensor; a FADAM_LION group's tensors never touch their
+ * exp_avg_sq (any fp32 buffer of numel elements; fadam_cpu_step instead requires it NULL). */
 FADAM_API fadam_status fadam_table_bytes(const fadam_tensor *tensors, int64_t n_tensors, int n_groups,
                                          size_t *bytes_out);
 
@@ -484,8 +496,8 @@ FADAM_API int fadam_cuda_device_count(void);
  *
  * A checkpoint is a safetensors file (8-byte little-endian header length, JSON header, raw data)
  * that the Python `safetensors` package opens. Per registered tensor NAME (fadam_add_tensor's name,
- * default its index) it holds F32 entries NAME.exp_avg, NAME.exp_avg_sq and, for a bf16/fp16
- * param only, NAME.master (an fp32 param is its own master and stays the caller's to save, as do
+ * default its index) it holds F32 entries of its group's rule's states, NAME.exp_avg and
+ * NAME.exp_avg_sq (FADAM_LION: NAME.exp_avg only), and, for a bf16/fp16 param only, NAME.master (an fp32 param is its own master and stays the caller's to save, as do
  * all params). The __metadata__ block (string values) holds format "fusedadam.optimizer",
  * format_version, step, n_groups, every group's hyperparameters (group.G.lr, ...), each tensor's
  * NAME.param_dtype and NAME.group, the fused step's counters (fused.step, fused.loss_scale, ...)

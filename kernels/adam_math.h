@@ -7,20 +7,16 @@
 #include <stdint.h>
 
 #include "fusedadam.h"
-
-#if defined(__CUDACC__)
-#define FADAM_HOST_DEVICE __host__ __device__
-#else
-#define FADAM_HOST_DEVICE
-#endif
+#include "rules.h"
 
 /* Elements per chunk: one warp updates one chunk at a time (the norm pass: a warp or a block). Small
  * enough that a 10M-element tensor keeps 9 warps per SM of an H200 busy (1,221 chunks), large enough
  * that the norm's per-chunk partials stay few (a 1B-element model: 122K). A multiple of every vector
  * width. */
 #define FADAM_CHUNK_ELEMS (8 * 1024)
-/* The table's version: "ADATAB2" since vector_ok means 16-byte alignment (8 elements of 16-bit types). */
-#define FADAM_TABLE_MAGIC 0x32424154414441ull /* "ADATAB2" */
+/* The table's version: "ADATAB3" since the states are slots (fadam_state_slot); "ADATAB2" meant vector_ok
+ * is 16-byte alignment (8 elements of 16-bit types). */
+#define FADAM_TABLE_MAGIC 0x33424154414441ull /* "ADATAB3" */
 
 /* The device-resident tensor table: a header, then one entry per tensor. Chunks are numbered
  * across tensors; entry.first_chunk is a prefix sum, so a block finds its tensor by binary search
@@ -33,12 +29,31 @@ typedef struct fadam_table_header {
     int32_t n_groups;
 } fadam_table_header;
 
+/* How a state buffer is stored. Only fp32 exists now; the list leaves room for other layouts (a 16-bit
+ * master's remainder, bf16 moments, 8-bit blockwise moments with one fp32 scale per block). */
+#define FADAM_STATE_FORMATS(X) X(FADAM_STATE_FP32, 4)
+#define FADAM_STATE_FORMAT_ENUM_(format, element_bytes) format,
+enum fadam_state_format { FADAM_STATE_FORMATS(FADAM_STATE_FORMAT_ENUM_) FADAM_STATE_FORMAT_COUNT };
+#undef FADAM_STATE_FORMAT_ENUM_
+
+/* One state buffer of a tensor: numel elements of `format` (enum fadam_state_format), at data. */
+typedef struct fadam_state_slot {
+    void *data;          /* NULL: the tensor has no such state (no master; a rule without this moment) */
+    float *block_scales; /* a blockwise format's per-block fp32 scales; NULL for fp32 */
+} fadam_state_slot;
+
+/* The slots of a table entry: the master, then one per fadam_tensor state field (FADAM_STATE_FIELDS);
+ * a rule's state k lives in slot FADAM_SLOT_OF_FIELD(fadam_rule_state_field(rule, k)). The table does
+ * not know the groups' rules (fadam_table_encode takes none), so slots follow the fields. */
+#define FADAM_SLOT_MASTER 0
+#define FADAM_SLOT_OF_FIELD(field) (1 + (field))
+#define FADAM_STATE_SLOTS (1 + FADAM_FIELD_COUNT)
+
 typedef struct fadam_table_entry {
     void *param;
     const void *grad;
-    float *master; /* NULL: the param is updated in place (fp32 param, or a 16-bit one by choice) */
-    float *exp_avg;
-    float *exp_avg_sq;
+    /* master: NULL data when the param is updated in place (fp32 param, or a 16-bit one by choice) */
+    fadam_state_slot states[FADAM_STATE_SLOTS];
     int64_t numel;
     int64_t first_chunk;
     int32_t group;
@@ -46,32 +61,14 @@ typedef struct fadam_table_entry {
     uint8_t grad_dtype;
     uint8_t vector_ok; /* every pointer 16-byte aligned: 16-byte accesses (4 fp32 or 8 16-bit elements) */
     uint8_t reserved;
+    uint8_t state_format[FADAM_STATE_SLOTS]; /* enum fadam_state_format of each slot */
+    uint8_t reserved2[8 - FADAM_STATE_SLOTS % 8];
 } fadam_table_entry;
 
 /* The host (gcc) and the device (nvcc) must lay these out alike: the table is built by one and read
  * by the other. */
-#if defined(__cplusplus)
-#define FADAM_STATIC_ASSERT(condition, message) static_assert(condition, message)
-#else
-#define FADAM_STATIC_ASSERT(condition, message) _Static_assert(condition, message)
-#endif
 FADAM_STATIC_ASSERT(sizeof(fadam_table_header) == 32, "fadam_table_header layout");
-FADAM_STATIC_ASSERT(sizeof(fadam_table_entry) == 64, "fadam_table_entry layout");
-
-/* What every element of a group needs for step t, computed once per step per group. */
-typedef struct fadam_group_scalars {
-    float beta1, one_minus_beta1;
-    float beta2, one_minus_beta2;
-    float eps;
-    float weight_decay;
-    float decay_factor;           /* 1 - lr*wd: the decoupled decay of ADAMW */
-    float step_size;              /* lr / (1 - beta1^t), or lr without bias correction */
-    float bias_correction2_sqrt;  /* sqrt(1 - beta2^t), or 1 */
-    float grad_scale;             /* 1/loss_scale * clip coefficient; exactly 1 in a plain step */
-    int32_t coupled_decay;        /* ADAM_L2 with wd != 0: g += wd*p (PyTorch skips it for wd == 0) */
-    int32_t decoupled_decay;      /* ADAMW: p *= decay_factor */
-    int32_t maximize;
-} fadam_group_scalars;
+FADAM_STATIC_ASSERT(sizeof(fadam_table_entry) == 96, "fadam_table_entry layout");
 
 /* The fused step's state in device memory: what the caller sees, then what the kernels pass on. */
 typedef struct fadam_device_state {
@@ -82,7 +79,7 @@ typedef struct fadam_device_state {
 FADAM_STATIC_ASSERT(sizeof(fadam_step_counters) == 48, "fadam_step_counters layout");
 FADAM_STATIC_ASSERT(sizeof(fadam_device_state) == 56, "fadam_device_state layout");
 
-/* Arguments of the step kernel, passed by value (about 3.4 KB, under the 4 KB launch limit). Callers
+/* Arguments of the step kernel, passed by value (about 3.6 KB, under the 4 KB launch limit). Callers
  * fill `groups`; when t and lr are known on the host (no state, device_step, device_lr), the launcher
  * replaces them by each group's scalars for the step (scalars_given = 1), so no block recomputes them. */
 typedef struct fadam_step_kernel_args {
@@ -116,44 +113,6 @@ typedef struct fadam_norm_kernel_args {
     int32_t n_groups;
     fadam_hparams groups[FADAM_MAX_GROUPS];
 } fadam_norm_kernel_args;
-
-/* beta^t by repeated squaring in double: only IEEE multiplications, so the host and the device
- * get the same bits (pow() implementations differ in their last ulp). */
-static inline FADAM_HOST_DEVICE double fadam_pow_int(double base, int64_t exponent) {
-    double result = 1.0;
-    while (exponent > 0) {
-        if (exponent & 1) result *= base;
-        base *= base;
-        exponent >>= 1;
-    }
-    return result;
-}
-
-/* NUMERICS.md: scalars in double, rounded to float once; sqrt and division are correctly rounded
- * on both sides, so every field is bit-identical on the CPU and the GPU. */
-static inline FADAM_HOST_DEVICE fadam_group_scalars fadam_compute_group_scalars(const fadam_hparams *hp, float lr,
-                                                                               int64_t step) {
-    fadam_group_scalars s;
-    double bias_correction1 = 1.0, bias_correction2 = 1.0;
-    if (hp->bias_correction) {
-        bias_correction1 = 1.0 - fadam_pow_int((double)hp->beta1, step);
-        bias_correction2 = 1.0 - fadam_pow_int((double)hp->beta2, step);
-    }
-    s.beta1 = hp->beta1;
-    s.one_minus_beta1 = (float)(1.0 - (double)hp->beta1);
-    s.beta2 = hp->beta2;
-    s.one_minus_beta2 = (float)(1.0 - (double)hp->beta2);
-    s.eps = hp->eps;
-    s.weight_decay = hp->weight_decay;
-    s.decay_factor = (float)(1.0 - (double)lr * (double)hp->weight_decay);
-    s.step_size = (float)((double)lr / bias_correction1);
-    s.bias_correction2_sqrt = (float)sqrt(bias_correction2);
-    s.coupled_decay = hp->mode == FADAM_ADAM_L2 && hp->weight_decay != 0.0f;
-    s.decoupled_decay = hp->mode == FADAM_ADAMW;
-    s.maximize = hp->maximize != 0;
-    s.grad_scale = 1.0f;
-    return s;
-}
 
 /* A group's scalars for one step, from the by-value arguments, the optional t/lr in memory, and the
  * optional fused-step state (which wins: its t, lr factor and gradient scale). */

@@ -1,6 +1,8 @@
-/* adam_step.cu - one fused Adam/AdamW step over every tensor of a model, in one launch.
+/* adam_step.cu - one fused optimizer step over every tensor of a model, in one launch: each tensor by
+ * its group's rule (kernels/rules.h: AdamW, Adam-L2 and Lion share the walk and the loops; the rule's
+ * element function is the loops' template argument).
  *
- * Computes, per element (docs/NUMERICS.md, the same order as csrc/reference.c):
+ * Adam computes, per element (docs/NUMERICS.md, the same order as csrc/reference.c):
  *   g = float(grad) * grad_scale (1/loss_scale * clip coefficient, 1 in a plain step); if maximize g = -g
  *   ADAM_L2: g += wd*p            ADAMW: p *= 1 - lr*wd
  *   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
@@ -11,6 +13,10 @@
  *   16-bit param, 16-bit grad, fp32 master:     14 + 14 = 28 B
  *   16-bit param, fp32 grad, fp32 master:       16 + 14 = 30 B
  *   16-bit param updated in place (no master):  10-12 + 10 = 20-22 B
+ * Lion (FADAM_LION, one moment: no v):
+ *   fp32 param, fp32 grad, no master:           12 + 8 = 20 B (p4 + g4 + m4 read, p4 + m4 written)
+ *   16-bit param, 16-bit grad, fp32 master:     10 + 10 = 20 B (g2 + master4 + m4; p2 + master4 + m4: the
+ *                                               param is not read when a master exists); fp32 grad: 22 B
  *
  * Launch shape: a 1-D grid of any size (production: one wave, the occupancy API's blocks per SM times
  * the SMs), a 1-D block of 32 to FADAM_BLOCK_THREADS threads, a multiple of 32. Warps own contiguous
@@ -52,43 +58,6 @@
 #include "launchers.h"
 #include "tensor_table.cuh"
 
-/* A group's scalars as the loop holds them in registers: maximize folded into the gradient scale
- * (g * -scale is -(g * scale) exactly) and decoupled decay into a factor (p * 1 is p exactly), so one
- * flag is left. */
-struct update_scalars {
-    float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor, step_size,
-        bias_correction2_sqrt, grad_scale;
-    int coupled_decay;
-};
-
-static __device__ __forceinline__ update_scalars loop_scalars(const fadam_group_scalars &s) {
-    update_scalars u;
-    u.beta1 = s.beta1;
-    u.one_minus_beta1 = s.one_minus_beta1;
-    u.beta2 = s.beta2;
-    u.one_minus_beta2 = s.one_minus_beta2;
-    u.eps = s.eps;
-    u.weight_decay = s.weight_decay;
-    u.decay_factor = s.decoupled_decay ? s.decay_factor : 1.0f;
-    u.step_size = s.step_size;
-    u.bias_correction2_sqrt = s.bias_correction2_sqrt;
-    u.grad_scale = s.maximize ? -s.grad_scale : s.grad_scale;
-    u.coupled_decay = s.coupled_decay;
-    return u;
-}
-
-/* One element: the update itself (csrc/reference.c's order), shared by the vector and scalar paths. */
-static __device__ __forceinline__ void adam_update_element(float &param, float grad, float &exp_avg,
-                                                           float &exp_avg_sq, const update_scalars &s) {
-    grad = grad * s.grad_scale; /* unscale and clip (exactly 1 in a plain step), negated to maximize */
-    if (s.coupled_decay) grad = grad + s.weight_decay * param;
-    param = param * s.decay_factor;
-    exp_avg = s.beta1 * exp_avg + s.one_minus_beta1 * grad;
-    exp_avg_sq = s.beta2 * exp_avg_sq + s.one_minus_beta2 * grad * grad;
-    float denom = sqrtf(exp_avg_sq) / s.bias_correction2_sqrt + s.eps;
-    param = param - s.step_size * exp_avg / denom;
-}
-
 /* 32, unknown to the compiler: with the stride a constant it keeps one pointer per stream and iteration
  * offset live across the loops (more registers). */
 static __device__ __forceinline__ int32_t opaque_warp_size() {
@@ -106,11 +75,14 @@ static __device__ __forceinline__ int32_t opaque_warp_size() {
  * the threads after the last group's, so they run alongside the vector work rather than after it.
  * The buffers never alias each other (fadam_table_check), hence __restrict__; `s` is a copy in
  * registers, so no store can make the compiler reload it. */
-template <typename ParamT, typename GradT, bool HasMaster>
-static __device__ __forceinline__ void adam_range(ParamT *__restrict__ param, const GradT *__restrict__ grad,
-                                               float *__restrict__ master, float *__restrict__ exp_avg,
-                                               float *__restrict__ exp_avg_sq, int32_t n, bool vector_ok,
-                                               const update_scalars s) {
+/* A rule's element function, as a template argument: rules sharing one (ADAMW, ADAM_L2) share the code. */
+typedef void (*rule_element)(float *, float, float *, float *, const fadam_loop_scalars *);
+
+template <rule_element Element, int States, typename ParamT, typename GradT, bool HasMaster>
+static __device__ __forceinline__ void rule_range(ParamT *__restrict__ param, const GradT *__restrict__ grad,
+                                                  float *__restrict__ master, float *__restrict__ state0,
+                                                  float *__restrict__ state1, int32_t n, bool vector_ok,
+                                                  const fadam_loop_scalars s) {
     constexpr int VEC = sizeof(ParamT) == 4 && sizeof(GradT) == 4 ? 4 : 8;
     const int32_t stride = opaque_warp_size(), thread = threadIdx.x % 32;
     int32_t scalar_begin = 0, offset = thread;
@@ -130,12 +102,12 @@ static __device__ __forceinline__ void adam_range(ParamT *__restrict__ param, co
                 if (sizeof(GradT) == 4) fadam_load16<4>(grad + i + h, *reinterpret_cast<float(*)[4]>(gh));
                 if (HasMaster) fadam_load16<4>(master + i + h, *reinterpret_cast<float(*)[4]>(ph));
                 else if (sizeof(ParamT) == 4) fadam_load16<4>(param + i + h, *reinterpret_cast<float(*)[4]>(ph));
-                fadam_load16<4>(exp_avg + i + h, m);
-                fadam_load16<4>(exp_avg_sq + i + h, v);
+                fadam_load16<4>(state0 + i + h, m);
+                if (States > 1) fadam_load16<4>(state1 + i + h, v);
 #pragma unroll
-                for (int k = 0; k < 4; k++) adam_update_element(ph[k], gh[k], m[k], v[k], s);
-                fadam_store16<4>(exp_avg + i + h, m);
-                fadam_store16<4>(exp_avg_sq + i + h, v);
+                for (int k = 0; k < 4; k++) Element(&ph[k], gh[k], &m[k], &v[k], &s);
+                fadam_store16<4>(state0 + i + h, m);
+                if (States > 1) fadam_store16<4>(state1 + i + h, v);
                 if (HasMaster) fadam_store16<4>(master + i + h, *reinterpret_cast<float(*)[4]>(ph));
                 else if (sizeof(ParamT) == 4) fadam_store16<4>(param + i + h, *reinterpret_cast<float(*)[4]>(ph));
             }
@@ -147,46 +119,67 @@ static __device__ __forceinline__ void adam_range(ParamT *__restrict__ param, co
 #pragma unroll 1
     for (int32_t i = scalar_begin + offset; i < n; i += stride) {
         float p = HasMaster ? master[i] : fadam_to_float(param[i]);
-        float m = exp_avg[i], v = exp_avg_sq[i];
-        adam_update_element(p, fadam_to_float(grad[i]), m, v, s);
-        exp_avg[i] = m;
-        exp_avg_sq[i] = v;
+        float m = state0[i], v = States > 1 ? state1[i] : 0.0f;
+        Element(&p, fadam_to_float(grad[i]), &m, &v, &s);
+        state0[i] = m;
+        if (States > 1) state1[i] = v;
         if (HasMaster) master[i] = p;
         param[i] = fadam_from_float<ParamT>(p);
     }
 }
 
-template <typename ParamT, typename GradT>
-static __device__ __forceinline__ void adam_range_for_master(const fadam_table_entry &t, int64_t begin, int64_t end,
-                                                             const update_scalars &s) {
+/* A slot's fp32 data from `begin` on (the host admits no other format yet: fadam_table_fill). */
+static __device__ __forceinline__ float *slot_data(const fadam_table_entry &t, int slot, int64_t begin) {
+    return static_cast<float *>(t.states[slot].data) + begin;
+}
+
+template <rule_element Element, int States, int Field0, int Field1, typename ParamT, typename GradT>
+static __device__ __forceinline__ void rule_range_for_master(const fadam_table_entry &t, int64_t begin, int64_t end,
+                                                             const fadam_loop_scalars &s) {
     /* The pointers start at `begin`, so the loops index with 32 bits (a chunk is under 2^31 elements). */
     ParamT *param = static_cast<ParamT *>(t.param) + begin;
     const GradT *grad = static_cast<const GradT *>(t.grad) + begin;
     const int32_t n = (int32_t)(end - begin);
+    float *state0 = slot_data(t, FADAM_SLOT_OF_FIELD(Field0), begin);
+    float *state1 = States > 1 ? slot_data(t, FADAM_SLOT_OF_FIELD(Field1 < 0 ? 0 : Field1), begin) : NULL;
     /* An fp32 param is its own master (fadam_check_tensor): no code for fp32 with a master. */
-    if (sizeof(ParamT) == 2 && t.master)
-        adam_range<ParamT, GradT, sizeof(ParamT) == 2>(param, grad, t.master + begin, t.exp_avg + begin,
-                                                       t.exp_avg_sq + begin, n, t.vector_ok, s);
+    if (sizeof(ParamT) == 2 && t.states[FADAM_SLOT_MASTER].data)
+        rule_range<Element, States, ParamT, GradT, sizeof(ParamT) == 2>(
+            param, grad, slot_data(t, FADAM_SLOT_MASTER, begin), state0, state1, n, t.vector_ok, s);
     else
-        adam_range<ParamT, GradT, false>(param, grad, NULL, t.exp_avg + begin, t.exp_avg_sq + begin, n, t.vector_ok, s);
+        rule_range<Element, States, ParamT, GradT, false>(param, grad, NULL, state0, state1, n, t.vector_ok, s);
 }
 
-template <typename ParamT>
-static __device__ __forceinline__ void adam_range_for_grad(const fadam_table_entry &t, int64_t begin, int64_t end,
-                                                           const update_scalars &s) {
+template <rule_element Element, int States, int Field0, int Field1, typename ParamT>
+static __device__ __forceinline__ void rule_range_for_grad(const fadam_table_entry &t, int64_t begin, int64_t end,
+                                                           const fadam_loop_scalars &s) {
     switch (t.grad_dtype) {
-    case FADAM_FLOAT32: adam_range_for_master<ParamT, float>(t, begin, end, s); break;
-    case FADAM_BFLOAT16: adam_range_for_master<ParamT, __nv_bfloat16>(t, begin, end, s); break;
-    case FADAM_FLOAT16: adam_range_for_master<ParamT, __half>(t, begin, end, s); break;
+    case FADAM_FLOAT32: rule_range_for_master<Element, States, Field0, Field1, ParamT, float>(t, begin, end, s); break;
+    case FADAM_BFLOAT16:
+        rule_range_for_master<Element, States, Field0, Field1, ParamT, __nv_bfloat16>(t, begin, end, s);
+        break;
+    case FADAM_FLOAT16: rule_range_for_master<Element, States, Field0, Field1, ParamT, __half>(t, begin, end, s); break;
     default: break; /* the host encoder rejects other dtypes */
     }
 }
 
-/* 47 registers, no spills: 5 blocks of 256 per SM. What the loops need besides their data stays in
- * uniform registers because it is the same for the whole warp: the scalars come from one place, shared
- * memory (indexing the by-value arguments took 60 registers), and the warp index is broadcast by a
- * shuffle (ptxas cannot tell threadIdx.x / 32 is warp-uniform: 79 registers). A minimum of 5 blocks in
- * the launch bounds costs an instruction per element in every loop; the sass-check's budget holds 47. */
+template <rule_element Element, int States, int Field0, int Field1>
+static __device__ __forceinline__ void rule_range_for_param(const fadam_table_entry &t, int64_t begin, int64_t end,
+                                                            const fadam_loop_scalars &s) {
+    switch (t.param_dtype) {
+    case FADAM_FLOAT32: rule_range_for_grad<Element, States, Field0, Field1, float>(t, begin, end, s); break;
+    case FADAM_BFLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __nv_bfloat16>(t, begin, end, s); break;
+    case FADAM_FLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __half>(t, begin, end, s); break;
+    default: break;
+    }
+}
+
+/* 60 registers, no spills: 4 blocks of 256 per SM (47 and 5 blocks before Lion's loops joined Adam's in
+ * this kernel; bench/sass_budget.txt says why). What the loops need besides their data stays in
+ * uniform registers where ptxas can: the scalars come from one place, shared memory (indexing the
+ * by-value arguments took more registers), and the warp index is broadcast by a shuffle (ptxas cannot
+ * tell threadIdx.x / 32 is warp-uniform). A minimum of 5 blocks in the launch bounds gets 48 registers
+ * but a 16-byte stack frame, and costs an instruction per element in every loop. */
 __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fadam_step_kernel_args args) {
     __shared__ fadam_group_scalars group_scalars[FADAM_MAX_GROUPS];
     const fadam_table_header *table = args.table;
@@ -218,13 +211,20 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fa
         /* A copy in registers: stores through the tensor's pointers could alias the table otherwise. */
         const fadam_table_entry t = entries[tensor];
         if (t.group < 0 || t.group >= args.n_groups) continue;
-        const update_scalars s = loop_scalars(group_scalars[t.group]);
+        const fadam_loop_scalars s = fadam_loop_scalars_of(&group_scalars[t.group]);
         const int64_t begin = (chunk - t.first_chunk) * chunk_elems;
         const int64_t end = begin + chunk_elems < t.numel ? begin + chunk_elems : t.numel;
-        switch (t.param_dtype) {
-        case FADAM_FLOAT32: adam_range_for_grad<float>(t, begin, end, s); break;
-        case FADAM_BFLOAT16: adam_range_for_grad<__nv_bfloat16>(t, begin, end, s); break;
-        case FADAM_FLOAT16: adam_range_for_grad<__half>(t, begin, end, s); break;
+        /* The group's rule, from the list (rules.h): a table made without the groups (fadam_table_encode)
+         * may lack a state the rule keeps; such a tensor is left as it is. */
+        switch (group_scalars[t.group].rule) {
+#define RULE_CASE(mode, id, name, n_states, field0, field1, scalars, check, element)                          \
+    case mode:                                                                                                 \
+        if (t.states[FADAM_SLOT_OF_FIELD(field0)].data &&                                                      \
+            (n_states < 2 || t.states[FADAM_SLOT_OF_FIELD((field1) < 0 ? 0 : (field1))].data))                  \
+            rule_range_for_param<element, n_states, field0, field1>(t, begin, end, s);                         \
+        break;
+            FADAM_RULES(RULE_CASE)
+#undef RULE_CASE
         default: break;
         }
     }

@@ -17,7 +17,8 @@
 template <typename ParamT>
 static __device__ void master_init_range(const fadam_table_entry &tensor, int64_t begin, int64_t end) {
     const ParamT *param = static_cast<const ParamT *>(tensor.param);
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) tensor.master[i] = fadam_to_float(param[i]);
+    float *master = static_cast<float *>(tensor.states[FADAM_SLOT_MASTER].data);
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) master[i] = fadam_to_float(param[i]);
 }
 
 __global__ void master_init_kernel(const fadam_table_header *table) {
@@ -25,7 +26,7 @@ __global__ void master_init_kernel(const fadam_table_header *table) {
     const int64_t n_chunks = table->n_chunks, n_tensors = table->n_tensors;
     for (int64_t chunk = blockIdx.x; chunk < n_chunks; chunk += gridDim.x) {
         const fadam_table_entry tensor = entries[fadam_find_tensor(entries, n_tensors, chunk)];
-        if (!tensor.master) continue;
+        if (!tensor.states[FADAM_SLOT_MASTER].data) continue;
         int64_t begin = (chunk - tensor.first_chunk) * table->chunk_elems;
         int64_t end = begin + table->chunk_elems < tensor.numel ? begin + table->chunk_elems : tensor.numel;
         switch (tensor.param_dtype) {

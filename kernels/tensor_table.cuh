@@ -82,8 +82,9 @@ static __device__ __forceinline__ void fadam_prefetch_entries(const fadam_table_
                                                               unsigned threads) {
 #if defined(__CUDA_ARCH__)
     for (int64_t e = first + thread; e < first + count && e < n_tensors; e += threads) {
+        /* an entry (96 B from a 32-byte boundary) spans at most two 128-byte lines: these two */
         asm volatile("prefetch.global.L1 [%0];" ::"l"(&entries[e].param));       /* pointers */
-        asm volatile("prefetch.global.L1 [%0];" ::"l"(&entries[e].first_chunk)); /* numel, first_chunk, kinds */
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(&entries[e].first_chunk)); /* first_chunk, group, kinds */
     }
 #else
     (void)entries, (void)n_tensors, (void)first, (void)count, (void)thread, (void)threads;

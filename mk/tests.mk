@@ -44,7 +44,7 @@ asan: $(TEST_BIN)/test_api_errors
 EMUL_CXXFLAGS := -std=c++17 -O1 -g -ffp-contract=off -fno-strict-aliasing -Wall -Wextra -Werror \
                  -Wno-unused-function -Wno-unknown-pragmas -Wno-format-truncation -fsanitize=alignment,undefined -fno-sanitize-recover=all \
                  -DFADAM_EMULATION -Iinclude -Ikernels -Icsrc -Itests -I$(CUDA_INC) -include tests/emul/cuda_emul.h
-HOST_CORE_OBJECTS := $(BUILD)/obj/table.o $(BUILD)/obj/reference.o $(BUILD)/obj/cpu_step.o $(BUILD)/obj/status.o $(BUILD)/obj/cpu_pool.o
+HOST_CORE_OBJECTS := $(BUILD)/obj/table.o $(BUILD)/obj/hparams.o $(BUILD)/obj/reference.o $(BUILD)/obj/cpu_step.o $(BUILD)/obj/status.o $(BUILD)/obj/cpu_pool.o
 
 $(TEST_BIN)/test_emul: tests/test_emul.cpp tests/emul/cuda_emul.h $(TEST_HEADERS)
 	@mkdir -p $(@D)

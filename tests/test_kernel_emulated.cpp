@@ -346,8 +346,8 @@ static void test_tensor_past_2_31() {
      * window is ever dereferenced. */
     table.entry.param = reinterpret_cast<float *>(reinterpret_cast<uintptr_t>(param.data()) - window_start * 4);
     table.entry.grad = reinterpret_cast<float *>(reinterpret_cast<uintptr_t>(grad.data()) - window_start * 4);
-    table.entry.exp_avg = reinterpret_cast<float *>(reinterpret_cast<uintptr_t>(m.data()) - window_start * 4);
-    table.entry.exp_avg_sq = reinterpret_cast<float *>(reinterpret_cast<uintptr_t>(v.data()) - window_start * 4);
+    table.entry.states[FADAM_SLOT_OF_FIELD(FADAM_FIELD_EXP_AVG)].data = reinterpret_cast<float *>(reinterpret_cast<uintptr_t>(m.data()) - window_start * 4);
+    table.entry.states[FADAM_SLOT_OF_FIELD(FADAM_FIELD_EXP_AVG_SQ)].data = reinterpret_cast<float *>(reinterpret_cast<uintptr_t>(v.data()) - window_start * 4);
     table.entry.numel = numel;
     table.entry.first_chunk = -(window_start / chunk); /* global chunk 0 is the window's first */
     table.entry.param_dtype = FADAM_FLOAT32;

@@ -1,0 +1,267 @@
+/* test_lion_emulated.cpp - Lion (issue 10): the step kernel run on the CPU through the emulator, the C
+ * reference and the CPU fast path (1 and 3 threads) agree bit for bit on a table that mixes Lion and
+ * AdamW groups in one launch, over every param/grad dtype combination with and without a master; Lion's
+ * results match a float64 oracle written here; sign(0) = 0 (g = 0 and m = 0 leave p decayed only); NaN
+ * gradients give NaN; grad scaling and maximize apply to g. */
+#include "../kernels/adam_step.cu"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "check.h"
+#include "internal.h"
+
+static uint64_t rng;
+
+static float as_dtype(fadam_dtype dtype, float x) {
+    if (dtype == FADAM_BFLOAT16) return fadam_bf16_bits_to_float(fadam_float_to_bf16_bits(x));
+    if (dtype == FADAM_FLOAT16) return fadam_fp16_bits_to_float(fadam_float_to_fp16_bits(x));
+    return x;
+}
+
+static void store(fadam_dtype dtype, void *buffer, int64_t i, float x) {
+    if (dtype == FADAM_BFLOAT16) static_cast<uint16_t *>(buffer)[i] = fadam_float_to_bf16_bits(x);
+    else if (dtype == FADAM_FLOAT16) static_cast<uint16_t *>(buffer)[i] = fadam_float_to_fp16_bits(x);
+    else static_cast<float *>(buffer)[i] = x;
+}
+
+static float load(fadam_dtype dtype, const void *buffer, int64_t i) {
+    if (dtype == FADAM_BFLOAT16) return fadam_bf16_bits_to_float(static_cast<const uint16_t *>(buffer)[i]);
+    if (dtype == FADAM_FLOAT16) return fadam_fp16_bits_to_float(static_cast<const uint16_t *>(buffer)[i]);
+    return static_cast<const float *>(buffer)[i];
+}
+
+static bool same(float a, float b) { return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, 4) == 0; }
+
+/* One tensor's buffers (param, grad, master, m, v), copied for each implementation. */
+struct tensor_data {
+    fadam_dtype param_dtype, grad_dtype;
+    int group;
+    bool master;
+    int64_t numel;
+    std::vector<float> param, grad, m, v; /* values (exact in their dtypes) */
+};
+
+struct side {
+    std::vector<std::vector<unsigned char>> buffers;
+    std::vector<fadam_tensor> tensors;
+};
+
+static void *buffer(side &s, size_t bytes) {
+    s.buffers.emplace_back(bytes + 64);
+    uintptr_t base = reinterpret_cast<uintptr_t>(s.buffers.back().data());
+    return reinterpret_cast<void *>((base + 63) / 64 * 64); /* 16-byte aligned: the vector path */
+}
+
+static side make_side(const std::vector<tensor_data> &data, const std::vector<fadam_hparams> &groups) {
+    side s;
+    s.buffers.reserve(data.size() * 5);
+    for (const tensor_data &d : data) {
+        fadam_tensor t;
+        std::memset(&t, 0, sizeof t);
+        t.numel = d.numel;
+        t.param_dtype = d.param_dtype;
+        t.grad_dtype = d.grad_dtype;
+        t.group = d.group;
+        size_t n = (size_t)d.numel;
+        t.param = buffer(s, n * fadam_dtype_size(d.param_dtype));
+        void *grad = buffer(s, n * fadam_dtype_size(d.grad_dtype));
+        t.grad = grad;
+        t.exp_avg = static_cast<float *>(buffer(s, n * 4));
+        bool lion = groups[d.group].mode == FADAM_LION;
+        t.exp_avg_sq = lion ? NULL : static_cast<float *>(buffer(s, n * 4));
+        t.master = d.master ? static_cast<float *>(buffer(s, n * 4)) : NULL;
+        for (int64_t k = 0; k < d.numel; k++) {
+            store(d.param_dtype, t.param, k, d.param[k]);
+            store(d.grad_dtype, grad, k, d.grad[k]);
+            t.exp_avg[k] = d.m[k];
+            if (t.exp_avg_sq) t.exp_avg_sq[k] = d.v[k];
+            if (t.master) t.master[k] = d.param[k];
+        }
+        s.tensors.push_back(t);
+    }
+    return s;
+}
+
+/* The emulated kernel over the side's tensors (a functional table takes every state field: Lion's
+ * exp_avg_sq is given an unused buffer there, as fadam_table_encode requires). */
+static void run_kernel(side &s, const std::vector<fadam_hparams> &groups, int64_t step, const float *multiplier) {
+    std::vector<fadam_tensor> table_tensors = s.tensors;
+    std::vector<std::vector<float>> unused;
+    for (fadam_tensor &t : table_tensors)
+        if (!t.exp_avg_sq) {
+            unused.emplace_back((size_t)t.numel + 4);
+            t.exp_avg_sq = unused.back().data();
+        }
+    std::vector<unsigned char> table(fadam_table_size((int64_t)table_tensors.size()) + 16);
+    void *aligned = reinterpret_cast<void *>((reinterpret_cast<uintptr_t>(table.data()) + 15) / 16 * 16);
+    CHECK(fadam_table_check(table_tensors.data(), (int64_t)table_tensors.size(), (int)groups.size(), "test") ==
+              FADAM_SUCCESS,
+          "%s", fadam_last_error_message());
+    fadam_table_fill(table_tensors.data(), (int64_t)table_tensors.size(), (int)groups.size(), 1024, aligned);
+    fadam_step_kernel_args args;
+    std::memset(&args, 0, sizeof args);
+    args.table = static_cast<const fadam_table_header *>(aligned);
+    args.step = step;
+    args.n_groups = (int32_t)groups.size();
+    args.grad_multiplier = multiplier;
+    std::memcpy(args.groups, groups.data(), groups.size() * sizeof(fadam_hparams));
+    emul_set_thread_order(EMUL_ORDER_SHUFFLED, check_rng_next(&rng));
+    CHECK(fadam_launch_adam_step(&args, 3, 64, NULL) == cudaSuccess, "launch: %s", emul_last_failure_message());
+}
+
+static void run_cpu(side &s, const std::vector<fadam_hparams> &groups, int64_t step, int threads,
+                    const float *multiplier) {
+    fadam_cpu_pool *pool = NULL;
+    fadam_step_source source = {step, NULL, NULL};
+    fadam_step_scaling scaling;
+    std::memset(&scaling, 0, sizeof scaling);
+    scaling.grad_multiplier = multiplier;
+    if (threads > 1) CHECK(fadam_cpu_pool_create(&pool, threads) == FADAM_SUCCESS, "%s", fadam_last_error_message());
+    CHECK(fadam_cpu_step_scaled(pool, s.tensors.data(), (int64_t)s.tensors.size(), groups.data(), (int)groups.size(),
+                                &source, &scaling) == FADAM_SUCCESS,
+          "cpu step: %s", fadam_last_error_message());
+    fadam_cpu_pool_destroy(pool);
+}
+
+/* The reference's element loop, tensor by tensor (fadam_reference_update). */
+static void run_reference(side &s, const std::vector<fadam_hparams> &groups, int64_t step, const float *multiplier) {
+    for (fadam_tensor &t : s.tensors) {
+        fadam_group_scalars scalars = fadam_compute_group_scalars(&groups[t.group], groups[t.group].lr, step);
+        if (multiplier) scalars.grad_scale = scalars.grad_scale * *multiplier;
+        fadam_reference_update(&t, &scalars);
+    }
+}
+
+/* Lion in float64 from the same starting values: p, m after one step (p rounded to the dtype's
+ * precision where it is stored as a 16-bit param without master). */
+static void lion_oracle(const tensor_data &d, const fadam_hparams &h, double scale, int64_t k, double *p, double *m) {
+    double g = (double)d.grad[k] * scale * (h.maximize ? -1.0 : 1.0);
+    double c = (double)h.beta1 * d.m[k] + (1.0 - (double)h.beta1) * g;
+    double sign = c > 0 ? 1.0 : c < 0 ? -1.0 : c;
+    *p = (double)d.param[k] * (1.0 - (double)h.lr * (double)h.weight_decay) - (double)h.lr * sign;
+    *m = (double)h.beta2 * d.m[k] + (1.0 - (double)h.beta2) * g;
+}
+
+static void test_mixed_table(bool scaled) {
+    static const fadam_dtype dtypes[3] = {FADAM_FLOAT32, FADAM_BFLOAT16, FADAM_FLOAT16};
+    char name[96];
+    std::snprintf(name, sizeof name, "lion_and_adamw_one_launch_kernel_reference_cpu_bitwise_oracle%s",
+                  scaled ? "_grad_multiplier" : "");
+    check_case_begin();
+    std::vector<fadam_hparams> groups;
+    fadam_hparams lion = fadam_hparams_default_lion();
+    lion.lr = 1e-3f;
+    lion.weight_decay = 0.1f;
+    groups.push_back(lion);
+    groups.push_back(fadam_hparams_default()); /* AdamW */
+    fadam_hparams lion_max = lion;
+    lion_max.maximize = 1;
+    lion_max.beta1 = 0.95f;
+    lion_max.beta2 = 0.98f;
+    lion_max.weight_decay = 0.0f;
+    groups.push_back(lion_max);
+    fadam_hparams l2 = fadam_hparams_default();
+    l2.mode = FADAM_ADAM_L2;
+    groups.push_back(l2);
+    std::vector<tensor_data> data;
+    for (int pd = 0; pd < 3; pd++)
+        for (int gd = 0; gd < 3; gd++)
+            for (int master = 0; master < (pd ? 2 : 1); master++)
+                for (int g = 0; g < (int)groups.size(); g++) {
+                    tensor_data d;
+                    d.param_dtype = dtypes[pd];
+                    d.grad_dtype = dtypes[gd];
+                    d.group = g;
+                    d.master = master;
+                    d.numel = 1 + (int64_t)(check_rng_next(&rng) % 2500); /* odd sizes: vector and tail */
+                    for (int64_t k = 0; k < d.numel; k++) {
+                        double r = check_rng_uniform(&rng);
+                        float grad = (float)(1e-2 * check_rng_normal(&rng)), m = (float)(1e-2 * check_rng_normal(&rng));
+                        if (r < 0.05) grad = m = 0.0f;                  /* c == 0 exactly: sign 0 */
+                        else if (r < 0.07) grad = std::nanf("");        /* NaN gradient */
+                        d.param.push_back(as_dtype(d.param_dtype, (float)check_rng_normal(&rng)));
+                        d.grad.push_back(as_dtype(d.grad_dtype, grad));
+                        d.m.push_back(m);
+                        d.v.push_back((float)(1e-4 * check_rng_uniform(&rng)));
+                    }
+                    data.push_back(d);
+                }
+    const float multiplier = 0.5f, *mult = scaled ? &multiplier : NULL;
+    side kernel = make_side(data, groups), reference = make_side(data, groups), cpu1 = make_side(data, groups),
+         cpu3 = make_side(data, groups);
+    run_kernel(kernel, groups, 5, mult);
+    run_reference(reference, groups, 5, mult);
+    run_cpu(cpu1, groups, 5, 1, mult);
+    run_cpu(cpu3, groups, 5, 3, mult);
+    double worst = 0.0;
+    int64_t sign_zero = 0, nans = 0;
+    for (size_t i = 0; i < data.size() && !check_case_failed; i++) {
+        const tensor_data &d = data[i];
+        const fadam_hparams &h = groups[d.group];
+        const side *others[3] = {&reference, &cpu1, &cpu3};
+        for (int64_t k = 0; k < d.numel && !check_case_failed; k++) {
+            const fadam_tensor &t = kernel.tensors[i];
+            float p = t.master ? t.master[k] : load(d.param_dtype, t.param, k);
+            for (const side *o : others) {
+                const fadam_tensor &u = o->tensors[i];
+                bool equal = same(load(d.param_dtype, t.param, k), load(d.param_dtype, u.param, k)) &&
+                             same(t.exp_avg[k], u.exp_avg[k]) && (!t.master || same(t.master[k], u.master[k])) &&
+                             (!u.exp_avg_sq || same(t.exp_avg_sq[k], u.exp_avg_sq[k]));
+                CHECK(equal, "tensor %zu (group %d, param %d grad %d master %d) element %lld: kernel p=%a m=%a, %s p=%a m=%a",
+                      i, d.group, (int)d.param_dtype, (int)d.grad_dtype, (int)d.master, (long long)k,
+                      (double)load(d.param_dtype, t.param, k), (double)t.exp_avg[k],
+                      o == &reference ? "reference" : o == &cpu1 ? "cpu 1 thread" : "cpu 3 threads",
+                      (double)load(d.param_dtype, u.param, k), (double)u.exp_avg[k]);
+            }
+            if (h.mode != FADAM_LION) continue;
+            double want_p, want_m;
+            lion_oracle(d, h, scaled ? 0.5 : 1.0, k, &want_p, &want_m);
+            if (std::isnan(d.grad[k])) {
+                nans++;
+                CHECK(std::isnan(p) && std::isnan(t.exp_avg[k]), "NaN gradient: p=%g m=%g, want NaN", (double)p,
+                      (double)t.exp_avg[k]);
+                continue;
+            }
+            if (d.grad[k] == 0.0f && d.m[k] == 0.0f) {
+                sign_zero++;
+                float decayed = d.param[k] * (float)(1.0 - (double)h.lr * (double)h.weight_decay);
+                if (!t.master) decayed = as_dtype(d.param_dtype, decayed);
+                CHECK(same(p, decayed) && t.exp_avg[k] == 0.0f, "sign(0): p=%a, want the decay alone %a; m=%g",
+                      (double)p, (double)decayed, (double)t.exp_avg[k]);
+                continue;
+            }
+            /* float rounding of c may flip the sign only when c is within a few ulps of 0 */
+            double c_scale = std::fabs((double)h.beta1 * d.m[k]) + std::fabs((1.0 - h.beta1) * d.grad[k]);
+            double c = (double)h.beta1 * d.m[k] + (1.0 - (double)h.beta1) * (double)d.grad[k] * (scaled ? 0.5 : 1.0) *
+                                                      (h.maximize ? -1.0 : 1.0);
+            if (std::fabs(c) <= 1e-6 * c_scale) continue;
+            double err_p = std::fabs(p - want_p);
+            double err_m = std::fabs(t.exp_avg[k] - want_m);
+            double tol_m = 4 * 6e-8 * (std::fabs(want_m) + std::fabs(d.m[k]) + std::fabs(d.grad[k]));
+            /* fp32 (param or master): the roundings of 1 - lr*wd, of the product and of the difference, each half an ulp
+             * of what it rounds (p and lr may cancel); a 16-bit param updated in place: its own rounding too */
+            double unit = t.master || d.param_dtype == FADAM_FLOAT32 ? 0.0
+                          : d.param_dtype == FADAM_BFLOAT16           ? 1.0 / 256
+                                                                      : 1.0 / 2048;
+            double tol_p = 2.5e-7 * (std::fabs((double)d.param[k]) + (double)h.lr) + unit * std::fabs(want_p) +
+                           (unit && d.param_dtype == FADAM_FLOAT16 ? 0x1p-24 : 0.0); /* fp16's subnormal step */
+            if (unit == 0.0 && err_p / tol_p > worst) worst = err_p / tol_p;
+            CHECK(err_p <= tol_p && err_m <= tol_m, "tensor %zu element %lld: p=%.9g want %.9g, m=%.9g want %.9g", i,
+                  (long long)k, (double)p, want_p, (double)t.exp_avg[k], want_m);
+        }
+    }
+    CHECK(sign_zero > 0 && nans > 0, "the inputs should hold sign-zero (%lld) and NaN (%lld) elements",
+          (long long)sign_zero, (long long)nans);
+    std::printf("# %s: Lion's fp32 param vs float64: worst error %.3g of its tolerance\n", name, worst);
+    check_case_end(name);
+}
+
+int main() {
+    rng = check_seed("test_lion_emulated");
+    test_mixed_table(false);
+    test_mixed_table(true);
+    return check_exit_code();
+}
