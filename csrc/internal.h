@@ -81,7 +81,7 @@ fadam_status fadam_cuda_grid_blocks(int64_t n_chunks, int device, unsigned *grid
 fadam_status fadam_check_tensor(const fadam_tensor *tensor, int64_t index, int n_groups, int state_given,
                                 const char *function);
 /* The public field holding state field `field` (enum fadam_state_field) of a tensor. */
-static inline float *fadam_tensor_field(const fadam_tensor *t, int field) {
+static inline void *fadam_tensor_field(const fadam_tensor *t, int field) {
     switch (field) {
 #define FADAM_FIELD_CASE_(name, member) \
     case name: return t->member;
@@ -90,7 +90,7 @@ static inline float *fadam_tensor_field(const fadam_tensor *t, int field) {
     default: return NULL;
     }
 }
-static inline void fadam_tensor_set_field(fadam_tensor *t, int field, float *pointer) {
+static inline void fadam_tensor_set_field(fadam_tensor *t, int field, void *pointer) {
     switch (field) {
 #define FADAM_FIELD_CASE_(name, member) \
     case name: t->member = pointer; break;

@@ -291,7 +291,7 @@ static void init_cpu_state(fadam_optimizer *opt) {
         if (!t->master) continue;
         for (j = 0; j < t->numel; j++) {
             uint16_t bits = ((const uint16_t *)t->param)[j];
-            t->master[j] = t->param_dtype == FADAM_BFLOAT16 ? fadam_bf16_bits_to_float(bits) : fadam_fp16_bits_to_float(bits);
+            ((float *)t->master)[j] = t->param_dtype == FADAM_BFLOAT16 ? fadam_bf16_bits_to_float(bits) : fadam_fp16_bits_to_float(bits);
         }
     }
 }

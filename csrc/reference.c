@@ -80,21 +80,21 @@ static void store_from_float(void *buffer, fadam_dtype dtype, int64_t i, float v
 /* A rule's state k of tensor t (the rule list names the field), or NULL past its states. */
 static float *rule_state(const fadam_tensor *t, int rule, int k) {
     int field = fadam_rule_state_field(rule, k);
-    return field == FADAM_FIELD_NONE ? NULL : fadam_tensor_field(t, field);
+    return field == FADAM_FIELD_NONE ? NULL : (float *)fadam_tensor_field(t, field);
 }
 
 void fadam_reference_update(const fadam_tensor *t, const fadam_group_scalars *s) {
     const fadam_loop_scalars loop = fadam_loop_scalars_of(s); /* maximize and decoupled decay folded in */
-    float *state0 = rule_state(t, s->rule, 0), *state1 = rule_state(t, s->rule, 1);
+    float *state0 = rule_state(t, s->rule, 0), *state1 = rule_state(t, s->rule, 1), *master = (float *)t->master;
     int64_t i;
     for (i = 0; i < t->numel; i++) {
-        float p = t->master ? t->master[i] : load_as_float(t->param, t->param_dtype, i);
+        float p = master ? master[i] : load_as_float(t->param, t->param_dtype, i);
         float g = load_as_float(t->grad, t->grad_dtype, i);
         float m = state0[i], v = state1 ? state1[i] : 0.0f;
         fadam_rule_element(s->rule, &p, g, &m, &v, &loop); /* kernels/rules.h */
         state0[i] = m;
         if (state1) state1[i] = v;
-        if (t->master) t->master[i] = p;
+        if (master) master[i] = p;
         store_from_float(t->param, t->param_dtype, i, p);
     }
 }

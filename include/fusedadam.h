@@ -115,6 +115,27 @@ typedef enum fadam_device_kind {
     FADAM_DEVICE_CUDA = 1 /* device memory, stepped by the fused kernel */
 } fadam_device_kind;
 
+/* How a master weight is stored (docs/STATE_LAYOUTS.md). */
+typedef enum fadam_master_format {
+    FADAM_MASTER_FP32 = 0,     /* a float32 copy: 4 B per parameter */
+    FADAM_MASTER_REMAINDER = 1 /* bf16 params only: a uint16 remainder beside the bf16 param, which together
+                                  hold the float32 master exactly: 2 B per parameter. The param is the master
+                                  rounded to nearest, ties away from zero: it differs from the float32-master
+                                  layout's round-to-nearest-even param only at an exact tie of an even bf16
+                                  value (about once in 2^17 element-steps); master, m and v stay bit for bit */
+} fadam_master_format;
+
+/* How the moments (exp_avg, exp_avg_sq) are stored (docs/STATE_LAYOUTS.md). */
+typedef enum fadam_moment_format {
+    FADAM_MOMENT_FP32 = 0, /* float32: 4 B each */
+    FADAM_MOMENT_BF16 = 1, /* bfloat16 with reproducible stochastic rounding: 2 B each */
+    FADAM_MOMENT_INT8 = 2  /* 8-bit codes (int8 m, uint8 v, companded) and one float32 scale per
+                              FADAM_MOMENT_BLOCK elements: 1 B each + 4/256 */
+} fadam_moment_format;
+
+/* Elements per block of the 8-bit moments (one scale each); blocks start at each tensor's element 0. */
+#define FADAM_MOMENT_BLOCK 256
+
 /* Hyperparameters of one parameter group. Start from fadam_hparams_default(). */
 typedef struct fadam_hparams {
     float lr;            /* learning rate, >= 0 */
@@ -236,6 +257,23 @@ FADAM_API fadam_status fadam_num_groups(const fadam_optimizer *opt, int *count_o
 FADAM_API fadam_status fadam_get_state(const fadam_optimizer *opt, int64_t index, float **master,
                                        float **exp_avg, float **exp_avg_sq);
 
+/* A group's state layout (docs/STATE_LAYOUTS.md): how its masters and moments are stored. */
+typedef struct fadam_state_layout {
+    fadam_master_format master;   /* applies to the group's bf16 params (fp16: fp32 master; fp32: none) */
+    fadam_moment_format moments;
+    uint64_t seed;                /* FADAM_MOMENT_BF16's stochastic rounding; recorded in checkpoints */
+} fadam_state_layout;
+
+/* Sets group `group`'s layout; before finalize (default: fp32 master and moments, seed 0). A
+ * FADAM_MASTER_REMAINDER group keeps a remainder for its bf16 params and an fp32 master for its fp16
+ * ones (the remainder needs bf16's 8-bit exponent). */
+FADAM_API fadam_status fadam_set_group_layout(fadam_optimizer *opt, int group, const fadam_state_layout *layout);
+FADAM_API fadam_status fadam_get_group_layout(const fadam_optimizer *opt, int group, fadam_state_layout *out);
+
+/* Every state pointer and format of registered tensor `index`, as the fadam_tensor the step uses
+ * (device pointers on the CUDA device). After finalize only. fadam_get_state serves fp32 layouts. */
+FADAM_API fadam_status fadam_get_tensor_state(const fadam_optimizer *opt, int64_t index, fadam_tensor *out);
+
 /* Threads of a CPU optimizer's steps (fadam_step, fadam_step_from, fadam_fused_step), the calling
  * thread included: n_threads 0 (the default) is one per core this process may run on, at most
  * FADAM_MAX_CPU_THREADS. The threads start at fadam_finalize (or here when already finalized: the
@@ -263,14 +301,26 @@ FADAM_API fadam_status fadam_get_cpu_threads(const fadam_optimizer *opt, int *n_
 typedef struct fadam_tensor {
     void *param;        /* fp32, bf16 or fp16 */
     const void *grad;   /* fp32, bf16 or fp16, independent of the param */
-    float *master;      /* fp32 master for a 16-bit param, or NULL to update the 16-bit param in
-                           place; must be NULL for an fp32 param (it is its own master) */
-    float *exp_avg;     /* m, fp32 */
-    float *exp_avg_sq;  /* v, fp32; NULL for a FADAM_LION group (required there) */
+    void *master;       /* the master of a 16-bit param (master_format says how it is stored), or NULL
+                           to update the 16-bit param in place; must be NULL for an fp32 param (it is
+                           its own master) */
+    void *exp_avg;      /* m, stored as moment_format says (fp32 by default) */
+    void *exp_avg_sq;   /* v, the same; NULL for a FADAM_LION group (required there) */
     int64_t numel;      /* >= 0 */
     fadam_dtype param_dtype;
     fadam_dtype grad_dtype;
     int group;          /* index into the groups array of the step call */
+    /* How the state is stored (docs/STATE_LAYOUTS.md); all zero: fp32 master and moments, as before. */
+    fadam_master_format master_format;
+    fadam_moment_format moment_format;
+    float *exp_avg_scales;    /* FADAM_MOMENT_INT8: ceil(numel / FADAM_MOMENT_BLOCK) fp32 scales of exp_avg */
+    float *exp_avg_sq_scales; /* the same for exp_avg_sq; NULL for other formats */
+    /* FADAM_MOMENT_BF16: stochastic rounding's random bits are a function of (rounding_seed, t,
+     * element_offset + i, which moment), so a run is reproducible on any device and thread count and a
+     * resumed run equals an uninterrupted one. element_offset: where element 0 sits in the full tensor
+     * (a shard's offset; else 0). */
+    uint64_t rounding_seed;
+    int64_t element_offset;
 } fadam_tensor;
 
 /* Checks the tensors (pointers, alignment of each dtype, dtypes, counts, group < n_groups, no two
