@@ -272,7 +272,8 @@ FADAM_API fadam_status fadam_get_group_layout(const fadam_optimizer *opt, int gr
 
 /* Every state pointer and format of registered tensor `index`, as the fadam_tensor the step uses
  * (device pointers on the CUDA device). After finalize only. fadam_get_state serves fp32 layouts. */
-FADAM_API fadam_status fadam_get_tensor_state(const fadam_optimizer *opt, int64_t index, fadam_tensor *out);
+struct fadam_tensor; /* below, with the functional call */
+FADAM_API fadam_status fadam_get_tensor_state(const fadam_optimizer *opt, int64_t index, struct fadam_tensor *out);
 
 /* Threads of a CPU optimizer's steps (fadam_step, fadam_step_from, fadam_fused_step), the calling
  * thread included: n_threads 0 (the default) is one per core this process may run on, at most
