@@ -66,7 +66,7 @@ int main(void) {
                     fill(dtypes[gd], (void *)fast.grad, n, 1e-2);
                     if (master) fill(FADAM_FLOAT32, fast.master, n, 1.0);
                     fill(FADAM_FLOAT32, fast.exp_avg, n, 1e-2);
-                    for (i = 0; i < n; i++) fast.exp_avg_sq[i] = fabsf(special_or_normal(1e-4));
+                    for (i = 0; i < n; i++) ((float *)fast.exp_avg_sq)[i] = fabsf(special_or_normal(1e-4));
                     memcpy(slow.param, fast.param, (size_t)n * pb);
                     if (master) memcpy(slow.master, fast.master, (size_t)n * 4);
                     memcpy(slow.exp_avg, fast.exp_avg, (size_t)n * 4);

@@ -68,9 +68,9 @@ static model make_model(int64_t n_tensors, int param_dtype, int grad_dtype, int 
         for (k = 0; k < t->numel; k++) {
             store_as(t->param_dtype, t->param, k, random_value(1.0));
             store_as(t->grad_dtype, (void *)t->grad, k, random_value(1e-2));
-            t->exp_avg[k] = random_value(1e-2);
-            t->exp_avg_sq[k] = fabsf(random_value(1e-4));
-            if (t->master) t->master[k] = random_value(1.0);
+            ((float *)t->exp_avg)[k] = random_value(1e-2);
+            ((float *)t->exp_avg_sq)[k] = fabsf(random_value(1e-4));
+            if (t->master) ((float *)t->master)[k] = random_value(1.0);
         }
     }
     return m;

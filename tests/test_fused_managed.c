@@ -79,7 +79,7 @@ static void test_cpu_fused_step(void) {
         for (k = 0; k < shape[i].numel; k++) {
             store_as(shape[i].param_dtype, params[i], k, (float)check_rng_normal(&rng));
             store_as(shape[i].param_dtype, mirror[i].param, k, load_as(shape[i].param_dtype, params[i], k));
-            if (mirror[i].master) mirror[i].master[k] = load_as(shape[i].param_dtype, params[i], k);
+            if (mirror[i].master) ((float *)mirror[i].master)[k] = load_as(shape[i].param_dtype, params[i], k);
         }
         CHECK(fadam_add_tensor(opt, NULL, params[i], grads[i], shape[i].numel, shape[i].param_dtype,
                                shape[i].grad_dtype, shape[i].group, NULL) == FADAM_SUCCESS,

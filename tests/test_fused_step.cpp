@@ -56,7 +56,7 @@ static model make_model(int n_tensors, int32_t chunk_elems) {
         t.exp_avg_sq = static_cast<float *>(buffer(m, (size_t)t.numel));
         for (int64_t k = 0; k < t.numel; k++) {
             store_as(t.param_dtype, t.param, k, (float)check_rng_normal(&rng));
-            if (t.master) t.master[k] = load_as(t.param_dtype, t.param, k);
+            if (t.master) ((float *)t.master)[k] = load_as(t.param_dtype, t.param, k);
         }
         m.tensors.push_back(t);
     }
@@ -247,8 +247,8 @@ static void test_clipping(bool active) {
         for (int64_t k = 0; k < t.numel; k++) {
             double want = (1.0 - (double)m.groups[t.group].beta1) * want_coef * load_as(t.grad_dtype, t.grad, k);
             if (t.group == 1 && m.groups[1].weight_decay != 0.0f) break; /* L2 adds wd*p: skip the check */
-            if (std::fabs(t.exp_avg[k] - want) > 1e-6 * std::fabs(want) + 1e-12) {
-                CHECK(false, "tensor %zu m[%lld]=%.9g, float64 %.9g", i, (long long)k, t.exp_avg[k], want);
+            if (std::fabs(((float *)t.exp_avg)[k] - want) > 1e-6 * std::fabs(want) + 1e-12) {
+                CHECK(false, "tensor %zu m[%lld]=%.9g, float64 %.9g", i, (long long)k, ((float *)t.exp_avg)[k], want);
                 break;
             }
         }

@@ -114,9 +114,9 @@ static model make_model(int n_tensors, int n_groups, int32_t chunk_elems, bool a
             float p = random_value(t.param_dtype, 1.0);
             store_as(t.param_dtype, t.param, (int64_t)k, p);
             store_as(t.param_dtype, r.param, (int64_t)k, p);
-            if (with_master) t.master[k] = r.master[k] = p;
-            t.exp_avg[k] = r.exp_avg[k] = (float)(0.01 * check_rng_normal(&rng));
-            t.exp_avg_sq[k] = r.exp_avg_sq[k] = (float)(1e-4 * check_rng_uniform(&rng));
+            if (with_master) ((float *)t.master)[k] = ((float *)r.master)[k] = p;
+            ((float *)t.exp_avg)[k] = ((float *)r.exp_avg)[k] = (float)(0.01 * check_rng_normal(&rng));
+            ((float *)t.exp_avg_sq)[k] = ((float *)r.exp_avg_sq)[k] = (float)(1e-4 * check_rng_uniform(&rng));
         }
         m.kernel_side.push_back(t);
         m.reference_side.push_back(r);
@@ -143,13 +143,13 @@ static void compare_models(const model &m, const char *when) {
         const fadam_tensor &t = m.kernel_side[i], &r = m.reference_side[i];
         for (int64_t k = 0; k < t.numel; k++) {
             bool same = same_element(t.param_dtype, t.param, r.param, k) &&
-                        same_float(t.exp_avg[k], r.exp_avg[k]) && same_float(t.exp_avg_sq[k], r.exp_avg_sq[k]) &&
-                        (!t.master || same_float(t.master[k], r.master[k]));
+                        same_float(((float *)t.exp_avg)[k], ((float *)r.exp_avg)[k]) && same_float(((float *)t.exp_avg_sq)[k], ((float *)r.exp_avg_sq)[k]) &&
+                        (!t.master || same_float(((float *)t.master)[k], ((float *)r.master)[k]));
             if (!same) {
                 CHECK(false, "%s: tensor %zu (numel %lld, param %d grad %d master %d) element %lld differs: "
                              "m %a vs %a, v %a vs %a",
                       when, i, (long long)t.numel, (int)t.param_dtype, (int)t.grad_dtype, t.master != NULL,
-                      (long long)k, t.exp_avg[k], r.exp_avg[k], t.exp_avg_sq[k], r.exp_avg_sq[k]);
+                      (long long)k, ((float *)t.exp_avg)[k], ((float *)r.exp_avg)[k], ((float *)t.exp_avg_sq)[k], ((float *)r.exp_avg_sq)[k]);
                 return;
             }
         }
@@ -259,7 +259,7 @@ static void test_gradient_scaling_from_memory() {
     for (int64_t step = 1; step <= 4 && !check_case_failed; step++) {
         fill_gradients(m, false);
         float multiplier = multipliers[(step - 1) % 3], found_inf = step == 3 ? 1.0f : 0.0f;
-        std::vector<float> before(m.kernel_side[0].exp_avg, m.kernel_side[0].exp_avg + m.kernel_side[0].numel);
+        std::vector<float> before((float *)m.kernel_side[0].exp_avg, (float *)m.kernel_side[0].exp_avg + m.kernel_side[0].numel);
         fadam_step_kernel_args args = make_args(m, table.data(), step);
         args.grad_multiplier = &multiplier;
         args.found_inf = &found_inf;
@@ -275,9 +275,9 @@ static void test_gradient_scaling_from_memory() {
         compare_models(m, "gradient multiplier from memory");
         if (found_inf != 0.0f)
             for (size_t k = 0; k < before.size(); k++)
-                CHECK(same_float(before[k], m.kernel_side[0].exp_avg[k]), "found_inf=1 changed exp_avg[%zu]", k);
+                CHECK(same_float(before[k], ((float *)m.kernel_side[0].exp_avg)[k]), "found_inf=1 changed exp_avg[%zu]", k);
         else
-            CHECK(before.empty() || !same_float(before[0], m.kernel_side[0].exp_avg[0]), "the step changed nothing");
+            CHECK(before.empty() || !same_float(before[0], ((float *)m.kernel_side[0].exp_avg)[0]), "the step changed nothing");
     }
     /* Bad calls fail whatever the flag says (checked before it), and change nothing. */
     float set = 1.0f;
@@ -308,9 +308,9 @@ static void test_group_out_of_range_untouched() {
     fill_gradients(m, false);
     fadam_step_kernel_args args = make_args(m, table.data(), 1);
     args.n_groups = 1;
-    float first_m = m.kernel_side[0].numel ? m.kernel_side[0].exp_avg[0] : 0.0f;
+    float first_m = m.kernel_side[0].numel ? ((float *)m.kernel_side[0].exp_avg)[0] : 0.0f;
     run_kernel(args, 3, 32);
-    CHECK(m.kernel_side[0].numel == 0 || same_float(first_m, m.kernel_side[0].exp_avg[0]),
+    CHECK(m.kernel_side[0].numel == 0 || same_float(first_m, ((float *)m.kernel_side[0].exp_avg)[0]),
           "a tensor of a group without hyperparameters was updated");
     check_case_end("kernel_skips_tensors_of_missing_groups");
 }
@@ -390,7 +390,7 @@ static void test_master_init() {
     model m = make_model(30, 1, 256, true);
     for (auto &t : m.kernel_side)
         if (t.master)
-            for (int64_t k = 0; k < t.numel; k++) t.master[k] = -12345.0f;
+            for (int64_t k = 0; k < t.numel; k++) ((float *)t.master)[k] = -12345.0f;
     std::vector<unsigned char> table = encode_table(m, 256);
     cudaError_t error =
         fadam_launch_master_init(reinterpret_cast<const fadam_table_header *>(table.data()), 4, 96, NULL);
@@ -400,8 +400,8 @@ static void test_master_init() {
         for (int64_t k = 0; k < t.numel; k++) {
             uint16_t bits = static_cast<const uint16_t *>(t.param)[k];
             float want = t.param_dtype == FADAM_BFLOAT16 ? fadam_bf16_bits_to_float(bits) : fadam_fp16_bits_to_float(bits);
-            if (!same_float(t.master[k], want)) {
-                CHECK(false, "master[%lld]=%a, want %a", (long long)k, t.master[k], want);
+            if (!same_float(((float *)t.master)[k], want)) {
+                CHECK(false, "master[%lld]=%a, want %a", (long long)k, ((float *)t.master)[k], want);
                 break;
             }
         }

@@ -76,9 +76,9 @@ static side make_side(const std::vector<tensor_data> &data, const std::vector<fa
         for (int64_t k = 0; k < d.numel; k++) {
             store(d.param_dtype, t.param, k, d.param[k]);
             store(d.grad_dtype, grad, k, d.grad[k]);
-            t.exp_avg[k] = d.m[k];
-            if (t.exp_avg_sq) t.exp_avg_sq[k] = d.v[k];
-            if (t.master) t.master[k] = d.param[k];
+            ((float *)t.exp_avg)[k] = d.m[k];
+            if (t.exp_avg_sq) ((float *)t.exp_avg_sq)[k] = d.v[k];
+            if (t.master) ((float *)t.master)[k] = d.param[k];
         }
         s.tensors.push_back(t);
     }
@@ -204,33 +204,33 @@ static void test_mixed_table(bool scaled) {
         const side *others[3] = {&reference, &cpu1, &cpu3};
         for (int64_t k = 0; k < d.numel && !check_case_failed; k++) {
             const fadam_tensor &t = kernel.tensors[i];
-            float p = t.master ? t.master[k] : load(d.param_dtype, t.param, k);
+            float p = t.master ? ((float *)t.master)[k] : load(d.param_dtype, t.param, k);
             for (const side *o : others) {
                 const fadam_tensor &u = o->tensors[i];
                 bool equal = same(load(d.param_dtype, t.param, k), load(d.param_dtype, u.param, k)) &&
-                             same(t.exp_avg[k], u.exp_avg[k]) && (!t.master || same(t.master[k], u.master[k])) &&
-                             (!u.exp_avg_sq || same(t.exp_avg_sq[k], u.exp_avg_sq[k]));
+                             same(((float *)t.exp_avg)[k], ((float *)u.exp_avg)[k]) && (!t.master || same(((float *)t.master)[k], ((float *)u.master)[k])) &&
+                             (!u.exp_avg_sq || same(((float *)t.exp_avg_sq)[k], ((float *)u.exp_avg_sq)[k]));
                 CHECK(equal, "tensor %zu (group %d, param %d grad %d master %d) element %lld: kernel p=%a m=%a, %s p=%a m=%a",
                       i, d.group, (int)d.param_dtype, (int)d.grad_dtype, (int)d.master, (long long)k,
-                      (double)load(d.param_dtype, t.param, k), (double)t.exp_avg[k],
+                      (double)load(d.param_dtype, t.param, k), (double)((float *)t.exp_avg)[k],
                       o == &reference ? "reference" : o == &cpu1 ? "cpu 1 thread" : "cpu 3 threads",
-                      (double)load(d.param_dtype, u.param, k), (double)u.exp_avg[k]);
+                      (double)load(d.param_dtype, u.param, k), (double)((float *)u.exp_avg)[k]);
             }
             if (h.mode != FADAM_LION) continue;
             double want_p, want_m;
             lion_oracle(d, h, scaled ? 0.5 : 1.0, k, &want_p, &want_m);
             if (std::isnan(d.grad[k])) {
                 nans++;
-                CHECK(std::isnan(p) && std::isnan(t.exp_avg[k]), "NaN gradient: p=%g m=%g, want NaN", (double)p,
-                      (double)t.exp_avg[k]);
+                CHECK(std::isnan(p) && std::isnan(((float *)t.exp_avg)[k]), "NaN gradient: p=%g m=%g, want NaN", (double)p,
+                      (double)((float *)t.exp_avg)[k]);
                 continue;
             }
             if (d.grad[k] == 0.0f && d.m[k] == 0.0f) {
                 sign_zero++;
                 float decayed = d.param[k] * (float)(1.0 - (double)h.lr * (double)h.weight_decay);
                 if (!t.master) decayed = as_dtype(d.param_dtype, decayed);
-                CHECK(same(p, decayed) && t.exp_avg[k] == 0.0f, "sign(0): p=%a, want the decay alone %a; m=%g",
-                      (double)p, (double)decayed, (double)t.exp_avg[k]);
+                CHECK(same(p, decayed) && ((float *)t.exp_avg)[k] == 0.0f, "sign(0): p=%a, want the decay alone %a; m=%g",
+                      (double)p, (double)decayed, (double)((float *)t.exp_avg)[k]);
                 continue;
             }
             /* float rounding of c may flip the sign only when c is within a few ulps of 0 */
@@ -239,7 +239,7 @@ static void test_mixed_table(bool scaled) {
                                                       (h.maximize ? -1.0 : 1.0);
             if (std::fabs(c) <= 1e-6 * c_scale) continue;
             double err_p = std::fabs(p - want_p);
-            double err_m = std::fabs(t.exp_avg[k] - want_m);
+            double err_m = std::fabs(((float *)t.exp_avg)[k] - want_m);
             double tol_m = 4 * 6e-8 * (std::fabs(want_m) + std::fabs(d.m[k]) + std::fabs(d.grad[k]));
             /* fp32 (param or master): the roundings of 1 - lr*wd, of the product and of the difference, each half an ulp
              * of what it rounds (p and lr may cancel); a 16-bit param updated in place: its own rounding too */
@@ -250,7 +250,7 @@ static void test_mixed_table(bool scaled) {
                            (unit && d.param_dtype == FADAM_FLOAT16 ? 0x1p-24 : 0.0); /* fp16's subnormal step */
             if (unit == 0.0 && err_p / tol_p > worst) worst = err_p / tol_p;
             CHECK(err_p <= tol_p && err_m <= tol_m, "tensor %zu element %lld: p=%.9g want %.9g, m=%.9g want %.9g", i,
-                  (long long)k, (double)p, want_p, (double)t.exp_avg[k], want_m);
+                  (long long)k, (double)p, want_p, (double)((float *)t.exp_avg)[k], want_m);
         }
     }
     CHECK(sign_zero > 0 && nans > 0, "the inputs should hold sign-zero (%lld) and NaN (%lld) elements",

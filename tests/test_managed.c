@@ -62,7 +62,7 @@ static host_model make_model(int64_t n_tensors, int64_t max_numel) {
         m.grads[i] = malloc(n * 4);
         for (k = 0; k < t->numel; k++) {
             store_as(t->param_dtype, t->param, k, (float)check_rng_normal(&rng));
-            if (t->master) t->master[k] = load_as(t->param_dtype, t->param, k);
+            if (t->master) ((float *)t->master)[k] = load_as(t->param_dtype, t->param, k);
         }
         memcpy(m.params[i], t->param, n * 4);
     }
