@@ -29,7 +29,7 @@ CUDA_LIB := $(CUDA_HOME)/lib64
 
 # -ffp-contract=off / -fmad=false: no fused multiply-add anywhere, so the GPU, the emulated kernel
 # and the C reference compute the same bits (docs/NUMERICS.md).
-CFLAGS_COMMON := -std=c11 -O3 -g -Wall -Wextra -Werror -ffp-contract=off -fno-math-errno -fPIC \
+CFLAGS_COMMON := -std=c11 -O3 -g -Wall -Wextra -Wpointer-arith -Werror -ffp-contract=off -fno-math-errno -fPIC \
                  -Iinclude -Ikernels -Icsrc -I$(CUDA_INC) $(XXHASH_CFLAGS) $(EXTRA_CFLAGS)
 NVCC_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
              -gencode arch=compute_90,code=compute_90

@@ -1,11 +1,6 @@
 # mk/lion.mk - Lion (issue 10): the emulated kernel, the C reference and the CPU path bit for bit on a
 # table mixing Lion and AdamW groups, against a float64 oracle (tests/test_lion_emulated.cpp); the
 # managed optimizer's Lion groups: states, errors, fused step with clipping, checkpoints (tests/test_lion.c).
-$(TEST_BIN)/test_lion_emulated: tests/test_lion_emulated.cpp tests/emul/cuda_emul.h $(TEST_HEADERS) \
-                                $(KERNEL_SOURCES) $(HEADERS) $(HOST_CORE_OBJECTS)
-	@mkdir -p $(@D)
-	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ $(HOST_CORE_OBJECTS) -lm -lpthread
-
 TEST_PROGRAMS += $(TEST_BIN)/test_lion_emulated
 TEST_RUN += $(TEST_BIN)/test_lion_emulated
 

@@ -1,9 +1,4 @@
 # Issue 11: the fused step's norm kernel through the emulator: every per-chunk path against float64,
 # the same bits for every grid and thread order, the groups' scalars it leaves for the update.
-$(TEST_BIN)/test_norm_kernel: tests/test_norm_kernel.cpp tests/emul/cuda_emul.h $(TEST_HEADERS) \
-                              $(KERNEL_SOURCES) $(HEADERS) $(HOST_CORE_OBJECTS)
-	@mkdir -p $(@D)
-	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ $(HOST_CORE_OBJECTS) -lm -lpthread
-
 TEST_PROGRAMS += $(TEST_BIN)/test_norm_kernel
 TEST_RUN += $(TEST_BIN)/test_norm_kernel

@@ -4,9 +4,7 @@
 #   FADAM_STATE_LAYOUT_EXHAUSTIVE=1 build/tests/test_state_layout   split/join over all 2^32 patterns
 STATE_LAYOUT_HEADERS := kernels/state_layout.h tests/state_layout_digest.h tests/check.h
 
-$(TEST_BIN)/test_state_layout: tests/test_state_layout.c $(STATE_LAYOUT_HEADERS) $(STATIC_LIB)
-	@mkdir -p $(@D)
-	$(CC) $(TEST_CFLAGS) $< -o $@ $(STATIC_LIB) $(LIBS_CUDA) -lstdc++
+TEST_DEPS_test_state_layout := $(STATE_LAYOUT_HEADERS)
 
 $(TEST_BIN)/test_state_layout_gxx: tests/test_state_layout_nvcc.cu $(STATE_LAYOUT_HEADERS)
 	@mkdir -p $(@D)

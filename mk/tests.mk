@@ -11,7 +11,8 @@ SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fra
 #   ASAN_TESTS += test_NAME             linked with the ASan/UBSan build of the host code instead
 #   TEST_DEPS_test_NAME := a.h b.h      more prerequisites (headers it includes beyond TEST_HEADERS)
 #   TEST_LDFLAGS_test_NAME := -Wl,...   more link flags (e.g. --wrap)
-# C++ (emulated) tests and programs linked with another library keep rules of their own.
+# Emulated kernel tests (tests/test_NAME.cpp) have the second pattern rule below; programs linked with
+# another library keep rules of their own.
 ASAN_TESTS :=
 test_objects = $(if $(filter $(1),$(ASAN_TESTS)),$(ASAN_OBJECTS),$(STATIC_LIB))
 .SECONDEXPANSION:
@@ -46,12 +47,10 @@ EMUL_CXXFLAGS := -std=c++17 -O1 -g -ffp-contract=off -fno-strict-aliasing -Wall 
                  -DFADAM_EMULATION -Iinclude -Ikernels -Icsrc -Itests -I$(CUDA_INC) -include tests/emul/cuda_emul.h
 HOST_CORE_OBJECTS := $(BUILD)/obj/table.o $(BUILD)/obj/hparams.o $(BUILD)/obj/reference.o $(BUILD)/obj/cpu_step.o $(BUILD)/obj/status.o $(BUILD)/obj/cpu_pool.o
 
-$(TEST_BIN)/test_emul: tests/test_emul.cpp tests/emul/cuda_emul.h $(TEST_HEADERS)
-	@mkdir -p $(@D)
-	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ -lpthread
-
-$(TEST_BIN)/test_kernel_emulated: tests/test_kernel_emulated.cpp tests/emul/cuda_emul.h $(TEST_HEADERS) \
-                                  $(KERNEL_SOURCES) $(HEADERS) $(HOST_CORE_OBJECTS)
+# Every emulated test program: $(TEST_BIN)/test_NAME from tests/test_NAME.cpp, which includes the kernel
+# files it runs; linked with the host code the comparisons need. TEST_DEPS_test_NAME as above.
+$(TEST_BIN)/test_%: tests/test_%.cpp tests/emul/cuda_emul.h $(TEST_HEADERS) $(KERNEL_SOURCES) $(HEADERS) \
+                    $(HOST_CORE_OBJECTS) $$(TEST_DEPS_test_$$*)
 	@mkdir -p $(@D)
 	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ $(HOST_CORE_OBJECTS) -lm -lpthread
 
@@ -63,11 +62,6 @@ TEST_RUN += $(TEST_BIN)/test_managed
 
 TEST_RUN += tests/test_source_rules.sh
 TEST_RUN += tests/test_install.sh
-
-$(TEST_BIN)/test_fused_step: tests/test_fused_step.cpp tests/emul/cuda_emul.h $(TEST_HEADERS) \
-                             $(KERNEL_SOURCES) $(HEADERS) $(HOST_CORE_OBJECTS)
-	@mkdir -p $(@D)
-	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ $(HOST_CORE_OBJECTS) -lm -lpthread
 
 TEST_PROGRAMS += $(TEST_BIN)/test_fused_step
 TEST_RUN += $(TEST_BIN)/test_fused_step

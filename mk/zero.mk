@@ -6,11 +6,6 @@ TEST_PROGRAMS += $(TEST_BIN)/test_zero
 TEST_RUN += $(TEST_BIN)/test_zero
 
 # The CUDA side of the split step (partial norm pass, decide kernel) through the emulator.
-$(TEST_BIN)/test_split_kernel: tests/test_split_kernel.cpp tests/emul/cuda_emul.h $(TEST_HEADERS) \
-                               $(KERNEL_SOURCES) $(HEADERS) $(HOST_CORE_OBJECTS)
-	@mkdir -p $(@D)
-	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ $(HOST_CORE_OBJECTS) -lm -lpthread
-
 TEST_PROGRAMS += $(TEST_BIN)/test_split_kernel
 TEST_RUN += $(TEST_BIN)/test_split_kernel
 
