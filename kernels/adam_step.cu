@@ -13,6 +13,15 @@
  *   16-bit param, 16-bit grad, fp32 master:     14 + 14 = 28 B
  *   16-bit param, fp32 grad, fp32 master:       16 + 14 = 30 B
  *   16-bit param updated in place (no master):  10-12 + 10 = 20-22 B
+ * Lean layouts (docs/STATE_LAYOUTS.md; AdamW, bf16 param and grad; read + write; the 8-bit scales add
+ * 16/256 B: two fp32 scales per 256 elements, read and written):
+ *   16-bit remainder master, fp32 moments:      14 + 12 = 26 B (g2 + p2 + r2 + m4 + v4; p2 + r2 + m4 + v4)
+ *   fp32 master, bf16 moments (SR):             10 + 10 = 20 B
+ *   fp32 master, 8-bit moments:                  8 + 8 = 16 B (+ 16/256)
+ *   remainder + bf16 moments:                   10 + 8 = 18 B
+ *   remainder + 8-bit moments:                   8 + 6 = 14 B (+ 16/256)
+ *   (an fp32 grad: +2 B; no master: the param is read, 2 B, and no master moves; Lion: no v, so -2 B
+ *   for bf16, -1 B for 8-bit moments each way)
  * Lion (FADAM_LION, one moment: no v):
  *   fp32 param, fp32 grad, no master:           12 + 8 = 20 B (p4 + g4 + m4 read, p4 + m4 written)
  *   16-bit param, 16-bit grad, fp32 master:     10 + 10 = 20 B (g2 + master4 + m4; p2 + master4 + m4: the
@@ -149,14 +158,12 @@ static __device__ __forceinline__ float lean_load_moment(const void *data, int f
     }
 }
 
-/* Stores a moment in its format: bf16 with stochastic rounding (the random bits of element `index`
- * under `key`), an 8-bit code under the block's new scale (its inverse), or fp32. */
-static __device__ __forceinline__ void lean_store_moment(void *data, int format, int32_t i, float x, uint64_t key,
-                                                         int64_t index, float inverse_scale) {
+/* Stores a moment in its format: bf16 with stochastic rounding on the low 16 bits of `random`, an 8-bit
+ * code under the block's new scale (its inverse), or fp32. */
+static __device__ __forceinline__ void lean_store_moment(void *data, int format, int32_t i, float x, uint32_t random,
+                                                         float inverse_scale) {
     switch (format) {
-    case FADAM_STATE_BF16:
-        static_cast<uint16_t *>(data)[i] = fadam_round_bf16_stochastic(x, fadam_random_bits_at(key, (uint64_t)index));
-        break;
+    case FADAM_STATE_BF16: static_cast<uint16_t *>(data)[i] = fadam_round_bf16_stochastic(x, random); break;
     case FADAM_STATE_Q8_SIGNED: static_cast<int8_t *>(data)[i] = fadam_q8_quantize_m(x, inverse_scale); break;
     case FADAM_STATE_Q8_QUARTIC: static_cast<uint8_t *>(data)[i] = fadam_q8_quantize_v(x, inverse_scale); break;
     default: static_cast<float *>(data)[i] = x; break;
@@ -193,10 +200,13 @@ static __device__ __forceinline__ void lean_range(const fadam_table_entry &t, in
                               : NULL;
     float *const scales0 = t.states[slot0].block_scales, *const scales1 = t.states[slot1].block_scales;
     const int64_t block0 = begin / FADAM_Q8_BLOCK, index0 = t.element_offset + begin;
-    const uint64_t key0 = fadam_random_key(t.rounding_seed, (uint64_t)step, (uint32_t)Field0);
-    const uint64_t key1 = fadam_random_key(t.rounding_seed, (uint64_t)step, (uint32_t)(Field1 < 0 ? 0 : Field1));
-    float *master = static_cast<float *>(t.states[FADAM_SLOT_MASTER].data) + (master_format == FADAM_STATE_FP32 ? begin : 0);
-    uint16_t *remainder = static_cast<uint16_t *>(t.states[FADAM_SLOT_MASTER].data) + begin;
+    /* one draw per element: its low half rounds exp_avg, its high half exp_avg_sq (docs/STATE_LAYOUTS.md) */
+    const uint64_t key = fadam_random_key(t.rounding_seed, (uint64_t)step, 0);
+    /* the fp32 master or the remainder, from `begin` on */
+    void *const master_data = static_cast<unsigned char *>(t.states[FADAM_SLOT_MASTER].data) +
+                              (master_format < 0 ? 0 : begin * fadam_state_format_bytes(master_format));
+    float *const master = static_cast<float *>(master_data);
+    uint16_t *const remainder = static_cast<uint16_t *>(master_data);
     const bool q8 = lean_is_q8(format0) || (States > 1 && lean_is_q8(format1));
 #pragma unroll 1
     for (int32_t first = 0; first < n; first += FADAM_Q8_BLOCK) {
@@ -231,8 +241,9 @@ static __device__ __forceinline__ void lean_range(const fadam_table_entry &t, in
                     if (master_format == FADAM_STATE_FP32) master[i] = p;
                     param[i] = fadam_from_float<ParamT>(p);
                 }
-                lean_store_moment(state0, format0, i, m, key0, index0 + i, inverse0);
-                if (States > 1) lean_store_moment(state1, format1, i, v, key1, index0 + i, inverse1);
+                const uint32_t random = format0 == FADAM_STATE_BF16 ? fadam_random_bits_at(key, (uint64_t)(index0 + i)) : 0u;
+                lean_store_moment(state0, format0, i, m, random, inverse0);
+                if (States > 1) lean_store_moment(state1, format1, i, v, random >> 16, inverse1);
             }
             if (pass == 0) { /* every lane, after every lane read the old scales */
                 new0 = lean_block_scale(absmax0);
