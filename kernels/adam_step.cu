@@ -13,6 +13,15 @@
  *   16-bit param, 16-bit grad, fp32 master:     14 + 14 = 28 B
  *   16-bit param, fp32 grad, fp32 master:       16 + 14 = 30 B
  *   16-bit param updated in place (no master):  10-12 + 10 = 20-22 B
+ * Lean layouts (docs/STATE_LAYOUTS.md; AdamW, bf16 param and grad; read + write; the 8-bit scales add
+ * 16/256 B: two fp32 scales per 256 elements, read and written):
+ *   16-bit remainder master, fp32 moments:      14 + 12 = 26 B (g2 + p2 + r2 + m4 + v4; p2 + r2 + m4 + v4)
+ *   fp32 master, bf16 moments (SR):             10 + 10 = 20 B
+ *   fp32 master, 8-bit moments:                  8 + 8 = 16 B (+ 16/256)
+ *   remainder + bf16 moments:                   10 + 8 = 18 B
+ *   remainder + 8-bit moments:                   8 + 6 = 14 B (+ 16/256)
+ *   (an fp32 grad: +2 B; no master: the param is read, 2 B, and no master moves; Lion: no v, so -2 B
+ *   for bf16, -1 B for 8-bit moments each way)
  * Lion (FADAM_LION, one moment: no v):
  *   fp32 param, fp32 grad, no master:           12 + 8 = 20 B (p4 + g4 + m4 read, p4 + m4 written)
  *   16-bit param, 16-bit grad, fp32 master:     10 + 10 = 20 B (g2 + master4 + m4; p2 + master4 + m4: the
@@ -56,6 +65,7 @@
 #include "adam_math.h"
 #include "launch.cuh"
 #include "launchers.h"
+#include "state_layout.h"
 #include "tensor_table.cuh"
 
 /* 32, unknown to the compiler: with the stride a constant it keeps one pointer per stream and iteration
@@ -128,14 +138,135 @@ static __device__ __forceinline__ void rule_range(ParamT *__restrict__ param, co
     }
 }
 
-/* A slot's fp32 data from `begin` on (the host admits no other format yet: fadam_table_fill). */
+/* ---- lean layouts (docs/STATE_LAYOUTS.md, kernels/state_layout.h) ----
+ * Their own loop, selected per tensor (entry.lean), so the fp32 loops above stay as they were. One warp
+ * iteration covers one 8-bit block of FADAM_Q8_BLOCK = 256 elements (a chunk starts at a multiple of it):
+ * lane l takes elements l, l + 32, ..., l + 224 of the block, so every access of the warp is contiguous.
+ * The formats are warp-uniform branches; the rule's element function is the fp32 loops'. An 8-bit block
+ * needs its new absmax before any code is stored: a first pass computes the block's updated moments
+ * for their absmax only (a shuffle max over the lanes, exact), the second recomputes them from the same
+ * loaded values (the same bits) and stores; holding 16 values per lane instead took 108 registers. */
+FADAM_STATIC_ASSERT(FADAM_Q8_BLOCK == 32 * 8 && FADAM_CHUNK_ELEMS % FADAM_Q8_BLOCK == 0, "a warp iteration is a block");
+
+/* A moment's value from its data: fp32, bf16, or an 8-bit code times the block's scale. */
+static __device__ __forceinline__ float lean_load_moment(const void *data, int format, int32_t i, float scale) {
+    switch (format) {
+    case FADAM_STATE_BF16: return fadam_bf16_to_float(static_cast<const uint16_t *>(data)[i]);
+    case FADAM_STATE_Q8_SIGNED: return fadam_q8_dequantize_m(static_cast<const int8_t *>(data)[i], scale);
+    case FADAM_STATE_Q8_QUARTIC: return fadam_q8_dequantize_v(static_cast<const uint8_t *>(data)[i], scale);
+    default: return static_cast<const float *>(data)[i];
+    }
+}
+
+/* Stores a moment in its format: bf16 with stochastic rounding on the low 16 bits of `random`, an 8-bit
+ * code under the block's new scale (its inverse), or fp32. */
+static __device__ __forceinline__ void lean_store_moment(void *data, int format, int32_t i, float x, uint32_t random,
+                                                         float inverse_scale) {
+    switch (format) {
+    case FADAM_STATE_BF16: static_cast<uint16_t *>(data)[i] = fadam_round_bf16_stochastic(x, random); break;
+    case FADAM_STATE_Q8_SIGNED: static_cast<int8_t *>(data)[i] = fadam_q8_quantize_m(x, inverse_scale); break;
+    case FADAM_STATE_Q8_QUARTIC: static_cast<uint8_t *>(data)[i] = fadam_q8_quantize_v(x, inverse_scale); break;
+    default: static_cast<float *>(data)[i] = x; break;
+    }
+}
+
+/* The block's new scale: the absmax over its 256 elements, by a shuffle max of the lanes' (exact). */
+static __device__ __forceinline__ float lean_block_scale(float lane_absmax) {
+#pragma unroll
+    for (int lanes = 16; lanes >= 1; lanes /= 2) {
+        const float other = __shfl_xor_sync(0xffffffffu, lane_absmax, lanes);
+        lane_absmax = other > lane_absmax ? other : lane_absmax;
+    }
+    return fadam_q8_scale_from_absmax(lane_absmax);
+}
+
+static __device__ __forceinline__ bool lean_is_q8(int format) {
+    return format == FADAM_STATE_Q8_SIGNED || format == FADAM_STATE_Q8_QUARTIC;
+}
+
+/* Elements [begin, end) of a lean tensor (begin a multiple of FADAM_Q8_BLOCK); `step` is the t being
+ * applied. Pointers are offset by `begin` so that the loop indexes with 32 bits. */
+template <rule_element Element, int States, int Field0, int Field1, typename ParamT, typename GradT>
+static __device__ __forceinline__ void lean_range(const fadam_table_entry &t, int64_t begin, int64_t end,
+                                                  const fadam_loop_scalars &s, int64_t step) {
+    ParamT *param = static_cast<ParamT *>(t.param) + begin;
+    const GradT *grad = static_cast<const GradT *>(t.grad) + begin;
+    const int32_t n = (int32_t)(end - begin), lane = threadIdx.x % 32;
+    const int slot0 = FADAM_SLOT_OF_FIELD(Field0), slot1 = FADAM_SLOT_OF_FIELD(Field1 < 0 ? 0 : Field1);
+    const int format0 = t.state_format[slot0], format1 = States > 1 ? (int)t.state_format[slot1] : (int)FADAM_STATE_FP32;
+    const int master_format = t.states[FADAM_SLOT_MASTER].data ? t.state_format[FADAM_SLOT_MASTER] : -1;
+    void *state0 = static_cast<unsigned char *>(t.states[slot0].data) + begin * fadam_state_format_bytes(format0);
+    void *state1 = States > 1 ? static_cast<unsigned char *>(t.states[slot1].data) + begin * fadam_state_format_bytes(format1)
+                              : NULL;
+    float *const scales0 = t.states[slot0].block_scales, *const scales1 = t.states[slot1].block_scales;
+    const int64_t block0 = begin / FADAM_Q8_BLOCK, index0 = t.element_offset + begin;
+    /* one draw per element: its low half rounds exp_avg, its high half exp_avg_sq (docs/STATE_LAYOUTS.md) */
+    const uint64_t key = fadam_random_key(t.rounding_seed, (uint64_t)step, 0);
+    /* the fp32 master or the remainder, from `begin` on */
+    void *const master_data = static_cast<unsigned char *>(t.states[FADAM_SLOT_MASTER].data) +
+                              (master_format < 0 ? 0 : begin * fadam_state_format_bytes(master_format));
+    float *const master = static_cast<float *>(master_data);
+    uint16_t *const remainder = static_cast<uint16_t *>(master_data);
+    const bool q8 = lean_is_q8(format0) || (States > 1 && lean_is_q8(format1));
+#pragma unroll 1
+    for (int32_t first = 0; first < n; first += FADAM_Q8_BLOCK) {
+        const int64_t block = block0 + first / FADAM_Q8_BLOCK;
+        const float old0 = lean_is_q8(format0) ? scales0[block] : 0.0f;
+        const float old1 = States > 1 && lean_is_q8(format1) ? scales1[block] : 0.0f;
+        float inverse0 = 0.0f, inverse1 = 0.0f, new0 = 0.0f, new1 = 0.0f;
+        /* pass 0 (8-bit blocks only): the updated moments' absmax; pass 1: the update, stored */
+#pragma unroll 1
+        for (int pass = q8 ? 0 : 1; pass < 2; pass++) {
+            float absmax0 = 0.0f, absmax1 = 0.0f;
+#pragma unroll 1
+            for (int32_t i = first + lane; i < first + FADAM_Q8_BLOCK && i < n; i += 32) {
+                float p, v = 0.0f;
+                if (master_format == FADAM_STATE_REMAINDER)
+                    p = fadam_master_join(reinterpret_cast<const uint16_t *>(param)[i], remainder[i]);
+                else if (master_format == FADAM_STATE_FP32) p = master[i];
+                else p = fadam_to_float(param[i]);
+                float m = lean_load_moment(state0, format0, i, old0);
+                if (States > 1) v = lean_load_moment(state1, format1, i, old1);
+                Element(&p, fadam_to_float(grad[i]), &m, &v, &s);
+                if (pass == 0) {
+                    absmax0 = fadam_q8_absmax_accumulate(absmax0, m);
+                    absmax1 = fadam_q8_absmax_accumulate(absmax1, v);
+                    continue;
+                }
+                if (master_format == FADAM_STATE_REMAINDER) {
+                    uint16_t low;
+                    reinterpret_cast<uint16_t *>(param)[i] = fadam_master_split(p, &low); /* not RNE: the split's */
+                    remainder[i] = low;
+                } else {
+                    if (master_format == FADAM_STATE_FP32) master[i] = p;
+                    param[i] = fadam_from_float<ParamT>(p);
+                }
+                const uint32_t random = format0 == FADAM_STATE_BF16 ? fadam_random_bits_at(key, (uint64_t)(index0 + i)) : 0u;
+                lean_store_moment(state0, format0, i, m, random, inverse0);
+                if (States > 1) lean_store_moment(state1, format1, i, v, random >> 16, inverse1);
+            }
+            if (pass == 0) { /* every lane, after every lane read the old scales */
+                new0 = lean_block_scale(absmax0);
+                new1 = lean_block_scale(absmax1);
+                inverse0 = fadam_q8_inverse_scale(new0);
+                inverse1 = fadam_q8_inverse_scale(new1);
+            }
+        }
+        if (q8 && lane == 0) {
+            if (lean_is_q8(format0)) scales0[block] = new0;
+            if (States > 1 && lean_is_q8(format1)) scales1[block] = new1;
+        }
+    }
+}
+
+/* A slot's fp32 data from `begin` on (lean tensors go to lean_range). */
 static __device__ __forceinline__ float *slot_data(const fadam_table_entry &t, int slot, int64_t begin) {
     return static_cast<float *>(t.states[slot].data) + begin;
 }
 
 template <rule_element Element, int States, int Field0, int Field1, typename ParamT, typename GradT>
 static __device__ __forceinline__ void rule_range_for_master(const fadam_table_entry &t, int64_t begin, int64_t end,
-                                                             const fadam_loop_scalars &s) {
+                                                             const fadam_loop_scalars &s, const int64_t *lean_step) {
     /* The pointers start at `begin`, so the loops index with 32 bits (a chunk is under 2^31 elements). */
     ParamT *param = static_cast<ParamT *>(t.param) + begin;
     const GradT *grad = static_cast<const GradT *>(t.grad) + begin;
@@ -143,7 +274,9 @@ static __device__ __forceinline__ void rule_range_for_master(const fadam_table_e
     float *state0 = slot_data(t, FADAM_SLOT_OF_FIELD(Field0), begin);
     float *state1 = States > 1 ? slot_data(t, FADAM_SLOT_OF_FIELD(Field1 < 0 ? 0 : Field1), begin) : NULL;
     /* An fp32 param is its own master (fadam_check_tensor): no code for fp32 with a master. */
-    if (sizeof(ParamT) == 2 && t.states[FADAM_SLOT_MASTER].data)
+    if (t.lean)
+        lean_range<Element, States, Field0, Field1, ParamT, GradT>(t, begin, end, s, *lean_step);
+    else if (sizeof(ParamT) == 2 && t.states[FADAM_SLOT_MASTER].data)
         rule_range<Element, States, ParamT, GradT, sizeof(ParamT) == 2>(
             param, grad, slot_data(t, FADAM_SLOT_MASTER, begin), state0, state1, n, t.vector_ok, s);
     else
@@ -152,24 +285,24 @@ static __device__ __forceinline__ void rule_range_for_master(const fadam_table_e
 
 template <rule_element Element, int States, int Field0, int Field1, typename ParamT>
 static __device__ __forceinline__ void rule_range_for_grad(const fadam_table_entry &t, int64_t begin, int64_t end,
-                                                           const fadam_loop_scalars &s) {
+                                                           const fadam_loop_scalars &s, const int64_t *lean_step) {
     switch (t.grad_dtype) {
-    case FADAM_FLOAT32: rule_range_for_master<Element, States, Field0, Field1, ParamT, float>(t, begin, end, s); break;
+    case FADAM_FLOAT32: rule_range_for_master<Element, States, Field0, Field1, ParamT, float>(t, begin, end, s, lean_step); break;
     case FADAM_BFLOAT16:
-        rule_range_for_master<Element, States, Field0, Field1, ParamT, __nv_bfloat16>(t, begin, end, s);
+        rule_range_for_master<Element, States, Field0, Field1, ParamT, __nv_bfloat16>(t, begin, end, s, lean_step);
         break;
-    case FADAM_FLOAT16: rule_range_for_master<Element, States, Field0, Field1, ParamT, __half>(t, begin, end, s); break;
+    case FADAM_FLOAT16: rule_range_for_master<Element, States, Field0, Field1, ParamT, __half>(t, begin, end, s, lean_step); break;
     default: break; /* the host encoder rejects other dtypes */
     }
 }
 
 template <rule_element Element, int States, int Field0, int Field1>
 static __device__ __forceinline__ void rule_range_for_param(const fadam_table_entry &t, int64_t begin, int64_t end,
-                                                            const fadam_loop_scalars &s) {
+                                                            const fadam_loop_scalars &s, const int64_t *lean_step) {
     switch (t.param_dtype) {
-    case FADAM_FLOAT32: rule_range_for_grad<Element, States, Field0, Field1, float>(t, begin, end, s); break;
-    case FADAM_BFLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __nv_bfloat16>(t, begin, end, s); break;
-    case FADAM_FLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __half>(t, begin, end, s); break;
+    case FADAM_FLOAT32: rule_range_for_grad<Element, States, Field0, Field1, float>(t, begin, end, s, lean_step); break;
+    case FADAM_BFLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __nv_bfloat16>(t, begin, end, s, lean_step); break;
+    case FADAM_FLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __half>(t, begin, end, s, lean_step); break;
     default: break;
     }
 }
@@ -182,6 +315,8 @@ static __device__ __forceinline__ void rule_range_for_param(const fadam_table_en
  * but a 16-byte stack frame, and costs an instruction per element in every loop. */
 __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fadam_step_kernel_args args) {
     __shared__ fadam_group_scalars group_scalars[FADAM_MAX_GROUPS];
+    /* the t being applied (as fadam_scalars_for_step picks it): the lean loops' random bits; read there only */
+    __shared__ int64_t lean_step;
     const fadam_table_header *table = args.table;
 
     /* A fused step whose gradients held Inf/NaN changes nothing (the whole block leaves together). */
@@ -198,6 +333,8 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fa
         /* the caller's multiplier (fadam_step_scaling), folded in here: the loops stay as they are */
         if (args.grad_multiplier) group_scalars[g].grad_scale = group_scalars[g].grad_scale * *args.grad_multiplier;
     }
+    if (threadIdx.x == 0)
+        lean_step = args.state ? args.state->counters.step : args.device_step ? *args.device_step : args.step;
     __syncthreads();
 
     const fadam_table_entry *entries = fadam_table_entries(table);
@@ -221,7 +358,7 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fa
     case mode:                                                                                                 \
         if (t.states[FADAM_SLOT_OF_FIELD(field0)].data &&                                                      \
             (n_states < 2 || t.states[FADAM_SLOT_OF_FIELD((field1) < 0 ? 0 : (field1))].data))                  \
-            rule_range_for_param<element, n_states, field0, field1>(t, begin, end, s);                         \
+            rule_range_for_param<element, n_states, field0, field1>(t, begin, end, s, &lean_step);                   \
         break;
             FADAM_RULES(RULE_CASE)
 #undef RULE_CASE
