@@ -806,7 +806,7 @@ static void bad_file_corpus(uint64_t seed) {
     expect_refused(&c, "metadata_beta_out_of_range", replace_in_header(&good, "\"group.1.beta1\":\"", "\"group.1.beta1\":\"1"),
                    FADAM_ERR_CORRUPT, "hyperparameters out of range");
     expect_refused(&c, "metadata_unknown_mode", replace_in_header(&good, "\"group.0.mode\":\"adamw\"", "\"group.0.mode\":\"sgd\""),
-                   FADAM_ERR_CORRUPT, "neither \"adamw\" nor \"adam_l2\"");
+                   FADAM_ERR_CORRUPT, "not \"adamw\", \"adam_l2\" or \"lion\"");
     expect_refused(&c, "metadata_missing_param_dtype", replace_in_header(&good, "\"wte.param_dtype\"", "\"wte.param_dtypo\""),
                    FADAM_ERR_CORRUPT, "has no \"wte.param_dtype\"");
 
