@@ -515,8 +515,9 @@ static fadam_status convert_tensor(fadam_optimizer *opt, const fadam_load_plan *
     /* Decode. */
     for (k = 0; k < n_file && status == FADAM_SUCCESS; k++) {
         const fadam_checkpoint_state *s = &file[k];
-        float *out = b->values[s->role == FADAM_CHECKPOINT_ROLE_MASTER ? 0 : 1 + s->role];
+        float *out;
         if (s->role >= FADAM_FIELD_COUNT) continue; /* scales: read with their codes */
+        out = b->values[s->role == FADAM_CHECKPOINT_ROLE_MASTER ? 0 : 1 + s->role];
         if ((status = read_file_state(opt, plan, in, t, s, b->raw, function)) != FADAM_SUCCESS) break;
         if (s->role == FADAM_CHECKPOINT_ROLE_MASTER && s->format == FADAM_MASTER_REMAINDER) {
             status = move_state(opt, b->param, tensor->param, (size_t)n * 2, 0, stream);
@@ -544,8 +545,9 @@ static fadam_status convert_tensor(fadam_optimizer *opt, const fadam_load_plan *
     /* Encode and store. */
     for (k = 0; k < n_own && status == FADAM_SUCCESS; k++) {
         const fadam_checkpoint_state *s = &own[k];
-        const float *values = b->values[s->role == FADAM_CHECKPOINT_ROLE_MASTER ? 0 : 1 + s->role];
+        const float *values;
         if (s->role >= FADAM_FIELD_COUNT) continue; /* scales: stored with their codes */
+        values = b->values[s->role == FADAM_CHECKPOINT_ROLE_MASTER ? 0 : 1 + s->role];
         if (s->role == FADAM_CHECKPOINT_ROLE_MASTER && s->format == FADAM_MASTER_REMAINDER) {
             for (i = 0; i < n; i++) b->param[i] = fadam_master_split(values[i], (uint16_t *)b->raw + i);
             status = move_state(opt, tensor->param, b->param, (size_t)n * 2, 1, stream);

@@ -3,3 +3,5 @@
 ASAN_TESTS += test_layout_managed test_layout_checkpoint
 TEST_PROGRAMS += $(TEST_BIN)/test_layout_managed
 TEST_RUN += $(TEST_BIN)/test_layout_managed
+TEST_PROGRAMS += $(TEST_BIN)/test_layout_checkpoint
+TEST_RUN += $(TEST_BIN)/test_layout_checkpoint
