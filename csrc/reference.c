@@ -99,16 +99,18 @@ static float load_moment(const fadam_tensor *t, int field, int64_t i) {
 }
 
 /* Stores values[0..n) of a moment field at [first, first + n), one 8-bit block at most: bf16 with
- * stochastic rounding (the bits of element_offset + i under stream `field`: 0 exp_avg, 1 exp_avg_sq),
- * 8-bit codes under the block's new scale (its absmax), or fp32. */
+ * stochastic rounding (one draw per element, fadam_random_bits(seed, t, element_offset + i, 0): its low
+ * 16 bits round exp_avg, its high 16 bits exp_avg_sq), 8-bit codes under the block's new scale (its
+ * absmax), or fp32. */
 static void store_moment_block(const fadam_tensor *t, int field, int64_t step, int64_t first, int n, const float *values) {
     void *data = fadam_tensor_field(t, field);
     int k;
     if (t->moment_format == FADAM_MOMENT_BF16) {
-        uint64_t key = fadam_random_key(t->rounding_seed, (uint64_t)step, (uint32_t)field);
+        uint64_t key = fadam_random_key(t->rounding_seed, (uint64_t)step, 0);
         for (k = 0; k < n; k++) {
-            uint64_t index = (uint64_t)(t->element_offset + first + k);
-            ((uint16_t *)data)[first + k] = fadam_round_bf16_stochastic(values[k], fadam_random_bits_at(key, index));
+            uint32_t bits = fadam_random_bits_at(key, (uint64_t)(t->element_offset + first + k));
+            ((uint16_t *)data)[first + k] =
+                fadam_round_bf16_stochastic(values[k], field == FADAM_FIELD_EXP_AVG_SQ ? bits >> 16 : bits);
         }
     } else if (t->moment_format == FADAM_MOMENT_INT8) {
         int64_t block = first / FADAM_MOMENT_BLOCK;

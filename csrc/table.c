@@ -194,10 +194,10 @@ fadam_status fadam_check_rule_states(const fadam_tensor *tensors, int64_t n_tens
         for (field = 0; field < FADAM_FIELD_COUNT; field++) {
             for (k = 0, kept = 0; k < fadam_rule_state_count(rule); k++) kept |= fadam_rule_state_field(rule, k) == field;
             if (kept && !fadam_tensor_field(t, field))
-                return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: tensor %lld: %s is NULL, but group %d's rule (%s) keeps it",
+                return fadam_fail_tensor(i, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: %s is NULL, but group %d's rule (%s) keeps it",
                                   function, (long long)i, fadam_state_field_name(field), t->group, fadam_rule_name(rule));
             if (!kept && fadam_tensor_field(t, field))
-                return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: %s must be NULL: group %d's rule (%s) keeps "
+                return fadam_fail_tensor(i, FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: %s must be NULL: group %d's rule (%s) keeps "
                                                            "no such state",
                                   function, (long long)i, fadam_state_field_name(field), t->group, fadam_rule_name(rule));
             if (t->moment_format == FADAM_MOMENT_INT8) {

@@ -13,6 +13,15 @@
  *   16-bit param, 16-bit grad, fp32 master:     14 + 14 = 28 B
  *   16-bit param, fp32 grad, fp32 master:       16 + 14 = 30 B
  *   16-bit param updated in place (no master):  10-12 + 10 = 20-22 B
+ * Lean layouts (docs/STATE_LAYOUTS.md; AdamW, bf16 param and grad; read + write; the 8-bit scales add
+ * 16/256 B: two fp32 scales per 256 elements, read and written):
+ *   16-bit remainder master, fp32 moments:      14 + 12 = 26 B (g2 + p2 + r2 + m4 + v4; p2 + r2 + m4 + v4)
+ *   fp32 master, bf16 moments (SR):             10 + 10 = 20 B
+ *   fp32 master, 8-bit moments:                  8 + 8 = 16 B (+ 16/256)
+ *   remainder + bf16 moments:                   10 + 8 = 18 B
+ *   remainder + 8-bit moments:                   8 + 6 = 14 B (+ 16/256)
+ *   (an fp32 grad: +2 B; no master: the param is read, 2 B, and no master moves; Lion: no v, so -2 B
+ *   for bf16, -1 B for 8-bit moments each way)
  * Lion (FADAM_LION, one moment: no v):
  *   fp32 param, fp32 grad, no master:           12 + 8 = 20 B (p4 + g4 + m4 read, p4 + m4 written)
  *   16-bit param, 16-bit grad, fp32 master:     10 + 10 = 20 B (g2 + master4 + m4; p2 + master4 + m4: the
@@ -131,19 +140,33 @@ static __device__ __forceinline__ void rule_range(ParamT *__restrict__ param, co
 
 /* ---- lean layouts (docs/STATE_LAYOUTS.md, kernels/state_layout.h) ----
  * Their own loop, selected per tensor (entry.lean), so the fp32 loops above stay as they were. One warp
- * iteration covers one 8-bit block: 32 lanes x 8 consecutive elements = FADAM_Q8_BLOCK (a chunk starts
- * at a multiple of it). The formats are warp-uniform branches; only the states' loads and stores differ
- * from the fp32 loops, the rule's element function is the same. */
+ * iteration covers one 8-bit block of FADAM_Q8_BLOCK = 256 elements (a chunk starts at a multiple of it):
+ * lane l takes elements l, l + 32, ..., l + 224 of the block, so every access of the warp is contiguous.
+ * The formats are warp-uniform branches; the rule's element function is the fp32 loops'. An 8-bit block
+ * needs its new absmax before any code is stored: a first pass computes the block's updated moments
+ * for their absmax only (a shuffle max over the lanes, exact), the second recomputes them from the same
+ * loaded values (the same bits) and stores; holding 16 values per lane instead took 108 registers. */
 FADAM_STATIC_ASSERT(FADAM_Q8_BLOCK == 32 * 8 && FADAM_CHUNK_ELEMS % FADAM_Q8_BLOCK == 0, "a warp iteration is a block");
 
-/* A moment's value from its slot: fp32, bf16, or an 8-bit code times the block's scale. */
-static __device__ __forceinline__ float lean_load_moment(const fadam_state_slot &slot, int format, int32_t i,
-                                                         float scale) {
+/* A moment's value from its data: fp32, bf16, or an 8-bit code times the block's scale. */
+static __device__ __forceinline__ float lean_load_moment(const void *data, int format, int32_t i, float scale) {
     switch (format) {
-    case FADAM_STATE_BF16: return fadam_bf16_to_float(static_cast<const uint16_t *>(slot.data)[i]);
-    case FADAM_STATE_Q8_SIGNED: return fadam_q8_dequantize_m(static_cast<const int8_t *>(slot.data)[i], scale);
-    case FADAM_STATE_Q8_QUARTIC: return fadam_q8_dequantize_v(static_cast<const uint8_t *>(slot.data)[i], scale);
-    default: return static_cast<const float *>(slot.data)[i];
+    case FADAM_STATE_BF16: return fadam_bf16_to_float(static_cast<const uint16_t *>(data)[i]);
+    case FADAM_STATE_Q8_SIGNED: return fadam_q8_dequantize_m(static_cast<const int8_t *>(data)[i], scale);
+    case FADAM_STATE_Q8_QUARTIC: return fadam_q8_dequantize_v(static_cast<const uint8_t *>(data)[i], scale);
+    default: return static_cast<const float *>(data)[i];
+    }
+}
+
+/* Stores a moment in its format: bf16 with stochastic rounding on the low 16 bits of `random`, an 8-bit
+ * code under the block's new scale (its inverse), or fp32. */
+static __device__ __forceinline__ void lean_store_moment(void *data, int format, int32_t i, float x, uint32_t random,
+                                                         float inverse_scale) {
+    switch (format) {
+    case FADAM_STATE_BF16: static_cast<uint16_t *>(data)[i] = fadam_round_bf16_stochastic(x, random); break;
+    case FADAM_STATE_Q8_SIGNED: static_cast<int8_t *>(data)[i] = fadam_q8_quantize_m(x, inverse_scale); break;
+    case FADAM_STATE_Q8_QUARTIC: static_cast<uint8_t *>(data)[i] = fadam_q8_quantize_v(x, inverse_scale); break;
+    default: static_cast<float *>(data)[i] = x; break;
     }
 }
 
@@ -157,91 +180,82 @@ static __device__ __forceinline__ float lean_block_scale(float lane_absmax) {
     return fadam_q8_scale_from_absmax(lane_absmax);
 }
 
-/* A lane's 8 values of a moment at [first, first + 8) (those below n), stored in the slot's format: bf16
- * with stochastic rounding (random bits of element element_offset + i under `key`), 8-bit codes under
- * the block's new scale (lane 0 stores the scale), or fp32. Called by every lane of the warp. */
-static __device__ __forceinline__ void lean_store_moment(const fadam_state_slot &slot, int format, int32_t first,
-                                                         int32_t n, const float (&x)[8], uint64_t key,
-                                                         int64_t index0, int64_t block) {
-    if (format == FADAM_STATE_Q8_SIGNED || format == FADAM_STATE_Q8_QUARTIC) {
-        float absmax = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 8; k++)
-            if (first + k < n) absmax = fadam_q8_absmax_accumulate(absmax, x[k]);
-        const float scale = lean_block_scale(absmax), inverse = fadam_q8_inverse_scale(scale);
-#pragma unroll
-        for (int k = 0; k < 8; k++)
-            if (first + k < n) {
-                if (format == FADAM_STATE_Q8_SIGNED)
-                    static_cast<int8_t *>(slot.data)[first + k] = fadam_q8_quantize_m(x[k], inverse);
-                else static_cast<uint8_t *>(slot.data)[first + k] = fadam_q8_quantize_v(x[k], inverse);
-            }
-        if (threadIdx.x % 32 == 0) slot.block_scales[block] = scale;
-        return;
-    }
-#pragma unroll
-    for (int k = 0; k < 8; k++)
-        if (first + k < n) {
-            if (format == FADAM_STATE_BF16)
-                static_cast<uint16_t *>(slot.data)[first + k] =
-                    fadam_round_bf16_stochastic(x[k], fadam_random_bits_at(key, (uint64_t)(index0 + first + k)));
-            else static_cast<float *>(slot.data)[first + k] = x[k];
-        }
+static __device__ __forceinline__ bool lean_is_q8(int format) {
+    return format == FADAM_STATE_Q8_SIGNED || format == FADAM_STATE_Q8_QUARTIC;
 }
 
 /* Elements [begin, end) of a lean tensor (begin a multiple of FADAM_Q8_BLOCK); `step` is the t being
- * applied. Pointers from the slots are offset by `begin` so that the loop indexes with 32 bits. */
+ * applied. Pointers are offset by `begin` so that the loop indexes with 32 bits. */
 template <rule_element Element, int States, int Field0, int Field1, typename ParamT, typename GradT>
-static __device__ void lean_range(const fadam_table_entry &t, int64_t begin, int64_t end, const fadam_loop_scalars &s,
-                                  int64_t step) {
+static __device__ __forceinline__ void lean_range(const fadam_table_entry &t, int64_t begin, int64_t end,
+                                                  const fadam_loop_scalars &s, int64_t step) {
     ParamT *param = static_cast<ParamT *>(t.param) + begin;
     const GradT *grad = static_cast<const GradT *>(t.grad) + begin;
     const int32_t n = (int32_t)(end - begin), lane = threadIdx.x % 32;
     const int slot0 = FADAM_SLOT_OF_FIELD(Field0), slot1 = FADAM_SLOT_OF_FIELD(Field1 < 0 ? 0 : Field1);
-    const int format0 = t.state_format[slot0], format1 = t.state_format[slot1];
+    const int format0 = t.state_format[slot0], format1 = States > 1 ? (int)t.state_format[slot1] : (int)FADAM_STATE_FP32;
     const int master_format = t.states[FADAM_SLOT_MASTER].data ? t.state_format[FADAM_SLOT_MASTER] : -1;
-    /* the slots with their data moved to `begin` (the block scales stay per tensor: indexed by block) */
-    fadam_state_slot state0 = t.states[slot0], state1 = t.states[slot1];
+    void *state0 = static_cast<unsigned char *>(t.states[slot0].data) + begin * fadam_state_format_bytes(format0);
+    void *state1 = States > 1 ? static_cast<unsigned char *>(t.states[slot1].data) + begin * fadam_state_format_bytes(format1)
+                              : NULL;
+    float *const scales0 = t.states[slot0].block_scales, *const scales1 = t.states[slot1].block_scales;
     const int64_t block0 = begin / FADAM_Q8_BLOCK, index0 = t.element_offset + begin;
-    const uint64_t key0 = fadam_random_key(t.rounding_seed, (uint64_t)step, (uint32_t)Field0);
-    const uint64_t key1 = fadam_random_key(t.rounding_seed, (uint64_t)step, (uint32_t)(Field1 < 0 ? 0 : Field1));
-    float *master = static_cast<float *>(t.states[FADAM_SLOT_MASTER].data) + (master_format == FADAM_STATE_FP32 ? begin : 0);
-    uint16_t *remainder = static_cast<uint16_t *>(t.states[FADAM_SLOT_MASTER].data) + begin;
-    state0.data = static_cast<unsigned char *>(state0.data) + begin * fadam_state_format_bytes(format0);
-    if (States > 1) state1.data = static_cast<unsigned char *>(state1.data) + begin * fadam_state_format_bytes(format1);
+    /* one draw per element: its low half rounds exp_avg, its high half exp_avg_sq (docs/STATE_LAYOUTS.md) */
+    const uint64_t key = fadam_random_key(t.rounding_seed, (uint64_t)step, 0);
+    /* the fp32 master or the remainder, from `begin` on */
+    void *const master_data = static_cast<unsigned char *>(t.states[FADAM_SLOT_MASTER].data) +
+                              (master_format < 0 ? 0 : begin * fadam_state_format_bytes(master_format));
+    float *const master = static_cast<float *>(master_data);
+    uint16_t *const remainder = static_cast<uint16_t *>(master_data);
+    const bool q8 = lean_is_q8(format0) || (States > 1 && lean_is_q8(format1));
 #pragma unroll 1
-    for (int32_t j = 0; j * FADAM_Q8_BLOCK < n; j++) {
-        const int32_t first = j * FADAM_Q8_BLOCK + lane * 8;
-        const int64_t block = block0 + j;
-        const bool q8_0 = format0 == FADAM_STATE_Q8_SIGNED || format0 == FADAM_STATE_Q8_QUARTIC;
-        const bool q8_1 = format1 == FADAM_STATE_Q8_SIGNED || format1 == FADAM_STATE_Q8_QUARTIC;
-        const float scale0 = q8_0 ? state0.block_scales[block] : 0.0f;
-        const float scale1 = States > 1 && q8_1 ? state1.block_scales[block] : 0.0f;
-        float m[8], v[8];
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const int32_t i = first + k;
-            m[k] = v[k] = 0.0f;
-            if (i >= n) continue;
-            float p;
-            if (master_format == FADAM_STATE_REMAINDER)
-                p = fadam_master_join(reinterpret_cast<const uint16_t *>(param)[i], remainder[i]);
-            else if (master_format == FADAM_STATE_FP32) p = master[i];
-            else p = fadam_to_float(param[i]);
-            m[k] = lean_load_moment(state0, format0, i, scale0);
-            if (States > 1) v[k] = lean_load_moment(state1, format1, i, scale1);
-            Element(&p, fadam_to_float(grad[i]), &m[k], &v[k], &s);
-            if (master_format == FADAM_STATE_REMAINDER) {
-                uint16_t low;
-                reinterpret_cast<uint16_t *>(param)[i] = fadam_master_split(p, &low); /* not RNE: the split's */
-                remainder[i] = low;
-            } else {
-                if (master_format == FADAM_STATE_FP32) master[i] = p;
-                param[i] = fadam_from_float<ParamT>(p);
+    for (int32_t first = 0; first < n; first += FADAM_Q8_BLOCK) {
+        const int64_t block = block0 + first / FADAM_Q8_BLOCK;
+        const float old0 = lean_is_q8(format0) ? scales0[block] : 0.0f;
+        const float old1 = States > 1 && lean_is_q8(format1) ? scales1[block] : 0.0f;
+        float inverse0 = 0.0f, inverse1 = 0.0f, new0 = 0.0f, new1 = 0.0f;
+        /* pass 0 (8-bit blocks only): the updated moments' absmax; pass 1: the update, stored */
+#pragma unroll 1
+        for (int pass = q8 ? 0 : 1; pass < 2; pass++) {
+            float absmax0 = 0.0f, absmax1 = 0.0f;
+#pragma unroll 1
+            for (int32_t i = first + lane; i < first + FADAM_Q8_BLOCK && i < n; i += 32) {
+                float p, v = 0.0f;
+                if (master_format == FADAM_STATE_REMAINDER)
+                    p = fadam_master_join(reinterpret_cast<const uint16_t *>(param)[i], remainder[i]);
+                else if (master_format == FADAM_STATE_FP32) p = master[i];
+                else p = fadam_to_float(param[i]);
+                float m = lean_load_moment(state0, format0, i, old0);
+                if (States > 1) v = lean_load_moment(state1, format1, i, old1);
+                Element(&p, fadam_to_float(grad[i]), &m, &v, &s);
+                if (pass == 0) {
+                    absmax0 = fadam_q8_absmax_accumulate(absmax0, m);
+                    absmax1 = fadam_q8_absmax_accumulate(absmax1, v);
+                    continue;
+                }
+                if (master_format == FADAM_STATE_REMAINDER) {
+                    uint16_t low;
+                    reinterpret_cast<uint16_t *>(param)[i] = fadam_master_split(p, &low); /* not RNE: the split's */
+                    remainder[i] = low;
+                } else {
+                    if (master_format == FADAM_STATE_FP32) master[i] = p;
+                    param[i] = fadam_from_float<ParamT>(p);
+                }
+                const uint32_t random = format0 == FADAM_STATE_BF16 ? fadam_random_bits_at(key, (uint64_t)(index0 + i)) : 0u;
+                lean_store_moment(state0, format0, i, m, random, inverse0);
+                if (States > 1) lean_store_moment(state1, format1, i, v, random >> 16, inverse1);
+            }
+            if (pass == 0) { /* every lane, after every lane read the old scales */
+                new0 = lean_block_scale(absmax0);
+                new1 = lean_block_scale(absmax1);
+                inverse0 = fadam_q8_inverse_scale(new0);
+                inverse1 = fadam_q8_inverse_scale(new1);
             }
         }
-        lean_store_moment(state0, format0, first, n, m, key0, index0, block);
-        if (States > 1) lean_store_moment(state1, format1, first, n, v, key1, index0, block);
+        if (q8 && lane == 0) {
+            if (lean_is_q8(format0)) scales0[block] = new0;
+            if (States > 1 && lean_is_q8(format1)) scales1[block] = new1;
+        }
     }
 }
 

@@ -9,3 +9,7 @@ $(TEST_BIN)/test_layouts_emulated: tests/test_layouts_emulated.cpp tests/emul/cu
 
 TEST_PROGRAMS += $(TEST_BIN)/test_layouts_emulated
 TEST_RUN += $(TEST_BIN)/test_layouts_emulated
+
+ASAN_TESTS += test_layouts_errors
+TEST_PROGRAMS += $(TEST_BIN)/test_layouts_errors
+TEST_RUN += $(TEST_BIN)/test_layouts_errors

@@ -105,9 +105,9 @@ static void free_model(model *m, int owns_grads) {
         fadam_tensor *t = &m->t[i];
         free((char *)t->param - fadam_dtype_size(t->param_dtype));
         if (owns_grads) free((char *)t->grad - fadam_dtype_size(t->grad_dtype));
-        free(t->exp_avg - 1);
-        free(t->exp_avg_sq - 1);
-        if (t->master) free(t->master - 1);
+        free((float *)t->exp_avg - 1);
+        free((float *)t->exp_avg_sq - 1);
+        if (t->master) free((float *)t->master - 1);
     }
     free(m->t);
 }
