@@ -11,22 +11,35 @@
 
 /* Bytes per piece when state is copied through host memory (pinned on the CUDA device). */
 #define FADAM_CHECKPOINT_PIECE_BYTES ((size_t)8 << 20)
-#define FADAM_CHECKPOINT_MAX_STATES (1 + FADAM_MAX_RULE_STATES) /* the master, then the rule's */
+/* the rule's states, their 8-bit scales, the master */
+#define FADAM_CHECKPOINT_MAX_STATES (1 + 2 * FADAM_MAX_RULE_STATES)
+
+/* What a checkpoint state is: the master, or a rule's state field f (enum fadam_state_field) or its
+ * 8-bit scales. */
+#define FADAM_CHECKPOINT_ROLE_MASTER (-1)
+#define FADAM_CHECKPOINT_ROLE_SCALES(field) (FADAM_FIELD_COUNT + (field))
 
 /* One state buffer of a tensor as a checkpoint entry: NAME + suffix, `numel` elements of `dtype`. */
 typedef struct fadam_checkpoint_state {
     const char *suffix; /* ".exp_avg", ... */
-    void *data;
+    void *data;         /* NULL when the layout asked for is not the tensor's own */
     int64_t numel;
-    const char *dtype; /* safetensors' name, "F32" */
+    const char *dtype; /* safetensors' name: "F32", "BF16", "I8", "U8", "U16" */
     size_t element_bytes;
+    int role;          /* a state field, FADAM_CHECKPOINT_ROLE_SCALES(field) or FADAM_CHECKPOINT_ROLE_MASTER */
+    int format;        /* fadam_moment_format of a field, fadam_master_format of the master, FP32 for scales */
 } fadam_checkpoint_state;
 
 /* Tensor t's states, in the order their entries are matched on load (the first one's absence means
- * "the tensor is missing"): its group's rule's states (kernels/rules.h), then the master of a 16-bit
- * param; returns how many. The one place that lists them. */
+ * "the tensor is missing"): its group's rule's states (kernels/rules.h) as its group's layout stores
+ * them, their 8-bit scales (NAME.exp_avg.scales, ...), then the master of a 16-bit param (NAME.master,
+ * or NAME.master_remainder for a bf16 param of a REMAINDER group); returns how many. The one place that
+ * lists them. fadam_checkpoint_states_as lists them for another layout of the tensor's group (a
+ * checkpoint's): data pointers only where a state's format is the tensor's own. */
 int fadam_checkpoint_states(const fadam_optimizer *opt, int64_t t,
                             fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES]);
+int fadam_checkpoint_states_as(const fadam_optimizer *opt, int64_t t, const fadam_state_layout *layout,
+                               fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES]);
 
 /* Where a save writes: memory, or a file descriptor. */
 typedef struct fadam_sink {

@@ -20,6 +20,8 @@
 typedef enum key_scope {
     SCOPE_FILE,  /* once */
     SCOPE_GROUP, /* "group.G." + name, per parameter group; the value in fadam_hparams */
+    SCOPE_LAYOUT, /* "group.G." + name, per group whose state layout is not the default (fp32, fp32, seed 0),
+                     so files of fp32 layouts stay as before; the value in fadam_state_layout */
     SCOPE_FUSED, /* when the fused step is configured */
     SCOPE_SHARD  /* when the optimizer is sharded; read by fadam_load_shards only */
 } key_scope;
@@ -33,7 +35,8 @@ typedef enum key_type {
     KEY_CHOICE,        /* one of a list of words, value its index */
     KEY_COUNTER,       /* a counter in [0, high]: "__metadata__ \"NAME\" is \"v\", not an integer in [0, high]" */
     KEY_COUNTER_FLOAT, /* a float in [low, high], "nan", "inf" */
-    KEY_SHARD_COUNT    /* a count, optional */
+    KEY_SHARD_COUNT,   /* a count, optional */
+    KEY_UNSIGNED       /* a 64-bit unsigned integer (a seed) */
 } key_type;
 
 enum {
@@ -61,6 +64,9 @@ typedef struct metadata_key {
 static const char *const mode_words[FADAM_RULE_COUNT + 1] = {FADAM_RULES(RULE_WORD_) NULL};
 #undef RULE_WORD_
 static const char *const bool_words[3] = {"false", "true", NULL};
+/* fadam_master_format and fadam_moment_format, indexed by their values. */
+static const char *const master_words[3] = {"fp32", "remainder", NULL};
+static const char *const moment_words[4] = {"fp32", "bf16", "int8", NULL};
 
 static int choice_count(const char *const *choices) {
     int n = 0;
@@ -70,6 +76,7 @@ static int choice_count(const char *const *choices) {
 
 #define VALUE(field) offsetof(fadam_checkpoint_values, field), sizeof(((fadam_checkpoint_values *)0)->field)
 #define HPARAM(field) offsetof(fadam_hparams, field), sizeof(((fadam_hparams *)0)->field)
+#define LAYOUT(field) offsetof(fadam_state_layout, field), sizeof(((fadam_state_layout *)0)->field)
 #define CANNOT_ADVANCE " (a counter at INT64_MAX cannot advance)"
 
 static const metadata_key metadata_keys[] = {
@@ -88,6 +95,10 @@ static const metadata_key metadata_keys[] = {
     {"mode", SCOPE_GROUP, KEY_CHOICE, HPARAM(mode), WIDEST_WORD, 0, 0, 0, 0, NULL, mode_words, 0},
     {"bias_correction", SCOPE_GROUP, KEY_CHOICE, HPARAM(bias_correction), WIDEST_WORD, 0, 0, 0, 0, NULL, bool_words, 0},
     {"maximize", SCOPE_GROUP, KEY_CHOICE, HPARAM(maximize), WIDEST_WORD, 0, 0, 0, 0, NULL, bool_words, 0},
+    /* A group's state layout: what its entries hold and what a conversion to another layout lost. */
+    {"master_format", SCOPE_LAYOUT, KEY_CHOICE, LAYOUT(master), 0, 0, 0, 0, 0, NULL, master_words, KEY_OPTIONAL},
+    {"moment_format", SCOPE_LAYOUT, KEY_CHOICE, LAYOUT(moments), 0, 0, 0, 0, 0, NULL, moment_words, KEY_OPTIONAL},
+    {"seed", SCOPE_LAYOUT, KEY_UNSIGNED, LAYOUT(seed), 0, 0, 0, 0, 0, NULL, NULL, KEY_OPTIONAL},
     /* The fused step's counters: each a value the fused step itself can leave behind. A loaded 0,
      * negative or NaN loss scale would skip or flip every later step; a counter at INT64_MAX would
      * overflow at the next one. */
@@ -118,7 +129,10 @@ static const metadata_key metadata_keys[] = {
 _Static_assert(sizeof(fadam_hparams) == 8 * 4, "fadam_hparams changed: add its key to metadata_keys (8 group keys)");
 _Static_assert(sizeof(fadam_step_counters) == 48,
                "fadam_step_counters changed: add its key to metadata_keys (9 fused keys)");
-_Static_assert(N_METADATA_KEYS == 5 + 8 + 9 + 2, "metadata_keys: 5 file, 8 group, 9 fused and 2 shard keys");
+_Static_assert(N_METADATA_KEYS == 5 + 8 + 3 + 9 + 2, "metadata_keys: 5 file, 8 group, 3 layout, 9 fused and 2 shard keys");
+_Static_assert(sizeof(fadam_state_layout) == 16, "fadam_state_layout changed: add its key to metadata_keys (3 layout keys)");
+_Static_assert(sizeof(fadam_master_format) == sizeof(int) && sizeof(fadam_moment_format) == sizeof(int),
+               "a KEY_CHOICE value is an int");
 _Static_assert(sizeof(fadam_mode) == sizeof(int), "a KEY_CHOICE value is an int");
 
 const char *const fadam_tensor_key_suffix[FADAM_N_TENSOR_KEYS] = {".param_dtype", ".group", ".offset", ".full_numel"};
@@ -206,6 +220,7 @@ static void format_value(const metadata_key *key, const void *base, char text[FA
         snprintf(text, FADAM_FLOAT_TEXT_MAX, "%s", key->choices[choice]);
         break;
     }
+    case KEY_UNSIGNED: snprintf(text, FADAM_FLOAT_TEXT_MAX, "%llu", (unsigned long long)*(const uint64_t *)field); break;
     default: snprintf(text, FADAM_FLOAT_TEXT_MAX, "%lld", (long long)get_integer(field, key->size)); break;
     }
 }
@@ -217,6 +232,7 @@ void fadam_checkpoint_values_of(const fadam_optimizer *opt, const fadam_step_cou
     out->step = opt->step;
     out->n_groups = opt->n_groups;
     memcpy(out->groups, opt->groups, sizeof out->groups);
+    memcpy(out->layouts, opt->layouts, sizeof out->layouts);
     out->has_fused = counters != NULL;
     if (counters) out->fused = *counters;
     out->shard_rank = opt->shard_rank;
@@ -231,10 +247,15 @@ void fadam_metadata_write(const fadam_optimizer *opt, const fadam_checkpoint_val
     int g;
     for (k = 0; k < N_METADATA_KEYS; k++) {
         const metadata_key *key = &metadata_keys[k];
-        if (key->scope == SCOPE_GROUP) {
+        if (key->scope == SCOPE_GROUP || key->scope == SCOPE_LAYOUT) {
             for (g = 0; g < values->n_groups; g++) {
+                const fadam_state_layout *layout = &values->layouts[g];
+                if (key->scope == SCOPE_LAYOUT && layout->master == FADAM_MASTER_FP32 &&
+                    layout->moments == FADAM_MOMENT_FP32 && layout->seed == 0)
+                    continue;
                 snprintf(prefix, sizeof prefix, "group.%d.", g);
-                format_value(key, &values->groups[g], text);
+                format_value(key, key->scope == SCOPE_GROUP ? (const void *)&values->groups[g] : (const void *)layout,
+                             text);
                 add_item(list, prefix, key->name, text, key->width);
             }
             continue;
@@ -382,6 +403,22 @@ static fadam_status read_key(const metadata_key *key, const char *name, const fa
                               function, name, value, range);
         return FADAM_SUCCESS;
     }
+    case KEY_UNSIGNED: {
+        /* Digits only, at most 20, no overflow: strtoull alone would take a sign and spaces. */
+        size_t length = strlen(value), i;
+        uint64_t parsed = 0;
+        int ok = length >= 1 && length <= 20;
+        for (i = 0; i < length && ok; i++) {
+            unsigned digit = (unsigned)(value[i] - '0');
+            if (digit > 9 || parsed > (UINT64_MAX - digit) / 10) ok = 0;
+            else parsed = parsed * 10 + digit;
+        }
+        if (!ok)
+            return fadam_fail(FADAM_ERR_CORRUPT, "%s: __metadata__ \"%s\" is \"%.40s\", not an integer in [0, 2^64-1]",
+                              function, name, value);
+        *(uint64_t *)field = parsed;
+        return FADAM_SUCCESS;
+    }
     case KEY_SHARD_COUNT:
         if (!fadam_parse_count(value, &number))
             return fadam_fail(FADAM_ERR_CORRUPT, "%s: '%.300s': %s \"%.40s\" is not a count", function, path, name,
@@ -423,6 +460,8 @@ fadam_status fadam_metadata_read(const fadam_optimizer *opt, const fadam_st_head
     for (g = 0; g < out->n_groups; g++) {
         snprintf(prefix, sizeof prefix, "group.%d.", g);
         if ((status = read_scope(SCOPE_GROUP, header, &out->groups[g], prefix, out, NULL, function)) != FADAM_SUCCESS)
+            return status;
+        if ((status = read_scope(SCOPE_LAYOUT, header, &out->layouts[g], prefix, out, NULL, function)) != FADAM_SUCCESS)
             return status;
         if (fadam_check_hparams(&out->groups[g], "checkpoint", g) != FADAM_SUCCESS) {
             snprintf(message, sizeof message, "%s", fadam_last_error_message());

@@ -17,6 +17,7 @@ typedef struct fadam_checkpoint_values {
     int64_t step;
     int n_groups;
     fadam_hparams groups[FADAM_MAX_GROUPS];
+    fadam_state_layout layouts[FADAM_MAX_GROUPS]; /* group.G.master_format, ...; absent: fp32, fp32, seed 0 */
     int has_fused; /* the fused step's counters are there */
     fadam_step_counters fused;
     int64_t shard_rank, shard_count; /* 0 of 1 when not sharded */

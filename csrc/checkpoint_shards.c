@@ -74,6 +74,30 @@ static fadam_status read_shard_file(const fadam_optimizer *opt, const char *path
     return fadam_metadata_read_shard(&f->plan.parsed, path, &f->plan.values, function);
 }
 
+/* Reassembling slices works element by element: a layout whose elements stand alone (fp32, bf16
+ * moments, remainders) loads into the same layout. 8-bit blocks depend on the slicing, and a change
+ * of layout would need the conversion fadam_load does: both refused. */
+static fadam_status check_shard_layouts(const fadam_optimizer *opt, const shard_file *f, const char *function) {
+    int g;
+    for (g = 0; g < opt->n_groups; g++) {
+        const fadam_state_layout *file = &f->plan.values.layouts[g], *own = &opt->layouts[g];
+        if (file->master != own->master || file->moments != own->moments)
+            return fadam_fail(FADAM_ERR_UNSUPPORTED_DTYPE,
+                              "%s: '%.300s': group %d's state layout (master %s, moments %s) is not the optimizer's "
+                              "(master %s, moments %s); fadam_load_shards does not convert layouts (fadam_load does, "
+                              "for an unsharded checkpoint or the same slicing)",
+                              function, f->in.path, g, file->master ? "remainder" : "fp32",
+                              fadam_moment_format_name(file->moments), own->master ? "remainder" : "fp32",
+                              fadam_moment_format_name(own->moments));
+        if (own->moments == FADAM_MOMENT_INT8)
+            return fadam_fail(FADAM_ERR_UNSUPPORTED_DTYPE,
+                              "%s: group %d keeps 8-bit moments, whose blocks of %d elements depend on the slicing: "
+                              "fadam_load_shards cannot reassemble them (fadam_load takes back the same slicing)",
+                              function, g, FADAM_MOMENT_BLOCK);
+    }
+    return FADAM_SUCCESS;
+}
+
 /* Every state of registered tensor t from every file holding a slice of it, into `host` (one buffer
  * of its numel elements per state). The files' slices must tile the full tensor exactly. */
 static fadam_status gather_tensor(const fadam_optimizer *opt, int64_t t, const shard_file *files, int n_files,
@@ -258,6 +282,7 @@ fadam_status fadam_load_shards(fadam_optimizer *opt, const char *const *paths, i
     for (i = 0; i < n_paths && status == FADAM_SUCCESS; i++, n_read++)
         status = read_shard_file(opt, paths[i], &files[i], function);
     if (status == FADAM_SUCCESS) status = check_shard_set(files, n_paths, function);
+    for (i = 0; i < n_paths && status == FADAM_SUCCESS; i++) status = check_shard_layouts(opt, &files[i], function);
     for (t = 0; t < opt->n_tensors && status == FADAM_SUCCESS; t++) {
         fadam_checkpoint_state states[FADAM_CHECKPOINT_MAX_STATES];
         unsigned char **own = &host[FADAM_CHECKPOINT_MAX_STATES * t];

@@ -12,6 +12,8 @@
 #include "optimizer_internal.h"
 #include "utf8.h"
 
+#include <xxhash.h>
+
 /* Every state buffer starts on this boundary, so each tensor's master/m/v allow vector access. */
 #define STATE_ALIGNMENT 256
 
@@ -235,39 +237,74 @@ static fadam_status check_unique_names(const fadam_optimizer *opt) {
     return status;
 }
 
-/* Every state pointer of a tensor to NULL: the master, and each field a rule may keep. */
+/* Every state pointer of a tensor to NULL: the master, each field a rule may keep, the 8-bit scales. */
 static void clear_state_pointers(fadam_tensor *t) {
     int field;
     t->master = NULL;
     for (field = 0; field < FADAM_FIELD_COUNT; field++) fadam_tensor_set_field(t, field, NULL);
+    t->exp_avg_scales = t->exp_avg_sq_scales = NULL;
+}
+
+fadam_master_format fadam_tensor_master_format(const fadam_optimizer *opt, fadam_dtype param_dtype, int group) {
+    /* The remainder needs bf16's 8-bit exponent: an fp16 param of the group keeps an fp32 master. */
+    return param_dtype == FADAM_BFLOAT16 && opt->layouts[group].master == FADAM_MASTER_REMAINDER
+               ? FADAM_MASTER_REMAINDER
+               : FADAM_MASTER_FP32;
+}
+
+uint64_t fadam_tensor_rounding_seed(uint64_t layout_seed, const char *name) {
+    /* The name, not the index: the same stream whatever the order of registration or the sharding. */
+    return XXH3_64bits_withSeed(name, strlen(name), layout_seed);
+}
+
+static size_t moment_element_bytes(fadam_moment_format format) {
+    return format == FADAM_MOMENT_INT8 ? 1 : format == FADAM_MOMENT_BF16 ? 2 : 4;
 }
 
 /* Byte offsets inside one state block of every tensor's states (those its group's rule keeps, from
- * the rule list), then its master for a 16-bit param; the total goes to *bytes. */
+ * the rule list, stored as its group's layout says), their 8-bit scales, then its master for a
+ * 16-bit param; the total goes to *bytes. Every buffer starts on STATE_ALIGNMENT. */
 static fadam_status plan_state(fadam_optimizer *opt, size_t *bytes) {
     size_t offset = 0;
     int64_t i;
     for (i = 0; i < opt->n_tensors; i++) {
         fadam_tensor *t = &opt->tensors[i];
+        const fadam_state_layout *layout = &opt->layouts[t->group];
         int rule = (int)opt->groups[t->group].mode, k, n_states = fadam_rule_state_count(rule);
-        size_t region = round_up((size_t)t->numel * sizeof(float), STATE_ALIGNMENT);
-        int regions = n_states + (t->param_dtype == FADAM_FLOAT32 ? 0 : 1);
-        if ((size_t)t->numel > (SIZE_MAX / 4 - offset) / 4)
+        size_t numel = (size_t)t->numel, n_blocks = (numel + FADAM_MOMENT_BLOCK - 1) / FADAM_MOMENT_BLOCK;
+        size_t moment_region = round_up(numel * moment_element_bytes(layout->moments), STATE_ALIGNMENT);
+        size_t scale_region = round_up(n_blocks * sizeof(float), STATE_ALIGNMENT);
+        int64_t shard_offset = 0, full_numel = 0;
+        if (numel > (SIZE_MAX / 4 - offset) / 4)
             return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_finalize: the optimizer state does not fit in memory");
         /* Offsets (plus one, so that offset 0 is not NULL) are stored in the pointer fields until the
          * block exists. */
         clear_state_pointers(t);
-        for (k = 0; k < n_states; k++)
-            fadam_tensor_set_field(t, fadam_rule_state_field(rule, k), (float *)(uintptr_t)(offset + (size_t)k * region + 1));
-        if (regions > n_states) t->master = (float *)(uintptr_t)(offset + (size_t)n_states * region + 1);
-        offset += (size_t)regions * region;
+        t->master_format = fadam_tensor_master_format(opt, t->param_dtype, t->group);
+        t->moment_format = layout->moments;
+        t->rounding_seed = fadam_tensor_rounding_seed(layout->seed, opt->names[i]);
+        fadam_tensor_shard_of(opt, i, &shard_offset, &full_numel);
+        t->element_offset = shard_offset;
+        for (k = 0; k < n_states; k++) {
+            int field = fadam_rule_state_field(rule, k);
+            fadam_tensor_set_field(t, field, (void *)(uintptr_t)(offset + 1));
+            offset += moment_region;
+            if (layout->moments != FADAM_MOMENT_INT8) continue;
+            if (field == FADAM_FIELD_EXP_AVG) t->exp_avg_scales = (float *)(uintptr_t)(offset + 1);
+            else t->exp_avg_sq_scales = (float *)(uintptr_t)(offset + 1);
+            offset += scale_region;
+        }
+        if (t->param_dtype != FADAM_FLOAT32) {
+            t->master = (void *)(uintptr_t)(offset + 1);
+            offset += round_up(numel * (t->master_format == FADAM_MASTER_REMAINDER ? 2 : 4), STATE_ALIGNMENT);
+        }
     }
     *bytes = offset;
     return FADAM_SUCCESS;
 }
 
-static float *rebase(float *planned, uintptr_t base) {
-    return planned ? (float *)(base + (uintptr_t)planned - 1) : NULL;
+static void *rebase(void *planned, uintptr_t base) {
+    return planned ? (void *)(base + (uintptr_t)planned - 1) : NULL;
 }
 
 static void rebase_state(fadam_optimizer *opt, uintptr_t base) {
@@ -278,17 +315,18 @@ static void rebase_state(fadam_optimizer *opt, uintptr_t base) {
         for (field = 0; field < FADAM_FIELD_COUNT; field++)
             fadam_tensor_set_field(t, field, rebase(fadam_tensor_field(t, field), base));
         t->master = rebase(t->master, base);
+        t->exp_avg_scales = (float *)rebase(t->exp_avg_scales, base);
+        t->exp_avg_sq_scales = (float *)rebase(t->exp_avg_sq_scales, base);
     }
 }
 
-static void init_cpu_state(fadam_optimizer *opt) {
+/* Zero moments, scales and remainders (a remainder of 0: master == param); an fp32 master from its param. */
+static void init_cpu_state(fadam_optimizer *opt, size_t state_bytes) {
     int64_t i, j;
+    memset(opt->state_block, 0, state_bytes);
     for (i = 0; i < opt->n_tensors; i++) {
         fadam_tensor *t = &opt->tensors[i];
-        int field;
-        for (field = 0; field < FADAM_FIELD_COUNT; field++)
-            if (fadam_tensor_field(t, field)) memset(fadam_tensor_field(t, field), 0, (size_t)t->numel * sizeof(float));
-        if (!t->master) continue;
+        if (!t->master || t->master_format != FADAM_MASTER_FP32) continue;
         for (j = 0; j < t->numel; j++) {
             uint16_t bits = ((const uint16_t *)t->param)[j];
             ((float *)t->master)[j] = t->param_dtype == FADAM_BFLOAT16 ? fadam_bf16_bits_to_float(bits) : fadam_fp16_bits_to_float(bits);
@@ -356,7 +394,7 @@ fadam_status fadam_finalize(fadam_optimizer *opt, fadam_stream stream) {
     if (opt->device == FADAM_DEVICE_CPU) {
         if ((status = fadam_cpu_pool_open(&opt->cpu_pool, opt->cpu_threads, "fadam_finalize")) != FADAM_SUCCESS)
             goto fail;
-        init_cpu_state(opt);
+        init_cpu_state(opt, state_bytes);
     } else {
         opt->device_table = fadam_optimizer_alloc(opt, table_bytes);
         if (!opt->device_table) {
@@ -485,9 +523,67 @@ fadam_status fadam_get_state(const fadam_optimizer *opt, int64_t index, float **
     if (index < 0 || index >= opt->n_tensors)
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_get_state: index=%lld, but %lld tensor(s) are registered",
                           (long long)index, (long long)opt->n_tensors);
-    if (master) *master = opt->tensors[index].master;
-    if (exp_avg) *exp_avg = opt->tensors[index].exp_avg;
-    if (exp_avg_sq) *exp_avg_sq = opt->tensors[index].exp_avg_sq;
+    if (opt->tensors[index].master_format != FADAM_MASTER_FP32 || opt->tensors[index].moment_format != FADAM_MOMENT_FP32)
+        return fadam_fail_tensor(index, FADAM_ERR_UNSUPPORTED_DTYPE,
+                                 "fadam_get_state: tensor %lld ('%.120s') is stored in a lean layout of group %d (master "
+                                 "%s, moments %s), not as float32: use fadam_get_tensor_state",
+                                 (long long)index, opt->names[index], opt->tensors[index].group,
+                                 opt->tensors[index].master_format == FADAM_MASTER_REMAINDER ? "remainder" : "fp32",
+                                 fadam_moment_format_name(opt->tensors[index].moment_format));
+    if (master) *master = (float *)opt->tensors[index].master;
+    if (exp_avg) *exp_avg = (float *)opt->tensors[index].exp_avg;
+    if (exp_avg_sq) *exp_avg_sq = (float *)opt->tensors[index].exp_avg_sq;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_get_tensor_state(const fadam_optimizer *opt, int64_t index, fadam_tensor *out) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_get_tensor_state");
+    FADAM_REQUIRE_NOT_NULL(out, "fadam_get_tensor_state");
+    if ((status = fadam_require_finalized(opt, "fadam_get_tensor_state")) != FADAM_SUCCESS) return status;
+    if (index < 0 || index >= opt->n_tensors)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_get_tensor_state: index=%lld, but %lld tensor(s) are registered",
+                          (long long)index, (long long)opt->n_tensors);
+    *out = opt->tensors[index];
+    return FADAM_SUCCESS;
+}
+
+const char *fadam_moment_format_name(fadam_moment_format format) {
+    return format == FADAM_MOMENT_FP32 ? "fp32" : format == FADAM_MOMENT_BF16 ? "bf16" : format == FADAM_MOMENT_INT8 ? "int8" : "?";
+}
+
+fadam_status fadam_set_group_layout(fadam_optimizer *opt, int group, const fadam_state_layout *layout) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_set_group_layout");
+    FADAM_REQUIRE_NOT_NULL(layout, "fadam_set_group_layout");
+    if (opt->finalized)
+        return fadam_fail(FADAM_ERR_BAD_STATE, "fadam_set_group_layout: group %d: the optimizer is already finalized; "
+                                               "the state was laid out at fadam_finalize, so set layouts before it",
+                          group);
+    if ((status = require_group(opt, group, "fadam_set_group_layout")) != FADAM_SUCCESS) return status;
+    if (layout->master != FADAM_MASTER_FP32 && layout->master != FADAM_MASTER_REMAINDER)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_set_group_layout: group %d: master=%d is not a "
+                                                   "fadam_master_format (FADAM_MASTER_FP32 0, FADAM_MASTER_REMAINDER 1)",
+                          group, (int)layout->master);
+    if (layout->moments != FADAM_MOMENT_FP32 && layout->moments != FADAM_MOMENT_BF16 &&
+        layout->moments != FADAM_MOMENT_INT8)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "fadam_set_group_layout: group %d: moments=%d is not a "
+                                                   "fadam_moment_format (FADAM_MOMENT_FP32 0, FADAM_MOMENT_BF16 1, "
+                                                   "FADAM_MOMENT_INT8 2)",
+                          group, (int)layout->moments);
+    opt->layouts[group] = *layout;
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_get_group_layout(const fadam_optimizer *opt, int group, fadam_state_layout *out) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(opt, "fadam_get_group_layout");
+    FADAM_REQUIRE_NOT_NULL(out, "fadam_get_group_layout");
+    if ((status = require_group(opt, group, "fadam_get_group_layout")) != FADAM_SUCCESS) return status;
+    *out = opt->layouts[group];
     return FADAM_SUCCESS;
 }
 

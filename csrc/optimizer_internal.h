@@ -15,6 +15,7 @@ struct fadam_optimizer {
     int has_allocator;
 
     fadam_hparams groups[FADAM_MAX_GROUPS];
+    fadam_state_layout layouts[FADAM_MAX_GROUPS]; /* zero: fp32 master and moments, seed 0 */
     int n_groups;
 
     /* Registered tensors; after finalize their master/exp_avg/exp_avg_sq point into state_block. */
@@ -57,6 +58,14 @@ void fadam_fused_state_free(fadam_optimizer *opt);
 
 /* optimizer.c: FADAM_ERR_BAD_STATE naming `function` unless fadam_finalize has run. */
 fadam_status fadam_require_finalized(const fadam_optimizer *opt, const char *function);
+
+/* optimizer.c: the master format a tensor of `group` gets: REMAINDER for a bf16 param in a
+ * REMAINDER group, else FP32 (an fp32 param's own, or an fp16 param's fp32 master). */
+fadam_master_format fadam_tensor_master_format(const fadam_optimizer *opt, fadam_dtype param_dtype, int group);
+/* "fp32", "bf16", "int8" (checkpoint metadata and messages). */
+const char *fadam_moment_format_name(fadam_moment_format format);
+/* The rounding seed of a tensor: the group layout's seed mixed with a hash of the tensor's name. */
+uint64_t fadam_tensor_rounding_seed(uint64_t layout_seed, const char *name);
 
 /* Allocation through the caller's allocator, else cudaMalloc or aligned host memory. */
 void *fadam_optimizer_alloc(fadam_optimizer *opt, size_t bytes);

@@ -555,6 +555,15 @@ FADAM_API int fadam_cuda_device_count(void);
  * when it is configured, and checksum "xxh3-128:<32 hex digits>" over the metadata and the data
  * (README.md gives the exact definition). Format version 2; version 1 files (checksum
  * "sha256:<64 hex digits>", otherwise the same) still load.
+ * Lean layouts (fadam_set_group_layout) save their own bytes: bf16 moments as BF16 entries, 8-bit
+ * moments as I8 NAME.exp_avg / U8 NAME.exp_avg_sq plus F32 NAME.exp_avg.scales / NAME.exp_avg_sq.scales
+ * (ceil(numel / 256) each), a remainder as U16 NAME.master_remainder instead of NAME.master; such a
+ * group's metadata adds group.G.master_format ("fp32"/"remainder"), group.G.moment_format
+ * ("fp32"/"bf16"/"int8") and group.G.seed (absent: fp32, fp32, 0, as every older file). fadam_load
+ * converts a file of another layout through fp32: bf16 rounded to nearest even, 8-bit blocks
+ * requantized to nearest, a remainder joined with the current param (restore params first) or split
+ * from the master (which writes the param). fadam_load_shards refuses a change of layout and 8-bit
+ * moments (FADAM_ERR_UNSUPPORTED_DTYPE).
  *
  * These are not per-step calls: they synchronize `stream`. Device state is copied in bounded pieces
  * through a small pinned buffer on `stream`, after the work already queued on it.

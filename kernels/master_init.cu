@@ -26,7 +26,8 @@ __global__ void master_init_kernel(const fadam_table_header *table) {
     const int64_t n_chunks = table->n_chunks, n_tensors = table->n_tensors;
     for (int64_t chunk = blockIdx.x; chunk < n_chunks; chunk += gridDim.x) {
         const fadam_table_entry tensor = entries[fadam_find_tensor(entries, n_tensors, chunk)];
-        if (!tensor.states[FADAM_SLOT_MASTER].data) continue;
+        /* Only an fp32 master is filled; a remainder starts at 0 (master == param), zeroed with the block. */
+        if (!tensor.states[FADAM_SLOT_MASTER].data || tensor.state_format[FADAM_SLOT_MASTER] != FADAM_STATE_FP32) continue;
         int64_t begin = (chunk - tensor.first_chunk) * table->chunk_elems;
         int64_t end = begin + table->chunk_elems < tensor.numel ? begin + table->chunk_elems : tensor.numel;
         switch (tensor.param_dtype) {
