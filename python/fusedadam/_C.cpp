@@ -62,6 +62,13 @@ struct Hparams {
     fadam_hparams c;
 };
 
+// Which state tensors a parameter group's step reads (made by FusedAdamW._group_state from the group
+// and its rule): the float32 master of a 16-bit parameter, and exp_avg_sq (Lion keeps exp_avg only).
+struct GroupState {
+    bool master = true;
+    bool second_moment = true;
+};
+
 bool to_fadam_dtype(at::ScalarType type, fadam_dtype *out) {
     switch (type) {
     case at::kFloat: *out = FADAM_FLOAT32; return true;
@@ -136,7 +143,22 @@ class TableCache {
     int64_t cpu_calls = 0;
     int cpu_threads = 0; // threads of the CPU pool (torch.get_num_threads() at the last CPU step)
 
-    void clear() { tables_.clear(); }
+    void clear() {
+        tables_.clear();
+        unused_.clear();
+    }
+
+    // A Lion tensor's exp_avg_sq for the device table (fadam_table_bytes wants one for every tensor
+    // and Lion never reads or writes it): an fp32 buffer like exp_avg, kept while exp_avg stays put
+    // so that the cached table stays valid.
+    float *unused_second_moment(const at::Tensor &exp_avg) {
+        auto found = unused_.find(exp_avg.data_ptr());
+        if (found == unused_.end() || found->second.first.numel() != exp_avg.numel() ||
+            found->second.first.device() != exp_avg.device())
+            found = unused_.insert_or_assign(exp_avg.data_ptr(), std::make_pair(at::empty_like(exp_avg), true)).first;
+        found->second.second = true;
+        return static_cast<float *>(found->second.first.data_ptr());
+    }
 
     // The CPU steps' worker threads, as many as PyTorch's intra-op threads: started at the first CPU
     // step and again when torch.set_num_threads changes the count. Call with the GIL held (it may raise).
@@ -196,8 +218,17 @@ class TableCache {
     }
 #endif
 
-    // Drops the tables no bucket of this step used (their tensors are gone or regrouped).
+    // Drops the tables no bucket of this step used (their tensors are gone or regrouped), and the
+    // Lion buffers no tensor of this step asked for.
     void drop_unused() {
+        for (auto it = unused_.begin(); it != unused_.end();) {
+            if (!it->second.second) {
+                it = unused_.erase(it);
+            } else {
+                it->second.second = false;
+                ++it;
+            }
+        }
         for (auto it = tables_.begin(); it != tables_.end();) {
             if (!it->second.used) {
                 it = tables_.erase(it);
@@ -210,6 +241,7 @@ class TableCache {
 
   private:
     std::map<std::pair<int, int>, CachedTable> tables_;
+    std::map<void *, std::pair<at::Tensor, bool>> unused_; // by exp_avg's data: (buffer, asked for this step)
     std::unique_ptr<fadam_cpu_pool, void (*)(fadam_cpu_pool *)> cpu_pool_{nullptr, &fadam_cpu_pool_destroy};
 };
 
@@ -278,6 +310,7 @@ struct CachedParam {
     int64_t group = 0;
     bool ready = false;        // state holds step, exp_avg, exp_avg_sq (and master_param if wanted)
     bool wants_master = false; // a 16-bit parameter of a group with master_weights=True
+    bool second_moment = true; // its group's rule keeps exp_avg_sq
     pybind11::object state, step, exp_avg, exp_avg_sq, master; // null when not captured
 };
 
@@ -312,8 +345,8 @@ class ParamCache {
     size_t size() const { return params_ ? params_->size() : 0; }
 
     // Snapshots param_groups and state (optimizer.param_groups and optimizer.state, after the state
-    // of every parameter with a gradient was created); master_flags[g] is group g's master_weights.
-    void load(pybind11::handle param_groups, pybind11::handle state, const std::vector<bool> &master_flags) {
+    // of every parameter with a gradient was created); group_states[g] says what group g's step reads.
+    void load(pybind11::handle param_groups, pybind11::handle state, const std::vector<GroupState> &group_states) {
         clear();
         if (!PyDict_Check(state.ptr())) throw pybind11::type_error("fusedadam: optimizer.state must be a dict");
         ParamCache next;
@@ -321,8 +354,8 @@ class ParamCache {
         next.state_ = pybind11::reinterpret_borrow<pybind11::object>(state);
         pybind11::object groups = as_sequence(param_groups, "fusedadam: param_groups must be a sequence");
         Py_ssize_t n_groups = PySequence_Fast_GET_SIZE(groups.ptr());
-        if ((size_t)n_groups != master_flags.size())
-            throw pybind11::value_error("fusedadam: master_weights flags differ in number from the groups");
+        if ((size_t)n_groups != group_states.size())
+            throw pybind11::value_error("fusedadam: group states differ in number from the groups");
         for (Py_ssize_t g = 0; g < n_groups; g++) {
             PyObject *group = PySequence_Fast_GET_ITEM(groups.ptr(), g);
             if (!PyDict_Check(group)) throw pybind11::type_error("fusedadam: a parameter group must be a dict");
@@ -332,7 +365,7 @@ class ParamCache {
             next.group_params_.push_back(pybind11::reinterpret_borrow<pybind11::object>(params));
             pybind11::object members = as_sequence(params, "fusedadam: a group's params must be a sequence");
             for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(members.ptr()); i++)
-                next.add(g, PySequence_Fast_GET_ITEM(members.ptr(), i), master_flags[g]);
+                next.add(g, PySequence_Fast_GET_ITEM(members.ptr(), i), group_states[g]);
             next.group_ends_.push_back(next.building_.size());
         }
         // The state's entries in order: a replaced, added or removed entry changes the sequence.
@@ -353,11 +386,11 @@ class ParamCache {
     // is released during the CPU update).
     // defer_float64: float64 parameters are left to the caller (torch's own AdamW math); without it
     // one with a gradient makes the cache stale, so that the caller finds it and steps it.
-    bool collect(pybind11::handle param_groups, pybind11::handle state, const std::vector<bool> &master_flags,
+    bool collect(pybind11::handle param_groups, pybind11::handle state, const std::vector<GroupState> &group_states,
                  std::vector<StepItem> &items, std::shared_ptr<const std::vector<CachedParam>> &keep,
                  bool defer_float64) const {
         if (!params_ || param_groups.ptr() != param_groups_.ptr() || state.ptr() != state_.ptr() ||
-            master_flags.size() != groups_.size() || !structure_unchanged())
+            group_states.size() != groups_.size() || !structure_unchanged())
             return false;
         keep = params_;
         const std::vector<CachedParam> &params = *params_;
@@ -393,14 +426,18 @@ class ParamCache {
                 return false;
             }
             if (!cached.ready) return false;
-            bool wants_master = master_flags[cached.group] && is_16bit(param.scalar_type());
+            const GroupState &group_state = group_states[cached.group];
+            bool wants_master = group_state.master && is_16bit(param.scalar_type());
+            bool second_moment = group_state.second_moment;
             PyObject *state_dict = cached.state.ptr();
-            if (wants_master != cached.wants_master || dict_item(state_dict, key_step) != cached.step.ptr() ||
+            if (wants_master != cached.wants_master || second_moment != cached.second_moment ||
+                dict_item(state_dict, key_step) != cached.step.ptr() ||
                 dict_item(state_dict, key_exp_avg) != cached.exp_avg.ptr() ||
-                dict_item(state_dict, key_exp_avg_sq) != cached.exp_avg_sq.ptr() ||
+                (second_moment && dict_item(state_dict, key_exp_avg_sq) != cached.exp_avg_sq.ptr()) ||
                 (wants_master && dict_item(state_dict, key_master_param) != cached.master.ptr()))
                 return false;
-            items.push_back({cached.group, borrow(cached.param), borrow(cached.exp_avg), borrow(cached.exp_avg_sq),
+            items.push_back({cached.group, borrow(cached.param), borrow(cached.exp_avg),
+                             second_moment ? borrow(cached.exp_avg_sq) : c10::MaybeOwned<at::Tensor>::owned(std::in_place),
                              borrow(cached.step),
                              wants_master ? borrow(cached.master) : c10::MaybeOwned<at::Tensor>::owned(std::in_place),
                              grad});
@@ -423,20 +460,22 @@ class ParamCache {
     }
 
   private:
-    void add(int64_t group, PyObject *param, bool master_weights) {
+    void add(int64_t group, PyObject *param, const GroupState &group_state) {
         if (!THPVariable_Check(param)) throw pybind11::type_error("fusedadam: a parameter is not a tensor");
         CachedParam cached;
         cached.param = pybind11::reinterpret_borrow<pybind11::object>(param);
         cached.group = group;
         const at::Tensor &tensor = THPVariable_Unpack(param);
-        cached.wants_master = master_weights && is_16bit(tensor.scalar_type());
+        cached.wants_master = group_state.master && is_16bit(tensor.scalar_type());
+        cached.second_moment = group_state.second_moment;
         bool stepped = tensor.unsafeGetTensorImpl()->grad().defined();
         PyObject *state = dict_item(state_.ptr(), param);
         if (state && PyDict_Check(state)) {
             cached.state = pybind11::reinterpret_borrow<pybind11::object>(state);
             cached.ready = capture(group, tensor, state, key_step, "step", stepped, cached.step) &
-                           capture(group, tensor, state, key_exp_avg, "exp_avg", stepped, cached.exp_avg) &
-                           capture(group, tensor, state, key_exp_avg_sq, "exp_avg_sq", stepped, cached.exp_avg_sq);
+                           capture(group, tensor, state, key_exp_avg, "exp_avg", stepped, cached.exp_avg);
+            if (cached.second_moment)
+                cached.ready &= capture(group, tensor, state, key_exp_avg_sq, "exp_avg_sq", stepped, cached.exp_avg_sq);
             if (cached.wants_master)
                 cached.ready &= capture(group, tensor, state, key_master_param, "master_param", stepped, cached.master);
         } else if (stepped) {
@@ -496,7 +535,7 @@ class ParamCache {
 
 // One optimizer step over the parameters of `cache` that have a gradient. Returns false, having
 // done nothing, when the cache no longer describes param_groups and state (the caller rebuilds it
-// and calls again). hparams[g] and master_flags[g] are group g's, read by the caller this step.
+// and calls again). hparams[g] and group_states[g] are group g's, read by the caller this step.
 // Each stepped parameter's state['step'] is advanced by one once every update is queued.
 // The one-element float32 tensor `value` (grad_multiplier or found_inf, optional) on `device` (-1: the
 // CPU), copied there when it lives elsewhere; undefined when not given.
@@ -530,7 +569,7 @@ fadam_step_scaling scaling_of(const at::Tensor &grad_multiplier, const at::Tenso
 }
 
 bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle param_groups, pybind11::handle state,
-                const std::vector<Hparams> &hparams, const std::vector<bool> &master_flags,
+                const std::vector<Hparams> &hparams, const std::vector<GroupState> &group_states,
                 const c10::optional<at::Tensor> &grad_multiplier, const c10::optional<at::Tensor> &found_inf,
                 bool defer_float64, const c10::optional<at::Tensor> &device_step,
                 const c10::optional<at::Tensor> &device_lr) {
@@ -539,7 +578,7 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
     const bool step_in_memory = device_step && device_step->defined();
     std::vector<StepItem> items;
     std::shared_ptr<const std::vector<CachedParam>> keep;
-    if (!cache.collect(param_groups, state, master_flags, items, keep, defer_float64)) return false;
+    if (!cache.collect(param_groups, state, group_states, items, keep, defer_float64)) return false;
     const size_t n = items.size();
     if (n == 0) return true; // no gradient anywhere: nothing to check or do, as torch
     if (hparams.empty() || hparams.size() > FADAM_MAX_GROUPS)
@@ -598,7 +637,8 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         }
         check_companion(item.group, param, *grad, "grad", false);
         check_companion(item.group, param, *item.exp_avg, "state['exp_avg']", true);
-        check_companion(item.group, param, *item.exp_avg_sq, "state['exp_avg_sq']", true);
+        if (item.exp_avg_sq->defined())
+            check_companion(item.group, param, *item.exp_avg_sq, "state['exp_avg_sq']", true);
         if (item.master->defined()) {
             if (entry.param_dtype == FADAM_FLOAT32)
                 throw pybind11::value_error("fusedadam: " + where() + ": a float32 parameter is its own master");
@@ -613,7 +653,10 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         entry.grad = grad->data_ptr();
         // check_companion made these float32: the untyped data_ptr skips a second dtype check.
         entry.exp_avg = static_cast<float *>(item.exp_avg->data_ptr());
-        entry.exp_avg_sq = static_cast<float *>(item.exp_avg_sq->data_ptr());
+        if (item.exp_avg_sq->defined())
+            entry.exp_avg_sq = static_cast<float *>(item.exp_avg_sq->data_ptr());
+        else if (type == at::kCUDA) // Lion: the device table wants a buffer it never touches
+            entry.exp_avg_sq = tables.unused_second_moment(*item.exp_avg);
         entry.numel = param.numel();
         entry.group = (int)item.group;
         int device = type == at::kCUDA ? param.device().index() : -1;
@@ -733,8 +776,9 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         StepItem &item = items[i];
         if (!step_in_memory)
             *static_cast<float *>(item.step->data_ptr()) += 1.0f; // read_step made it a CPU float32 scalar
-        for (const at::Tensor *t : {&*item.step, &*item.param, &*item.exp_avg, &*item.exp_avg_sq})
+        for (const at::Tensor *t : {&*item.step, &*item.param, &*item.exp_avg})
             t->unsafeGetTensorImpl()->bump_version();
+        if (item.exp_avg_sq->defined()) item.exp_avg_sq->unsafeGetTensorImpl()->bump_version();
         if (item.master->defined()) item.master->unsafeGetTensorImpl()->bump_version();
         item.grad.reset();
     }
@@ -754,6 +798,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     // group's dict in one place (FusedAdamW._hparams); the C library's checks are the only ones.
     m.attr("ADAMW") = (int)FADAM_ADAMW;
     m.attr("ADAM_L2") = (int)FADAM_ADAM_L2;
+    m.attr("LION") = (int)FADAM_LION;
+    pybind11::class_<GroupState>(m, "GroupState", "Which state tensors a parameter group's step reads")
+        .def(pybind11::init([](bool master, bool second_moment) { return GroupState{master, second_moment}; }),
+             pybind11::kw_only(), pybind11::arg("master") = true, pybind11::arg("second_moment") = true)
+        .def_readonly("master", &GroupState::master)
+        .def_readonly("second_moment", &GroupState::second_moment);
     fadam_hparams defaults = fadam_hparams_default();
     pybind11::class_<Hparams>(m, "Hparams", "One parameter group's hyperparameters (the C fadam_hparams)")
         .def(pybind11::init([](float lr, float beta1, float beta2, float eps, float weight_decay, int mode,
@@ -819,14 +869,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def(pybind11::init<>())
         .def_readonly("loads", &ParamCache::loads)
         .def("load", &ParamCache::load, pybind11::arg("param_groups"), pybind11::arg("state"),
-             pybind11::arg("master_weights"))
+             pybind11::arg("group_states"))
         .def("clear", &ParamCache::clear)
         .def("__len__", &ParamCache::size);
     m.def("step", &fused_step,
-          "One fused AdamW/Adam step over the cached parameters that have a gradient; False (nothing done) "
+          "One fused AdamW/Adam/Lion step over the cached parameters that have a gradient; False (nothing done) "
           "when the cache no longer matches param_groups and state",
           pybind11::arg("tables"), pybind11::arg("cache"), pybind11::arg("param_groups"), pybind11::arg("state"),
-          pybind11::arg("hparams"), pybind11::arg("master_weights"), pybind11::arg("grad_multiplier") = pybind11::none(),
+          pybind11::arg("hparams"), pybind11::arg("group_states"), pybind11::arg("grad_multiplier") = pybind11::none(),
           pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("defer_float64") = false,
           pybind11::arg("device_step") = pybind11::none(), pybind11::arg("device_lr") = pybind11::none());
 }

@@ -1,5 +1,6 @@
 """fusedadam.torch - FusedAdamW, a drop-in for torch.optim.AdamW that updates every CUDA parameter
-with one fused kernel launch per step, and FusedAdam, the same for torch.optim.Adam (L2 weight decay).
+with one fused kernel launch per step, FusedAdam, the same for torch.optim.Adam (L2 weight decay), and
+FusedLion, the Lion rule (Chen et al. 2023) through the same machinery.
 
     from fusedadam.torch import FusedAdamW
     opt = FusedAdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
@@ -29,7 +30,7 @@ try:  # DTensor (FSDP2, tensor parallelism); absent from torch builds without to
 except ImportError:  # pragma: no cover
     DTensor = None
 
-__all__ = ["FusedAdamW", "FusedAdam", "MAX_GROUPS"]
+__all__ = ["FusedAdamW", "FusedAdam", "FusedLion", "MAX_GROUPS"]
 
 __version__ = _C.version()
 
@@ -104,6 +105,8 @@ class FusedAdamW(Optimizer):
     _DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2, "decoupled_weight_decay": True}
     # The float32 moments each parameter's state holds (made by _create_state, read by the binding).
     _STATE_KEYS = ("exp_avg", "exp_avg_sq")
+    # Whether float64 parameters, which the C library does not step, go through torch's Adam math.
+    _FLOAT64_ADAM = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -113,6 +116,11 @@ class FusedAdamW(Optimizer):
     def _mode(group):
         """The C library's update rule for a parameter group."""
         return _C.ADAMW if group["decoupled_weight_decay"] else _C.ADAM_L2
+
+    @classmethod
+    def _group_state(cls, group):
+        """Which state tensors the binding reads for a group's parameters."""
+        return _C.GroupState(master=bool(group["master_weights"]), second_moment="exp_avg_sq" in cls._STATE_KEYS)
 
     @classmethod
     def _hparams(cls, group):
@@ -227,7 +235,7 @@ class FusedAdamW(Optimizer):
         # Per group, read at every step (schedulers change lr); per parameter, the binding reads the
         # grads and checks its cache of the parameters and their state against the optimizer.
         hparams = [self._hparams(group) for group in self.param_groups]
-        master_weights = [bool(group["master_weights"]) for group in self.param_groups]
+        group_states = [self._group_state(group) for group in self.param_groups]
         # A step captured in a CUDA graph would replay its host step counts and lr frozen: refused
         # with torch's own check and message (capturable is False).
         self._cuda_graph_capture_health_check()
@@ -259,7 +267,7 @@ class FusedAdamW(Optimizer):
             scaling = {**scaling, **_capturable_inputs(self, stepped)}
         float64_step = _float64_step(self, scaling) if self._has_float64 else None
         if not self._needs_view and _C.step(
-            self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling,
+            self._tables, self._cache, self.param_groups, self.state, hparams, group_states, **scaling,
             defer_float64=self._has_float64,
         ):
             if float64_step:
@@ -275,11 +283,11 @@ class FusedAdamW(Optimizer):
         try:
             float64_step = _float64_step(self, scaling) if self._has_float64 else None
             if self._needs_view:
-                _step_view(self, hparams, master_weights, scaling)
+                _step_view(self, hparams, group_states, scaling)
             else:
-                self._cache.load(self.param_groups, self.state, master_weights)
+                self._cache.load(self.param_groups, self.state, group_states)
                 if not _C.step(
-                    self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling,
+                    self._tables, self._cache, self.param_groups, self.state, hparams, group_states, **scaling,
                     defer_float64=self._has_float64,
                 ):
                     raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
@@ -358,6 +366,28 @@ class FusedAdam(FusedAdamW):
     L2 weight decay (decoupled_weight_decay=False, the decay is added to the gradient)."""
 
     _DEFAULTS = {**FusedAdamW._DEFAULTS, "weight_decay": 0, "decoupled_weight_decay": False}
+
+
+class FusedLion(FusedAdamW):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): FusedAdamW with the
+    Lion rule and its defaults lr=1e-4, betas=(0.9, 0.99), weight_decay=0. Per element:
+        c = beta1 * m + (1 - beta1) * g
+        p = p * (1 - lr * weight_decay) - lr * sign(c)      (sign(0) = 0, as torch.sign)
+        m = beta2 * m + (1 - beta2) * g
+    One moment, state['exp_avg'] (float32; the key of the lion-pytorch package and timm's Lion, whose
+    state dicts load here and back); eps, bias_correction and decoupled_weight_decay are accepted
+    and unused (the decay is always decoupled). Everything else (master_weights, maximize,
+    max_grad_norm, GradScaler, capturable, CPU and CUDA parameters) is FusedAdamW's. float64
+    parameters are not supported. A beta in [0, 1] is accepted (no bias correction divides by
+    1 - beta)."""
+
+    _DEFAULTS = {**FusedAdamW._DEFAULTS, "lr": 1e-4, "betas": (0.9, 0.99), "eps": 0.0, "weight_decay": 0.0}
+    _STATE_KEYS = ("exp_avg",)
+    _FLOAT64_ADAM = False
+
+    @staticmethod
+    def _mode(group):
+        return _C.LION
 
 
 def _check_options(group):
@@ -442,7 +472,7 @@ def _local_grad(param):
     return grad.to_local()
 
 
-def _step_view(optimizer, hparams, master_weights, scaling):
+def _step_view(optimizer, hparams, group_states, scaling):
     """The step of an optimizer with DTensor parameters (FSDP2's fully_shard, tensor parallelism) or
     strided parameters with gaps, through a view of the optimizer where
       - a DTensor is its local shard, as are its gradient and state tensors: each rank steps its own
@@ -478,9 +508,9 @@ def _step_view(optimizer, hparams, master_weights, scaling):
                     work.grad = torch.empty_like(work, dtype=grad.dtype).copy_(grad) if work is not local else grad
                     given.append(work)
             groups.append({"params": view_params})
-        optimizer._cache.load(groups, state, master_weights)
+        optimizer._cache.load(groups, state, group_states)
         if not _C.step(
-            optimizer._tables, optimizer._cache, groups, state, hparams, master_weights, **scaling,
+            optimizer._tables, optimizer._cache, groups, state, hparams, group_states, **scaling,
             defer_float64=optimizer._has_float64,
         ):
             raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
@@ -502,6 +532,9 @@ def _float64_step(optimizer, scaling):
         params = [p for p in group["params"] if p.grad is not None and _local(p).dtype == torch.float64]
         if not params:
             continue
+        if not optimizer._FLOAT64_ADAM:
+            raise TypeError(f"fusedadam: {type(optimizer).__name__} does not support float64 parameters "
+                            "(float32, bfloat16 and float16 are supported)")
         if not group["bias_correction"]:
             raise ValueError("fusedadam: bias_correction=False is not supported for float64 parameters")
         grads = [_local_grad(p) if _local(p) is not p else p.grad for p in params]
@@ -732,6 +765,8 @@ def _restore_fp32_state(optimizer):
             state[key] = _fp32_like(param, value)
         if "step" in state:
             state["step"] = _new_step(param, optimizer.defaults["capturable"], float(state["step"]))
+        elif any(key in state for key in optimizer._STATE_KEYS):  # lion-pytorch, timm's Lion: no step count
+            state["step"] = _new_step(param, optimizer.defaults["capturable"], 0.0)
         # A torch.optim.AdamW checkpoint has no master: the parameter is the best there is.
         if _wants_master(param, group["master_weights"]) and "master_param" not in state:
             state["master_param"] = _fp32_like(param, param)
