@@ -15,6 +15,17 @@ between the two optimizers in either direction:
     exp_avg_sq    second moment, float32
     master_param  float32 copy of a bfloat16/float16 parameter (master_weights=True): the update is
                   computed on it and the parameter receives it rounded to nearest even
+
+Memory-lean layouts (per group: master_weights="remainder", moment_dtype=torch.bfloat16 or "int8";
+docs/STATE_LAYOUTS.md) keep their state under keys of their own, laid out like the parameter:
+    master_remainder   int16 (the uint16 bits): the low 16 bits of the float32 master of a bfloat16
+                       parameter, whose own bits are the high 16 (rounded): 2 B instead of 4
+    exp_avg_bf16, exp_avg_sq_bf16      bfloat16 moments, stochastically rounded
+    exp_avg_int8, exp_avg_sq_uint8     8-bit codes (signed m, companded unsigned v), with
+    exp_avg_scales, exp_avg_sq_scales  float32, one per block of 256 elements (in memory order)
+state_dict() adds exp_avg / exp_avg_sq / master_param in float32 (dequantized, joined) beside them, so
+torch.optim.AdamW loads it; load_state_dict() takes the compact keys when the group has the same
+layout (bit for bit), else converts the float32 ones (round to nearest: the file says what was lost).
 """
 
 import inspect
@@ -45,7 +56,14 @@ _UNSUPPORTED_OPTIONS = ("amsgrad", "differentiable")
 # constructor's value, and load_state_dict() takes the constructor's value where they are missing, so
 # that a torch.distributed.checkpoint of either optimizer loads into the other (DCP asks the checkpoint
 # for every key of the state dict it loads into).
-_OPTIONAL_GROUP_KEYS = ("bias_correction", "master_weights")
+_OPTIONAL_GROUP_KEYS = ("bias_correction", "master_weights", "moment_dtype", "seed")
+# The compact state of the lean layouts (see the module's doc), by the float32 key each stands for.
+_MOMENT_KEYS = {
+    _C.MOMENT_BF16: {"exp_avg": ("exp_avg_bf16",), "exp_avg_sq": ("exp_avg_sq_bf16",)},
+    _C.MOMENT_INT8: {"exp_avg": ("exp_avg_int8", "exp_avg_scales"), "exp_avg_sq": ("exp_avg_sq_uint8", "exp_avg_sq_scales")},
+}
+_LEAN_STATE_KEYS = ("master_remainder", "exp_avg_bf16", "exp_avg_sq_bf16", "exp_avg_int8", "exp_avg_scales",
+                    "exp_avg_sq_uint8", "exp_avg_sq_scales")
 
 
 class _Default:
@@ -70,9 +88,22 @@ class FusedAdamW(Optimizer):
     bias_correction (bool): divide by 1 - beta^t as PyTorch does (default True).
     decoupled_weight_decay (bool): True (default) is AdamW's decay, p *= 1 - lr * weight_decay;
         False is Adam's L2 decay, grad += weight_decay * p (torch.optim.Adam, see FusedAdam).
-    master_weights (bool): keep a float32 master copy of each bfloat16/float16 parameter in
-        state['master_param'] (default True). With False the 16-bit parameter is read, updated in
-        float32 and rounded back each step. A master goes stale if the parameter is changed outside
+    master_weights (bool or "remainder"): keep a float32 master copy of each bfloat16/float16
+        parameter in state['master_param'] (default True). With False the 16-bit parameter is read,
+        updated in float32 and rounded back each step. "remainder" (bfloat16 parameters only; a
+        float16 one raises TypeError at the step) keeps the master as a 16-bit remainder beside the
+        parameter (state['master_remainder']): the same bits as True at every step, for 2 bytes
+        instead of 4 (the parameter differs only where its master is an even tie, docs/STATE_LAYOUTS.md).
+    moment_dtype (torch.float32, torch.bfloat16 or "int8"; torch.int8 means "int8"): how exp_avg and
+        exp_avg_sq are stored (default torch.float32). bfloat16 rounds them stochastically
+        (round-to-nearest would stall the second moment); "int8" keeps 8-bit codes with one float32
+        scale per block of 256 elements. master_weights and moment_dtype are fixed once a group's
+        parameters have state: changing them later raises ValueError (a checkpoint converts instead).
+    seed (int in [0, 2^64)): the seed of stochastic rounding (default 0). A tensor's random stream is
+        a function of the seed, the parameter's index among the optimizer's parameters (in group
+        order), the step and the element's index, so runs repeat bit for bit on any device and a
+        resumed run equals an uninterrupted one. A DTensor shard counts its elements from 0 (its
+        offset in the full tensor is not used). A master goes stale if the parameter is changed outside
         the optimizer (the next step would overwrite the change): call resync_master_weights() after
         such an edit. load_state_dict does it by itself, with a warning (a master that no longer
         rounds to its parameter, e.g. one a torch.optim.AdamW run carried along unchanged).
@@ -119,8 +150,10 @@ class FusedAdamW(Optimizer):
 
     @classmethod
     def _group_state(cls, group):
-        """Which state tensors the binding reads for a group's parameters."""
-        return _C.GroupState(master=bool(group["master_weights"]), second_moment="exp_avg_sq" in cls._STATE_KEYS)
+        """Which state tensors the binding reads for a group's parameters, and how they are stored."""
+        master_format, moment_format, seed = _layout(group)
+        return _C.GroupState(master=bool(group["master_weights"]), second_moment="exp_avg_sq" in cls._STATE_KEYS,
+                             master_format=master_format, moment_format=moment_format, seed=seed)
 
     @classmethod
     def _hparams(cls, group):
@@ -157,6 +190,8 @@ class FusedAdamW(Optimizer):
         bias_correction=True,
         decoupled_weight_decay=_DEFAULT,
         master_weights=True,
+        moment_dtype=torch.float32,
+        seed=0,
         max_grad_norm=None,
     ):
         given = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
@@ -176,7 +211,10 @@ class FusedAdamW(Optimizer):
             "fused": fused,
             "bias_correction": bias_correction,
             "master_weights": master_weights,
+            "moment_dtype": moment_dtype,
+            "seed": seed,
         })
+        _layout(defaults)
         # The C library's checks (fadam_hparams_validate), as torch checks its constructor's arguments.
         self._hparams({**defaults, "capturable": False}).validate()
         self._tables = _C.TableCache()
@@ -196,6 +234,7 @@ class FusedAdamW(Optimizer):
         if len(self.param_groups) >= MAX_GROUPS:
             raise ValueError(f"{type(self).__name__}: at most {MAX_GROUPS} parameter groups are supported")
         _check_options({**self.defaults, **param_group})
+        _layout({**self.defaults, **param_group})
         super().add_param_group(param_group)
         self._cache.clear()  # the step would notice the new group; clearing says so outright
         needs_view, has_float64 = _layout_flags([self.param_groups[-1]])
@@ -279,6 +318,7 @@ class FusedAdamW(Optimizer):
         # The cache is stale (first step, a group added, a checkpoint loaded, state to create or
         # replaced): make the state that is missing, rebuild the cache and step from it.
         self._needs_view, self._has_float64 = _layout_flags(self.param_groups)
+        _check_layouts_fixed(self)
         created = _create_state(self)
         try:
             float64_step = _float64_step(self, scaling) if self._has_float64 else None
@@ -307,6 +347,7 @@ class FusedAdamW(Optimizer):
         restores: so a torch.distributed.checkpoint of it loads into torch.optim.AdamW and back."""
         _resolve_pending_skip(self)
         state_dict = super().state_dict()
+        _export_fp32_state(self, state_dict)
         for group in state_dict["param_groups"]:
             for key in _OPTIONAL_GROUP_KEYS:
                 if key in group and group[key] == self.defaults[key]:
@@ -406,20 +447,143 @@ def _create_state(optimizer):
                 if param.grad is None:
                     continue
                 state = optimizer.state.get(param)
+                master_format, moment_format, _ = _layout(group)
                 if not state:
                     state = optimizer.state[param]
                     state["step"] = _new_step(param, group["capturable"], 0.0)
                     created.append((state, "step"))
                     for key in optimizer._STATE_KEYS:
-                        state[key] = torch.zeros_like(param, dtype=_state_dtype(param), memory_format=torch.preserve_format)
-                        created.append((state, key))
-                if _wants_master(param, group["master_weights"]) and state.get("master_param") is None:
+                        for name, value in _empty_moment(param, key, moment_format).items():
+                            state[name] = value
+                            created.append((state, name))
+                if not _wants_master(param, group["master_weights"]):
+                    continue
+                if master_format == _C.MASTER_REMAINDER:
+                    if _local(param).dtype != torch.bfloat16:
+                        raise TypeError(f"fusedadam: master_weights='remainder' needs bfloat16 parameters, not "
+                                        f"{_local(param).dtype} (shape {tuple(param.shape)})")
+                    if state.get("master_remainder") is None:  # 0: the master is the parameter
+                        state["master_remainder"] = torch.zeros_like(param, dtype=torch.int16,
+                                                                     memory_format=torch.preserve_format)
+                        created.append((state, "master_remainder"))
+                elif state.get("master_param") is None:
                     state["master_param"] = _fp32_like(param, param)
                     created.append((state, "master_param"))
     except BaseException:
         _discard_state(optimizer, created)
         raise
     return created
+
+
+def _layout(group):
+    """(master_format, moment_format, seed) of a group's dict; ValueError for a value not documented."""
+    master = group.get("master_weights", True)
+    if master == "remainder":
+        master_format = _C.MASTER_REMAINDER
+    elif isinstance(master, bool):
+        master_format = _C.MASTER_FP32
+    else:
+        raise ValueError(f"fusedadam: master_weights={master!r}: True, False or 'remainder'")
+    moment_dtype = group.get("moment_dtype", torch.float32)
+    if moment_dtype == torch.float32:
+        moment_format = _C.MOMENT_FP32
+    elif moment_dtype == torch.bfloat16:
+        moment_format = _C.MOMENT_BF16
+    elif moment_dtype in ("int8", torch.int8):
+        moment_format = _C.MOMENT_INT8
+    else:
+        raise ValueError(f"fusedadam: moment_dtype={moment_dtype!r}: torch.float32, torch.bfloat16 or 'int8'")
+    seed = group.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"fusedadam: seed={seed!r}: an int in [0, 2**64)")
+    if (master_format, moment_format) != (_C.MASTER_FP32, _C.MOMENT_FP32) and not _C.lean_layouts_supported():
+        raise ValueError("fusedadam: this build of the C library does not step the lean state layouts "
+                         "(master_weights='remainder', moment_dtype bfloat16/'int8')")
+    return master_format, moment_format, seed
+
+
+def _empty_moment(param, key, moment_format):
+    """The zero state of moment `key` ("exp_avg", "exp_avg_sq") in a format: {state key: tensor}."""
+    if moment_format == _C.MOMENT_FP32:
+        return {key: torch.zeros_like(param, dtype=_state_dtype(param), memory_format=torch.preserve_format)}
+    names = _MOMENT_KEYS[moment_format][key]
+    if moment_format == _C.MOMENT_BF16:
+        return {names[0]: torch.zeros_like(param, dtype=torch.bfloat16, memory_format=torch.preserve_format)}
+    codes = torch.int8 if key == "exp_avg" else torch.uint8
+    local = _local(param)
+    blocks = (local.numel() + _C.MOMENT_BLOCK - 1) // _C.MOMENT_BLOCK
+    return {names[0]: torch.zeros_like(param, dtype=codes, memory_format=torch.preserve_format),
+            names[1]: torch.zeros(blocks, dtype=torch.float32, device=local.device)}
+
+
+def _state_layout(state):
+    """(master_format or None, moment_format or None) that a parameter's state holds (None: no such state)."""
+    master = _C.MASTER_REMAINDER if "master_remainder" in state else _C.MASTER_FP32 if "master_param" in state else None
+    moments = (_C.MOMENT_BF16 if "exp_avg_bf16" in state else _C.MOMENT_INT8 if "exp_avg_int8" in state
+               else _C.MOMENT_FP32 if "exp_avg" in state else None)
+    return master, moments
+
+
+def _check_layouts_fixed(optimizer):
+    """master_weights and moment_dtype cannot change once a parameter has state in its group's layout."""
+    names = {_C.MASTER_FP32: "True", _C.MASTER_REMAINDER: "'remainder'", _C.MOMENT_FP32: "torch.float32",
+             _C.MOMENT_BF16: "torch.bfloat16", _C.MOMENT_INT8: "'int8'"}
+    for index, group in enumerate(optimizer.param_groups):
+        master_format, moment_format, _ = _layout(group)
+        for param in group["params"]:
+            held_master, held_moments = _state_layout(optimizer.state.get(param, {}))
+            if held_moments is not None and held_moments != moment_format:
+                raise ValueError(f"fusedadam: group {index}: moment_dtype is fixed after the first step (the state "
+                                 f"holds {names[held_moments]} moments); load a state dict to convert")
+            if (_wants_master(param, group["master_weights"]) and held_master is not None
+                    and held_master != master_format):
+                raise ValueError(f"fusedadam: group {index}: master_weights is fixed after the first step (the state "
+                                 f"holds master_weights={names[held_master]}); load a state dict to convert")
+
+
+def _cpu(tensor):
+    return _local(tensor).detach().cpu()
+
+
+def _fp32_moment(state, key):
+    """A moment as a float32 CPU tensor from whichever form the state holds; None when absent."""
+    if key in state:
+        return _cpu(state[key]).float()
+    bf16 = _MOMENT_KEYS[_C.MOMENT_BF16][key][0]
+    if bf16 in state:
+        return _cpu(state[bf16]).float()
+    codes, scales = _MOMENT_KEYS[_C.MOMENT_INT8][key]
+    if codes in state and scales in state:
+        return _C.dequantize_moment(_cpu(state[codes]), _cpu(state[scales]).contiguous())
+    return None
+
+
+def _fp32_master(param, state):
+    """A bfloat16 parameter's float32 master from its remainder (CPU); None without one."""
+    if "master_remainder" not in state or _local(param).dtype != torch.bfloat16:
+        return None
+    return _C.join_master(_cpu(param), _cpu(state["master_remainder"]))
+
+
+def _export_fp32_state(optimizer, state_dict):
+    """state_dict(): a lean state also as torch.optim.AdamW's float32 exp_avg / exp_avg_sq / master_param
+    (new dicts: the optimizer's own state is not touched), on the parameter's device."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, param in enumerate(params):
+        state = state_dict["state"].get(index)
+        if not isinstance(state, dict) or not any(key in state for key in _LEAN_STATE_KEYS):
+            continue
+        state = dict(state)
+        device = _local(param).device
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key not in state:
+                value = _fp32_moment(state, key)
+                if value is not None:
+                    state[key] = value.to(device)
+        master = _fp32_master(param, state)
+        if master is not None and "master_param" not in state:
+            state["master_param"] = master.to(device)
+        state_dict["state"][index] = state
 
 
 def _discard_state(optimizer, created):
@@ -739,13 +903,66 @@ def _resync_master(param, master):
     return True
 
 
+def _restored_state(optimizer, param, group, saved):
+    """The live state of one parameter from its saved tensors (float32 and compact keys), in its group's
+    layout: the compact tensors as they are when the layouts match (bit for bit), else converted from
+    float32 (bfloat16: round to nearest even; 8-bit: round to nearest; a remainder: the exact split of
+    the master)."""
+    master_format, moment_format, _ = _layout(group)
+    local = _local(param)
+    state = {}
+    for key in ("exp_avg", "exp_avg_sq"):
+        if moment_format != _C.MOMENT_FP32 and all(k in saved for k in _MOMENT_KEYS[moment_format][key]):
+            for name in _MOMENT_KEYS[moment_format][key]:
+                if name.endswith("_scales"):
+                    state[name] = saved[name].to(device=local.device, dtype=torch.float32).contiguous()
+                else:
+                    state[name] = _laid_like(param, saved[name])
+            continue
+        if moment_format == _C.MOMENT_FP32 and key in saved:  # as torch keeps it (float64 for float64)
+            state[key] = _fp32_like(param, saved[key])
+            continue
+        value = _fp32_moment(saved, key)
+        if value is None:
+            continue
+        if moment_format == _C.MOMENT_FP32:
+            state[key] = _fp32_like(param, value.reshape(local.shape))
+        elif moment_format == _C.MOMENT_BF16:
+            state[_MOMENT_KEYS[moment_format][key][0]] = _laid_like(param, value.reshape(local.shape).to(torch.bfloat16))
+        else:
+            codes_name, scales_name = _MOMENT_KEYS[moment_format][key]
+            dense = _laid_like(param, value.reshape(local.shape))  # memory order of the parameter
+            codes, scales = _C.quantize_moment(_cpu(dense), key == "exp_avg_sq")
+            state[codes_name] = _laid_like(param, codes)
+            state[scales_name] = scales.to(local.device)
+    if master_format == _C.MASTER_REMAINDER and local.dtype == torch.bfloat16 and group["master_weights"]:
+        if "master_remainder" in saved:
+            state["master_remainder"] = _laid_like(param, saved["master_remainder"])
+        elif "master_param" in saved:
+            master = _laid_like(param, saved["master_param"].to(torch.float32))
+            state["master_remainder"] = _laid_like(param, _C.split_master(_cpu(master))[1])
+    elif "master_param" in saved:
+        state["master_param"] = _fp32_like(param, saved["master_param"])
+    elif "master_remainder" in saved and local.dtype == torch.bfloat16:
+        # a remainder joined with the parameter as it is now (the model's weights loaded before this)
+        state["master_param"] = _fp32_like(param, _C.join_master(_cpu(param), _cpu(_laid_like(param, saved["master_remainder"]))))
+    return state
+
+
+def _laid_like(param, value):
+    """value (its dtype kept) as a tensor laid out like param, on its device."""
+    out = torch.empty_like(param, dtype=value.dtype, memory_format=torch.preserve_format)
+    _local(out).copy_(_local(value) if value.shape == _local(out).shape else value.reshape(_local(out).shape))
+    return out
+
+
 def _stash_fp32_state(optimizer, state_dict):
     """Load pre-hook: takes the float32 state out of state_dict, for _restore_fp32_state to put back."""
     stashed, state = {}, {}
     for key, value in state_dict["state"].items():
         if isinstance(value, dict):
-            stashed[key] = {k: value[k] for k in _FP32_STATE_KEYS if k in value}
-            value = {k: v for k, v in value.items() if k not in _FP32_STATE_KEYS}
+            stashed[key] = {k: value[k] for k in _FP32_STATE_KEYS + _LEAN_STATE_KEYS if k in value}
+            value = {k: v for k, v in value.items() if k not in _FP32_STATE_KEYS + _LEAN_STATE_KEYS}
         state[key] = value
     saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
     optimizer._loading = (saved_ids, stashed)
@@ -761,15 +978,19 @@ def _restore_fp32_state(optimizer):
         if saved_id not in stashed:
             continue
         state = optimizer.state[param]
-        for key, value in stashed[saved_id].items():
-            state[key] = _fp32_like(param, value)
+        state.update(_restored_state(optimizer, param, group, stashed[saved_id]))
         if "step" in state:
             state["step"] = _new_step(param, optimizer.defaults["capturable"], float(state["step"]))
         elif any(key in state for key in optimizer._STATE_KEYS):  # lion-pytorch, timm's Lion: no step count
             state["step"] = _new_step(param, optimizer.defaults["capturable"], 0.0)
         # A torch.optim.AdamW checkpoint has no master: the parameter is the best there is.
-        if _wants_master(param, group["master_weights"]) and "master_param" not in state:
-            state["master_param"] = _fp32_like(param, param)
+        remainder = _layout(group)[0] == _C.MASTER_REMAINDER
+        if (_wants_master(param, group["master_weights"]) and "master_param" not in state
+                and not (remainder and "master_remainder" in state)):
+            if remainder and _local(param).dtype == torch.bfloat16:  # 0: the master is the parameter
+                state["master_remainder"] = torch.zeros_like(param, dtype=torch.int16, memory_format=torch.preserve_format)
+            elif not remainder:
+                state["master_param"] = _fp32_like(param, param)
     # capturable is this optimizer's choice, not the checkpoint's (torch.optim.AdamW(capturable=True)
     # saves it True): the step counts were placed above for this optimizer's mode.
     for group in optimizer.param_groups:
