@@ -421,7 +421,7 @@ static void reference_step(const fadam_tensor *tensors, int64_t n_tensors, const
     int64_t i;
     scalars[0] = fadam_compute_group_scalars(&groups[0], groups[0].lr, step);
     scalars[1] = fadam_compute_group_scalars(&groups[1], groups[1].lr, step);
-    for (i = 0; i < n_tensors; i++) fadam_reference_update(&tensors[i], &scalars[tensors[i].group]);
+    for (i = 0; i < n_tensors; i++) fadam_reference_update(&tensors[i], &scalars[tensors[i].group], step);
 }
 
 static void run_one_step(bench_case *c, version_state *state, int version, int replica) {

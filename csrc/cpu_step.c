@@ -201,7 +201,24 @@ typedef struct update_work {
     const fadam_group_scalars *scalars;
     const int64_t *starts;
     int64_t total;
+    int64_t step;
 } update_work;
+
+/* Elements [begin, end) of one tensor. A lean tensor goes through the reference's lean loop with both
+ * ends rounded up to a multiple of FADAM_MOMENT_BLOCK, so a thread updates the 8-bit blocks that start
+ * in its range, whole (adjacent ranges still cover each block once). */
+static void update_range_of(const fadam_tensor *t, int64_t begin, int64_t end, const fadam_group_scalars *s,
+                            int64_t step) {
+    if (fadam_tensor_is_lean(t)) {
+        const int64_t b = FADAM_MOMENT_BLOCK;
+        begin = (begin + b - 1) / b * b;
+        end = end == t->numel ? end : (end + b - 1) / b * b;
+        if (end > t->numel) end = t->numel;
+        if (begin < end) fadam_reference_update_lean(t, s, step, begin, end);
+        return;
+    }
+    pick_range(t, s->rule)(t, begin, end, s);
+}
 
 /* Elements [block * UPDATE_BLOCK_ELEMS, + UPDATE_BLOCK_ELEMS) of the concatenation. */
 static void update_block(void *context, int64_t block) {
@@ -212,12 +229,12 @@ static void update_block(void *context, int64_t block) {
         const fadam_tensor *t = &w->tensors[i];
         int64_t begin = (low > w->starts[i] ? low : w->starts[i]) - w->starts[i];
         int64_t end = (high < w->starts[i + 1] ? high : w->starts[i + 1]) - w->starts[i];
-        if (begin < end) pick_range(t, w->scalars[t->group].rule)(t, begin, end, &w->scalars[t->group]);
+        if (begin < end) update_range_of(t, begin, end, &w->scalars[t->group], w->step);
     }
 }
 
 void fadam_cpu_update_tensors(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
-                              const fadam_group_scalars *scalars) {
+                              const fadam_group_scalars *scalars, int64_t step) {
     update_work work;
     int64_t i, total = 0;
     int n_threads;
@@ -233,6 +250,7 @@ void fadam_cpu_update_tensors(fadam_cpu_pool *pool, const fadam_tensor *tensors,
             work.scalars = scalars;
             work.starts = starts;
             work.total = total;
+            work.step = step;
             fadam_cpu_pool_run(pool, (total + UPDATE_BLOCK_ELEMS - 1) / UPDATE_BLOCK_ELEMS, update_block, &work);
             fadam_cpu_pool_release(pool);
             return;
@@ -240,7 +258,7 @@ void fadam_cpu_update_tensors(fadam_cpu_pool *pool, const fadam_tensor *tensors,
         fadam_cpu_pool_release(pool);
     }
     for (i = 0; i < n_tensors; i++)
-        pick_range(&tensors[i], scalars[tensors[i].group].rule)(&tensors[i], 0, tensors[i].numel, &scalars[tensors[i].group]);
+        update_range_of(&tensors[i], 0, tensors[i].numel, &scalars[tensors[i].group], step);
 }
 
 /* ---- the fused step's sum of squares, in fadam_reference_sum_of_squares's order ---- */

@@ -128,14 +128,26 @@ fadam_status fadam_check_step_source(const fadam_step_source *source, const char
 
 /* ---- the CPU implementation (reference.c) ---- */
 
-/* One step of one tensor on host memory, scalars already computed. */
-void fadam_reference_update(const fadam_tensor *tensor, const fadam_group_scalars *scalars);
+/* One step of one tensor on host memory, scalars already computed; `step` is the t being applied (the
+ * stochastic rounding of bf16 moments draws its bits from it). */
+void fadam_reference_update(const fadam_tensor *tensor, const fadam_group_scalars *scalars, int64_t step);
+
+/* Elements [begin, end) of a tensor with a lean layout (master_format or moment_format not fp32), the
+ * reference's order; begin and end multiples of FADAM_MOMENT_BLOCK (end may be numel): an 8-bit block
+ * is updated whole. The CPU fast path uses it for lean tensors. */
+void fadam_reference_update_lean(const fadam_tensor *tensor, const fadam_group_scalars *scalars, int64_t step,
+                                 int64_t begin, int64_t end);
+
+/* 1 when the tensor's states are not all fp32 (the lean loops update it). */
+static inline int fadam_tensor_is_lean(const fadam_tensor *t) {
+    return t->master_format != FADAM_MASTER_FP32 || t->moment_format != FADAM_MOMENT_FP32;
+}
 
 /* The CPU device's fast path (cpu_step.c): fadam_reference_update's arithmetic, vectorized and
  * split over the pool's threads (pool NULL: the calling thread), bit for bit the same. scalars[g]
- * belong to group g. */
+ * belong to group g; `step` is the t being applied. */
 void fadam_cpu_update_tensors(fadam_cpu_pool *pool, const fadam_tensor *tensors, int64_t n_tensors,
-                              const fadam_group_scalars *scalars);
+                              const fadam_group_scalars *scalars, int64_t step);
 
 /* fadam_cpu_step without the argument checks (the managed optimizer checked them at finalize);
  * `state`, when not NULL, is a fused step's decision: skip, t, lr factor, gradient scale. */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "state_layout.h"
 
 static uint32_t float_bits(float value) {
     uint32_t bits;
@@ -83,10 +84,80 @@ static float *rule_state(const fadam_tensor *t, int rule, int k) {
     return field == FADAM_FIELD_NONE ? NULL : (float *)fadam_tensor_field(t, field);
 }
 
-void fadam_reference_update(const fadam_tensor *t, const fadam_group_scalars *s) {
+/* ---- lean layouts (docs/STATE_LAYOUTS.md): the same rule; only the states' loads and stores differ ---- */
+
+/* A moment field's value at i: fp32, bf16, or an 8-bit code with its block's scale. */
+static float load_moment(const fadam_tensor *t, int field, int64_t i) {
+    const void *data = fadam_tensor_field(t, field);
+    if (t->moment_format == FADAM_MOMENT_BF16) return fadam_bf16_to_float(((const uint16_t *)data)[i]);
+    if (t->moment_format == FADAM_MOMENT_INT8) {
+        int64_t block = i / FADAM_MOMENT_BLOCK;
+        if (field == FADAM_FIELD_EXP_AVG_SQ) return fadam_q8_dequantize_v(((const uint8_t *)data)[i], t->exp_avg_sq_scales[block]);
+        return fadam_q8_dequantize_m(((const int8_t *)data)[i], t->exp_avg_scales[block]);
+    }
+    return ((const float *)data)[i];
+}
+
+/* Stores values[0..n) of a moment field at [first, first + n), one 8-bit block at most: bf16 with
+ * stochastic rounding (the bits of element_offset + i under stream `field`: 0 exp_avg, 1 exp_avg_sq),
+ * 8-bit codes under the block's new scale (its absmax), or fp32. */
+static void store_moment_block(const fadam_tensor *t, int field, int64_t step, int64_t first, int n, const float *values) {
+    void *data = fadam_tensor_field(t, field);
+    int k;
+    if (t->moment_format == FADAM_MOMENT_BF16) {
+        uint64_t key = fadam_random_key(t->rounding_seed, (uint64_t)step, (uint32_t)field);
+        for (k = 0; k < n; k++) {
+            uint64_t index = (uint64_t)(t->element_offset + first + k);
+            ((uint16_t *)data)[first + k] = fadam_round_bf16_stochastic(values[k], fadam_random_bits_at(key, index));
+        }
+    } else if (t->moment_format == FADAM_MOMENT_INT8) {
+        int64_t block = first / FADAM_MOMENT_BLOCK;
+        if (field == FADAM_FIELD_EXP_AVG_SQ) t->exp_avg_sq_scales[block] = fadam_q8_quantize_v_block(values, n, (uint8_t *)data + first);
+        else t->exp_avg_scales[block] = fadam_q8_quantize_m_block(values, n, (int8_t *)data + first);
+    } else {
+        for (k = 0; k < n; k++) ((float *)data)[first + k] = values[k];
+    }
+}
+
+void fadam_reference_update_lean(const fadam_tensor *t, const fadam_group_scalars *s, int64_t step, int64_t begin,
+                                 int64_t end) {
+    const fadam_loop_scalars loop = fadam_loop_scalars_of(s);
+    const int field0 = fadam_rule_state_field(s->rule, 0), field1 = fadam_rule_state_field(s->rule, 1);
+    const int remainder = t->master_format == FADAM_MASTER_REMAINDER;
+    int64_t first;
+    for (first = begin; first < end; first += FADAM_MOMENT_BLOCK) {
+        float m[FADAM_MOMENT_BLOCK], v[FADAM_MOMENT_BLOCK];
+        int n = (int)(end - first < FADAM_MOMENT_BLOCK ? end - first : FADAM_MOMENT_BLOCK), k;
+        for (k = 0; k < n; k++) {
+            int64_t i = first + k;
+            float p;
+            if (remainder) p = fadam_master_join(((const uint16_t *)t->param)[i], ((const uint16_t *)t->master)[i]);
+            else p = t->master ? ((const float *)t->master)[i] : load_as_float(t->param, t->param_dtype, i);
+            m[k] = load_moment(t, field0, i);
+            v[k] = field1 == FADAM_FIELD_NONE ? 0.0f : load_moment(t, field1, i);
+            fadam_rule_element(s->rule, &p, load_as_float(t->grad, t->grad_dtype, i), &m[k], &v[k], &loop);
+            if (remainder) {
+                uint16_t low;
+                ((uint16_t *)t->param)[i] = fadam_master_split(p, &low); /* the param from the split, not by RNE */
+                ((uint16_t *)t->master)[i] = low;
+            } else {
+                if (t->master) ((float *)t->master)[i] = p;
+                store_from_float(t->param, t->param_dtype, i, p);
+            }
+        }
+        store_moment_block(t, field0, step, first, n, m);
+        if (field1 != FADAM_FIELD_NONE) store_moment_block(t, field1, step, first, n, v);
+    }
+}
+
+void fadam_reference_update(const fadam_tensor *t, const fadam_group_scalars *s, int64_t step) {
     const fadam_loop_scalars loop = fadam_loop_scalars_of(s); /* maximize and decoupled decay folded in */
     float *state0 = rule_state(t, s->rule, 0), *state1 = rule_state(t, s->rule, 1), *master = (float *)t->master;
     int64_t i;
+    if (fadam_tensor_is_lean(t)) {
+        fadam_reference_update_lean(t, s, step, 0, t->numel);
+        return;
+    }
     for (i = 0; i < t->numel; i++) {
         float p = master ? master[i] : load_as_float(t->param, t->param_dtype, i);
         float g = load_as_float(t->grad, t->grad_dtype, i);
@@ -114,7 +185,7 @@ fadam_status fadam_cpu_update_all(fadam_cpu_pool *pool, const fadam_tensor *tens
                           (long long)step);
     for (g = 0; g < n_groups; g++)
         scalars[g] = fadam_scalars_for_step(&groups[g], g, source->step, source->device_step, source->device_lr, state);
-    fadam_cpu_update_tensors(pool, tensors, n_tensors, scalars);
+    fadam_cpu_update_tensors(pool, tensors, n_tensors, scalars, step);
     return FADAM_SUCCESS;
 }
 
@@ -171,7 +242,7 @@ fadam_status fadam_cpu_step_scaled(fadam_cpu_pool *pool, const fadam_tensor *ten
         scalars[g] = fadam_scalars_for_step(&groups[g], g, source->step, source->device_step, source->device_lr, NULL);
         if (scaling && scaling->grad_multiplier) scalars[g].grad_scale = scalars[g].grad_scale * *scaling->grad_multiplier;
     }
-    fadam_cpu_update_tensors(pool, tensors, n_tensors, scalars);
+    fadam_cpu_update_tensors(pool, tensors, n_tensors, scalars, step);
     return FADAM_SUCCESS;
 }
 

@@ -8,6 +8,15 @@
 
 static int is_known_dtype(fadam_dtype dtype) { return fadam_dtype_size(dtype) != 0; }
 
+/* Bytes per element of the master and of the moments in their formats (0: an unknown format). */
+static size_t fadam_master_element_bytes(fadam_master_format format) {
+    return format == FADAM_MASTER_FP32 ? 4 : format == FADAM_MASTER_REMAINDER ? 2 : 0;
+}
+static size_t fadam_moment_element_bytes(fadam_moment_format format) {
+    return format == FADAM_MOMENT_FP32 ? 4 : format == FADAM_MOMENT_BF16 ? 2 : format == FADAM_MOMENT_INT8 ? 1 : 0;
+}
+static int64_t fadam_moment_blocks(int64_t numel) { return (numel + FADAM_MOMENT_BLOCK - 1) / FADAM_MOMENT_BLOCK; }
+
 /* One buffer of one tensor, for the overlap check. */
 typedef struct buffer_span {
     uintptr_t begin, end;
@@ -26,9 +35,10 @@ static fadam_status check_no_overlap(const fadam_tensor *tensors, int64_t n_tens
     int64_t n_spans = 0, i;
     buffer_span *spans;
     if (n_tensors == 0) return FADAM_SUCCESS;
-    if ((uint64_t)n_tensors > SIZE_MAX / ((3 + FADAM_FIELD_COUNT) * sizeof(buffer_span)))
+    if ((uint64_t)n_tensors > SIZE_MAX / ((5 + FADAM_FIELD_COUNT) * sizeof(buffer_span)))
         return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_tensors=%lld is too large", function, (long long)n_tensors);
-    spans = (buffer_span *)malloc((size_t)n_tensors * (3 + FADAM_FIELD_COUNT) * sizeof(buffer_span));
+    /* param, grad, master, the state fields and two scale arrays */
+    spans = (buffer_span *)malloc((size_t)n_tensors * (5 + FADAM_FIELD_COUNT) * sizeof(buffer_span));
     if (!spans) return fadam_fail(FADAM_ERR_OUT_OF_MEMORY, "%s: no host memory for the overlap check", function);
     for (i = 0; i < n_tensors; i++) {
         const fadam_tensor *t = &tensors[i];
@@ -46,13 +56,31 @@ static fadam_status check_no_overlap(const fadam_tensor *tensors, int64_t n_tens
     } while (0)
         ADD_SPAN(t->param, fadam_dtype_size(t->param_dtype), "param");
         ADD_SPAN(t->grad, fadam_dtype_size(t->grad_dtype), "grad");
-        ADD_SPAN(t->master, 4, "master");
+        ADD_SPAN(t->master, fadam_master_element_bytes(t->master_format), "master");
         {
             int field;
             for (field = 0; field < FADAM_FIELD_COUNT; field++)
-                ADD_SPAN(fadam_tensor_field(t, field), 4, fadam_state_field_name(field));
+                ADD_SPAN(fadam_tensor_field(t, field), fadam_moment_element_bytes(t->moment_format),
+                         fadam_state_field_name(field));
         }
 #undef ADD_SPAN
+        /* the 8-bit scales: one float per block (a span of blocks * 4 bytes, counted as numel * 1) */
+        if (t->moment_format == FADAM_MOMENT_INT8) {
+            uintptr_t scale_bytes = (uintptr_t)fadam_moment_blocks(t->numel) * 4;
+            const float *scales[2];
+            const char *labels[2] = {"exp_avg_scales", "exp_avg_sq_scales"};
+            int k;
+            scales[0] = t->exp_avg_scales;
+            scales[1] = t->exp_avg_sq_scales;
+            for (k = 0; k < 2; k++)
+                if (scales[k]) {
+                    spans[n_spans].begin = (uintptr_t)scales[k];
+                    spans[n_spans].end = (uintptr_t)scales[k] + scale_bytes;
+                    spans[n_spans].tensor = i;
+                    spans[n_spans].what = labels[k];
+                    n_spans++;
+                }
+        }
     }
     qsort(spans, (size_t)n_spans, sizeof(buffer_span), compare_spans);
     for (i = 1; i < n_spans; i++) {
@@ -91,7 +119,29 @@ fadam_status fadam_check_tensor(const fadam_tensor *t, int64_t index, int n_grou
     if (t->param_dtype == FADAM_FLOAT32 && t->master != NULL)
         return fadam_fail_tensor(index, FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: an fp32 param is its own master; master must be NULL",
                           function, i);
+    if (!fadam_master_element_bytes(t->master_format))
+        return fadam_fail_tensor(index, FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: master_format=%d is not a fadam_master_format",
+                                 function, i, (int)t->master_format);
+    if (!fadam_moment_element_bytes(t->moment_format))
+        return fadam_fail_tensor(index, FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: moment_format=%d is not a fadam_moment_format",
+                                 function, i, (int)t->moment_format);
+    if (t->master_format == FADAM_MASTER_REMAINDER && t->param_dtype != FADAM_BFLOAT16)
+        return fadam_fail_tensor(index, FADAM_ERR_UNSUPPORTED_DTYPE,
+                                 "%s: tensor %lld: master_format FADAM_MASTER_REMAINDER needs a bf16 param (param_dtype=%d): "
+                                 "the remainder completes a bf16 param's upper 16 bits",
+                                 function, i, (int)t->param_dtype);
+    if (t->moment_format != FADAM_MOMENT_INT8 && (t->exp_avg_scales || t->exp_avg_sq_scales))
+        return fadam_fail_tensor(index, FADAM_ERR_INVALID_VALUE,
+                                 "%s: tensor %lld: exp_avg_scales/exp_avg_sq_scales must be NULL unless moment_format is "
+                                 "FADAM_MOMENT_INT8", function, i);
+    if (t->element_offset < 0 || t->element_offset > FADAM_MAX_NUMEL)
+        return fadam_fail_tensor(index, FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: element_offset=%lld must be in [0, 2^60]",
+                                 function, i, (long long)t->element_offset);
     if (t->numel == 0) return FADAM_SUCCESS; /* an empty tensor's pointers are never touched */
+    if (t->master_format == FADAM_MASTER_REMAINDER && !t->master)
+        return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER,
+                                 "%s: tensor %lld: master is NULL, but master_format FADAM_MASTER_REMAINDER keeps the "
+                                 "remainder there", function, i);
     if (!t->param) return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: param is NULL", function, i);
     if (!t->grad) return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: grad is NULL", function, i);
     if ((uintptr_t)t->param % param_bytes)
@@ -110,10 +160,27 @@ fadam_status fadam_check_tensor(const fadam_tensor *t, int64_t index, int n_grou
             if (!fadam_tensor_field(t, field))
                 return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER, "%s: tensor %lld: %s is NULL", function, i,
                                   fadam_state_field_name(field));
+        /* the table takes every state field, so both scale arrays */
+        if (t->moment_format == FADAM_MOMENT_INT8 && (!t->exp_avg_scales || !t->exp_avg_sq_scales))
+            return fadam_fail_tensor(index, FADAM_ERR_NULL_POINTER,
+                                     "%s: tensor %lld: %s is NULL, but moment_format FADAM_MOMENT_INT8 keeps one scale per "
+                                     "%d elements there", function, i,
+                                     t->exp_avg_scales ? "exp_avg_sq_scales" : "exp_avg_scales", FADAM_MOMENT_BLOCK);
     }
-    if ((uintptr_t)t->master % 4 || (uintptr_t)t->exp_avg % 4 || (uintptr_t)t->exp_avg_sq % 4)
-        return fadam_fail_tensor(index, FADAM_ERR_MISALIGNED, "%s: tensor %lld: master/exp_avg/exp_avg_sq must be 4-byte aligned",
-                          function, i);
+    {
+        size_t master_bytes = fadam_master_element_bytes(t->master_format);
+        size_t moment_bytes = fadam_moment_element_bytes(t->moment_format);
+        if ((uintptr_t)t->master % master_bytes)
+            return fadam_fail_tensor(index, FADAM_ERR_MISALIGNED, "%s: tensor %lld: master %p is not %zu-byte aligned",
+                                     function, i, t->master, master_bytes);
+        if ((uintptr_t)t->exp_avg % moment_bytes || (uintptr_t)t->exp_avg_sq % moment_bytes)
+            return fadam_fail_tensor(index, FADAM_ERR_MISALIGNED,
+                                     "%s: tensor %lld: exp_avg/exp_avg_sq must be %zu-byte aligned", function, i,
+                                     moment_bytes);
+        if ((uintptr_t)t->exp_avg_scales % 4 || (uintptr_t)t->exp_avg_sq_scales % 4)
+            return fadam_fail_tensor(index, FADAM_ERR_MISALIGNED,
+                                     "%s: tensor %lld: exp_avg_scales/exp_avg_sq_scales must be 4-byte aligned", function, i);
+    }
     return FADAM_SUCCESS;
 }
 
@@ -133,6 +200,19 @@ fadam_status fadam_check_rule_states(const fadam_tensor *tensors, int64_t n_tens
                 return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: tensor %lld: %s must be NULL: group %d's rule (%s) keeps "
                                                            "no such state",
                                   function, (long long)i, fadam_state_field_name(field), t->group, fadam_rule_name(rule));
+            if (t->moment_format == FADAM_MOMENT_INT8) {
+                const float *scales = field == FADAM_FIELD_EXP_AVG ? t->exp_avg_scales : t->exp_avg_sq_scales;
+                if (kept && !scales)
+                    return fadam_fail_tensor(i, FADAM_ERR_NULL_POINTER,
+                                             "%s: tensor %lld: %s_scales is NULL, but moment_format FADAM_MOMENT_INT8 "
+                                             "keeps %s's block scales there", function, (long long)i,
+                                             fadam_state_field_name(field), fadam_state_field_name(field));
+                if (!kept && scales)
+                    return fadam_fail_tensor(i, FADAM_ERR_INVALID_VALUE,
+                                             "%s: tensor %lld: %s_scales must be NULL: group %d's rule (%s) keeps no %s",
+                                             function, (long long)i, fadam_state_field_name(field), t->group,
+                                             fadam_rule_name(rule), fadam_state_field_name(field));
+            }
         }
     }
     return FADAM_SUCCESS;
@@ -187,7 +267,21 @@ void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_grou
         e->states[FADAM_SLOT_MASTER].data = t->master;
         for (field = 0; field < FADAM_FIELD_COUNT; field++)
             e->states[FADAM_SLOT_OF_FIELD(field)].data = fadam_tensor_field(t, field);
-        /* only fp32 states exist yet (memset: FADAM_STATE_FP32 == 0, block_scales NULL) */
+        /* the formats (memset: FADAM_STATE_FP32 == 0, block_scales NULL for fp32 and 16-bit states) */
+        if (t->master && t->master_format == FADAM_MASTER_REMAINDER)
+            e->state_format[FADAM_SLOT_MASTER] = FADAM_STATE_REMAINDER;
+        for (field = 0; field < FADAM_FIELD_COUNT; field++) {
+            int slot = FADAM_SLOT_OF_FIELD(field);
+            if (t->moment_format == FADAM_MOMENT_BF16) e->state_format[slot] = FADAM_STATE_BF16;
+            if (t->moment_format == FADAM_MOMENT_INT8) {
+                /* m is signed (square-root codes), v unsigned (fourth-root codes); Lion's one moment is m */
+                e->state_format[slot] = field == FADAM_FIELD_EXP_AVG_SQ ? FADAM_STATE_Q8_QUARTIC : FADAM_STATE_Q8_SIGNED;
+                e->states[slot].block_scales = field == FADAM_FIELD_EXP_AVG_SQ ? t->exp_avg_sq_scales : t->exp_avg_scales;
+            }
+        }
+        for (field = 0; field < FADAM_STATE_SLOTS; field++) e->lean |= e->state_format[field] != FADAM_STATE_FP32;
+        e->rounding_seed = t->rounding_seed;
+        e->element_offset = t->element_offset;
         e->numel = t->numel;
         e->first_chunk = chunks;
         e->group = t->group;

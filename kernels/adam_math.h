@@ -14,9 +14,10 @@
  * that the norm's per-chunk partials stay few (a 1B-element model: 122K). A multiple of every vector
  * width. */
 #define FADAM_CHUNK_ELEMS (8 * 1024)
-/* The table's version: "ADATAB3" since the states are slots (fadam_state_slot); "ADATAB2" meant vector_ok
- * is 16-byte alignment (8 elements of 16-bit types). */
-#define FADAM_TABLE_MAGIC 0x33424154414441ull /* "ADATAB3" */
+/* The table's version: "ADATAB4" since entries carry the states' formats, rounding seed and element
+ * offset (issue 12); "ADATAB3" made the states slots (fadam_state_slot); "ADATAB2" meant vector_ok is
+ * 16-byte alignment (8 elements of 16-bit types). */
+#define FADAM_TABLE_MAGIC 0x34424154414441ull /* "ADATAB4" */
 
 /* The device-resident tensor table: a header, then one entry per tensor. Chunks are numbered
  * across tensors; entry.first_chunk is a prefix sum, so a block finds its tensor by binary search
@@ -29,12 +30,28 @@ typedef struct fadam_table_header {
     int32_t n_groups;
 } fadam_table_header;
 
-/* How a state buffer is stored. Only fp32 exists now; the list leaves room for other layouts (a 16-bit
- * master's remainder, bf16 moments, 8-bit blockwise moments with one fp32 scale per block). */
-#define FADAM_STATE_FORMATS(X) X(FADAM_STATE_FP32, 4)
+/* How a state buffer is stored (docs/STATE_LAYOUTS.md, kernels/state_layout.h): X(format, bytes per element).
+ *   FP32       float32
+ *   REMAINDER  uint16 low half of the fp32 master beside a bf16 param (fadam_master_split / join)
+ *   BF16       bfloat16, stored with stochastic rounding (fadam_round_bf16_stochastic)
+ *   Q8_SIGNED  int8 square-root codes (fadam_q8_quantize_m) + one fp32 scale per FADAM_Q8_BLOCK: exp_avg
+ *   Q8_QUARTIC uint8 fourth-root codes (fadam_q8_quantize_v) + one fp32 scale per block: exp_avg_sq */
+#define FADAM_STATE_FORMATS(X)                                                                                \
+    X(FADAM_STATE_FP32, 4) X(FADAM_STATE_REMAINDER, 2) X(FADAM_STATE_BF16, 2) X(FADAM_STATE_Q8_SIGNED, 1)     \
+    X(FADAM_STATE_Q8_QUARTIC, 1)
 #define FADAM_STATE_FORMAT_ENUM_(format, element_bytes) format,
 enum fadam_state_format { FADAM_STATE_FORMATS(FADAM_STATE_FORMAT_ENUM_) FADAM_STATE_FORMAT_COUNT };
 #undef FADAM_STATE_FORMAT_ENUM_
+/* Bytes per element of a format (0: unknown). */
+static inline FADAM_HOST_DEVICE int fadam_state_format_bytes(int format) {
+    switch (format) {
+#define FADAM_STATE_FORMAT_BYTES_(format, element_bytes) \
+    case format: return element_bytes;
+        FADAM_STATE_FORMATS(FADAM_STATE_FORMAT_BYTES_)
+#undef FADAM_STATE_FORMAT_BYTES_
+    default: return 0;
+    }
+}
 
 /* One state buffer of a tensor: numel elements of `format` (enum fadam_state_format), at data. */
 typedef struct fadam_state_slot {
@@ -62,13 +79,17 @@ typedef struct fadam_table_entry {
     uint8_t vector_ok; /* every pointer 16-byte aligned: 16-byte accesses (4 fp32 or 8 16-bit elements) */
     uint8_t reserved;
     uint8_t state_format[FADAM_STATE_SLOTS]; /* enum fadam_state_format of each slot */
-    uint8_t reserved2[8 - FADAM_STATE_SLOTS % 8];
+    uint8_t lean; /* 1: some slot is not FADAM_STATE_FP32 (the lean loops); 0: the fp32 loops */
+    uint8_t reserved2[7 - FADAM_STATE_SLOTS % 8];
+    uint64_t rounding_seed; /* FADAM_STATE_BF16: the tensor's random stream (fadam_tensor.rounding_seed) */
+    int64_t element_offset; /* the random bits' index of element 0 (fadam_tensor.element_offset) */
 } fadam_table_entry;
 
 /* The host (gcc) and the device (nvcc) must lay these out alike: the table is built by one and read
  * by the other. */
 FADAM_STATIC_ASSERT(sizeof(fadam_table_header) == 32, "fadam_table_header layout");
-FADAM_STATIC_ASSERT(sizeof(fadam_table_entry) == 96, "fadam_table_entry layout");
+FADAM_STATIC_ASSERT(sizeof(fadam_table_entry) == 112, "fadam_table_entry layout");
+FADAM_STATIC_ASSERT(sizeof(fadam_table_entry) % 16 == 0, "entries stay 16-byte aligned");
 
 /* The fused step's state in device memory: what the caller sees, then what the kernels pass on. */
 typedef struct fadam_device_state {

@@ -56,6 +56,7 @@
 #include "adam_math.h"
 #include "launch.cuh"
 #include "launchers.h"
+#include "state_layout.h"
 #include "tensor_table.cuh"
 
 /* 32, unknown to the compiler: with the stride a constant it keeps one pointer per stream and iteration
@@ -128,14 +129,130 @@ static __device__ __forceinline__ void rule_range(ParamT *__restrict__ param, co
     }
 }
 
-/* A slot's fp32 data from `begin` on (the host admits no other format yet: fadam_table_fill). */
+/* ---- lean layouts (docs/STATE_LAYOUTS.md, kernels/state_layout.h) ----
+ * Their own loop, selected per tensor (entry.lean), so the fp32 loops above stay as they were. One warp
+ * iteration covers one 8-bit block: 32 lanes x 8 consecutive elements = FADAM_Q8_BLOCK (a chunk starts
+ * at a multiple of it). The formats are warp-uniform branches; only the states' loads and stores differ
+ * from the fp32 loops, the rule's element function is the same. */
+FADAM_STATIC_ASSERT(FADAM_Q8_BLOCK == 32 * 8 && FADAM_CHUNK_ELEMS % FADAM_Q8_BLOCK == 0, "a warp iteration is a block");
+
+/* A moment's value from its slot: fp32, bf16, or an 8-bit code times the block's scale. */
+static __device__ __forceinline__ float lean_load_moment(const fadam_state_slot &slot, int format, int32_t i,
+                                                         float scale) {
+    switch (format) {
+    case FADAM_STATE_BF16: return fadam_bf16_to_float(static_cast<const uint16_t *>(slot.data)[i]);
+    case FADAM_STATE_Q8_SIGNED: return fadam_q8_dequantize_m(static_cast<const int8_t *>(slot.data)[i], scale);
+    case FADAM_STATE_Q8_QUARTIC: return fadam_q8_dequantize_v(static_cast<const uint8_t *>(slot.data)[i], scale);
+    default: return static_cast<const float *>(slot.data)[i];
+    }
+}
+
+/* The block's new scale: the absmax over its 256 elements, by a shuffle max of the lanes' (exact). */
+static __device__ __forceinline__ float lean_block_scale(float lane_absmax) {
+#pragma unroll
+    for (int lanes = 16; lanes >= 1; lanes /= 2) {
+        const float other = __shfl_xor_sync(0xffffffffu, lane_absmax, lanes);
+        lane_absmax = other > lane_absmax ? other : lane_absmax;
+    }
+    return fadam_q8_scale_from_absmax(lane_absmax);
+}
+
+/* A lane's 8 values of a moment at [first, first + 8) (those below n), stored in the slot's format: bf16
+ * with stochastic rounding (random bits of element element_offset + i under `key`), 8-bit codes under
+ * the block's new scale (lane 0 stores the scale), or fp32. Called by every lane of the warp. */
+static __device__ __forceinline__ void lean_store_moment(const fadam_state_slot &slot, int format, int32_t first,
+                                                         int32_t n, const float (&x)[8], uint64_t key,
+                                                         int64_t index0, int64_t block) {
+    if (format == FADAM_STATE_Q8_SIGNED || format == FADAM_STATE_Q8_QUARTIC) {
+        float absmax = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (first + k < n) absmax = fadam_q8_absmax_accumulate(absmax, x[k]);
+        const float scale = lean_block_scale(absmax), inverse = fadam_q8_inverse_scale(scale);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (first + k < n) {
+                if (format == FADAM_STATE_Q8_SIGNED)
+                    static_cast<int8_t *>(slot.data)[first + k] = fadam_q8_quantize_m(x[k], inverse);
+                else static_cast<uint8_t *>(slot.data)[first + k] = fadam_q8_quantize_v(x[k], inverse);
+            }
+        if (threadIdx.x % 32 == 0) slot.block_scales[block] = scale;
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        if (first + k < n) {
+            if (format == FADAM_STATE_BF16)
+                static_cast<uint16_t *>(slot.data)[first + k] =
+                    fadam_round_bf16_stochastic(x[k], fadam_random_bits_at(key, (uint64_t)(index0 + first + k)));
+            else static_cast<float *>(slot.data)[first + k] = x[k];
+        }
+}
+
+/* Elements [begin, end) of a lean tensor (begin a multiple of FADAM_Q8_BLOCK); `step` is the t being
+ * applied. Pointers from the slots are offset by `begin` so that the loop indexes with 32 bits. */
+template <rule_element Element, int States, int Field0, int Field1, typename ParamT, typename GradT>
+static __device__ void lean_range(const fadam_table_entry &t, int64_t begin, int64_t end, const fadam_loop_scalars &s,
+                                  int64_t step) {
+    ParamT *param = static_cast<ParamT *>(t.param) + begin;
+    const GradT *grad = static_cast<const GradT *>(t.grad) + begin;
+    const int32_t n = (int32_t)(end - begin), lane = threadIdx.x % 32;
+    const int slot0 = FADAM_SLOT_OF_FIELD(Field0), slot1 = FADAM_SLOT_OF_FIELD(Field1 < 0 ? 0 : Field1);
+    const int format0 = t.state_format[slot0], format1 = t.state_format[slot1];
+    const int master_format = t.states[FADAM_SLOT_MASTER].data ? t.state_format[FADAM_SLOT_MASTER] : -1;
+    /* the slots with their data moved to `begin` (the block scales stay per tensor: indexed by block) */
+    fadam_state_slot state0 = t.states[slot0], state1 = t.states[slot1];
+    const int64_t block0 = begin / FADAM_Q8_BLOCK, index0 = t.element_offset + begin;
+    const uint64_t key0 = fadam_random_key(t.rounding_seed, (uint64_t)step, (uint32_t)Field0);
+    const uint64_t key1 = fadam_random_key(t.rounding_seed, (uint64_t)step, (uint32_t)(Field1 < 0 ? 0 : Field1));
+    float *master = static_cast<float *>(t.states[FADAM_SLOT_MASTER].data) + (master_format == FADAM_STATE_FP32 ? begin : 0);
+    uint16_t *remainder = static_cast<uint16_t *>(t.states[FADAM_SLOT_MASTER].data) + begin;
+    state0.data = static_cast<unsigned char *>(state0.data) + begin * fadam_state_format_bytes(format0);
+    if (States > 1) state1.data = static_cast<unsigned char *>(state1.data) + begin * fadam_state_format_bytes(format1);
+#pragma unroll 1
+    for (int32_t j = 0; j * FADAM_Q8_BLOCK < n; j++) {
+        const int32_t first = j * FADAM_Q8_BLOCK + lane * 8;
+        const int64_t block = block0 + j;
+        const bool q8_0 = format0 == FADAM_STATE_Q8_SIGNED || format0 == FADAM_STATE_Q8_QUARTIC;
+        const bool q8_1 = format1 == FADAM_STATE_Q8_SIGNED || format1 == FADAM_STATE_Q8_QUARTIC;
+        const float scale0 = q8_0 ? state0.block_scales[block] : 0.0f;
+        const float scale1 = States > 1 && q8_1 ? state1.block_scales[block] : 0.0f;
+        float m[8], v[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const int32_t i = first + k;
+            m[k] = v[k] = 0.0f;
+            if (i >= n) continue;
+            float p;
+            if (master_format == FADAM_STATE_REMAINDER)
+                p = fadam_master_join(reinterpret_cast<const uint16_t *>(param)[i], remainder[i]);
+            else if (master_format == FADAM_STATE_FP32) p = master[i];
+            else p = fadam_to_float(param[i]);
+            m[k] = lean_load_moment(state0, format0, i, scale0);
+            if (States > 1) v[k] = lean_load_moment(state1, format1, i, scale1);
+            Element(&p, fadam_to_float(grad[i]), &m[k], &v[k], &s);
+            if (master_format == FADAM_STATE_REMAINDER) {
+                uint16_t low;
+                reinterpret_cast<uint16_t *>(param)[i] = fadam_master_split(p, &low); /* not RNE: the split's */
+                remainder[i] = low;
+            } else {
+                if (master_format == FADAM_STATE_FP32) master[i] = p;
+                param[i] = fadam_from_float<ParamT>(p);
+            }
+        }
+        lean_store_moment(state0, format0, first, n, m, key0, index0, block);
+        if (States > 1) lean_store_moment(state1, format1, first, n, v, key1, index0, block);
+    }
+}
+
+/* A slot's fp32 data from `begin` on (lean tensors go to lean_range). */
 static __device__ __forceinline__ float *slot_data(const fadam_table_entry &t, int slot, int64_t begin) {
     return static_cast<float *>(t.states[slot].data) + begin;
 }
 
 template <rule_element Element, int States, int Field0, int Field1, typename ParamT, typename GradT>
 static __device__ __forceinline__ void rule_range_for_master(const fadam_table_entry &t, int64_t begin, int64_t end,
-                                                             const fadam_loop_scalars &s) {
+                                                             const fadam_loop_scalars &s, const int64_t *lean_step) {
     /* The pointers start at `begin`, so the loops index with 32 bits (a chunk is under 2^31 elements). */
     ParamT *param = static_cast<ParamT *>(t.param) + begin;
     const GradT *grad = static_cast<const GradT *>(t.grad) + begin;
@@ -143,7 +260,9 @@ static __device__ __forceinline__ void rule_range_for_master(const fadam_table_e
     float *state0 = slot_data(t, FADAM_SLOT_OF_FIELD(Field0), begin);
     float *state1 = States > 1 ? slot_data(t, FADAM_SLOT_OF_FIELD(Field1 < 0 ? 0 : Field1), begin) : NULL;
     /* An fp32 param is its own master (fadam_check_tensor): no code for fp32 with a master. */
-    if (sizeof(ParamT) == 2 && t.states[FADAM_SLOT_MASTER].data)
+    if (t.lean)
+        lean_range<Element, States, Field0, Field1, ParamT, GradT>(t, begin, end, s, *lean_step);
+    else if (sizeof(ParamT) == 2 && t.states[FADAM_SLOT_MASTER].data)
         rule_range<Element, States, ParamT, GradT, sizeof(ParamT) == 2>(
             param, grad, slot_data(t, FADAM_SLOT_MASTER, begin), state0, state1, n, t.vector_ok, s);
     else
@@ -152,24 +271,24 @@ static __device__ __forceinline__ void rule_range_for_master(const fadam_table_e
 
 template <rule_element Element, int States, int Field0, int Field1, typename ParamT>
 static __device__ __forceinline__ void rule_range_for_grad(const fadam_table_entry &t, int64_t begin, int64_t end,
-                                                           const fadam_loop_scalars &s) {
+                                                           const fadam_loop_scalars &s, const int64_t *lean_step) {
     switch (t.grad_dtype) {
-    case FADAM_FLOAT32: rule_range_for_master<Element, States, Field0, Field1, ParamT, float>(t, begin, end, s); break;
+    case FADAM_FLOAT32: rule_range_for_master<Element, States, Field0, Field1, ParamT, float>(t, begin, end, s, lean_step); break;
     case FADAM_BFLOAT16:
-        rule_range_for_master<Element, States, Field0, Field1, ParamT, __nv_bfloat16>(t, begin, end, s);
+        rule_range_for_master<Element, States, Field0, Field1, ParamT, __nv_bfloat16>(t, begin, end, s, lean_step);
         break;
-    case FADAM_FLOAT16: rule_range_for_master<Element, States, Field0, Field1, ParamT, __half>(t, begin, end, s); break;
+    case FADAM_FLOAT16: rule_range_for_master<Element, States, Field0, Field1, ParamT, __half>(t, begin, end, s, lean_step); break;
     default: break; /* the host encoder rejects other dtypes */
     }
 }
 
 template <rule_element Element, int States, int Field0, int Field1>
 static __device__ __forceinline__ void rule_range_for_param(const fadam_table_entry &t, int64_t begin, int64_t end,
-                                                            const fadam_loop_scalars &s) {
+                                                            const fadam_loop_scalars &s, const int64_t *lean_step) {
     switch (t.param_dtype) {
-    case FADAM_FLOAT32: rule_range_for_grad<Element, States, Field0, Field1, float>(t, begin, end, s); break;
-    case FADAM_BFLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __nv_bfloat16>(t, begin, end, s); break;
-    case FADAM_FLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __half>(t, begin, end, s); break;
+    case FADAM_FLOAT32: rule_range_for_grad<Element, States, Field0, Field1, float>(t, begin, end, s, lean_step); break;
+    case FADAM_BFLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __nv_bfloat16>(t, begin, end, s, lean_step); break;
+    case FADAM_FLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __half>(t, begin, end, s, lean_step); break;
     default: break;
     }
 }
@@ -182,6 +301,8 @@ static __device__ __forceinline__ void rule_range_for_param(const fadam_table_en
  * but a 16-byte stack frame, and costs an instruction per element in every loop. */
 __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fadam_step_kernel_args args) {
     __shared__ fadam_group_scalars group_scalars[FADAM_MAX_GROUPS];
+    /* the t being applied (as fadam_scalars_for_step picks it): the lean loops' random bits; read there only */
+    __shared__ int64_t lean_step;
     const fadam_table_header *table = args.table;
 
     /* A fused step whose gradients held Inf/NaN changes nothing (the whole block leaves together). */
@@ -198,6 +319,8 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fa
         /* the caller's multiplier (fadam_step_scaling), folded in here: the loops stay as they are */
         if (args.grad_multiplier) group_scalars[g].grad_scale = group_scalars[g].grad_scale * *args.grad_multiplier;
     }
+    if (threadIdx.x == 0)
+        lean_step = args.state ? args.state->counters.step : args.device_step ? *args.device_step : args.step;
     __syncthreads();
 
     const fadam_table_entry *entries = fadam_table_entries(table);
@@ -221,7 +344,7 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fa
     case mode:                                                                                                 \
         if (t.states[FADAM_SLOT_OF_FIELD(field0)].data &&                                                      \
             (n_states < 2 || t.states[FADAM_SLOT_OF_FIELD((field1) < 0 ? 0 : (field1))].data))                  \
-            rule_range_for_param<element, n_states, field0, field1>(t, begin, end, s);                         \
+            rule_range_for_param<element, n_states, field0, field1>(t, begin, end, s, &lean_step);                   \
         break;
             FADAM_RULES(RULE_CASE)
 #undef RULE_CASE

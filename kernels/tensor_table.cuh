@@ -82,9 +82,9 @@ static __device__ __forceinline__ void fadam_prefetch_entries(const fadam_table_
                                                               unsigned threads) {
 #if defined(__CUDA_ARCH__)
     for (int64_t e = first + thread; e < first + count && e < n_tensors; e += threads) {
-        /* an entry (96 B from a 32-byte boundary) spans at most two 128-byte lines: these two */
-        asm volatile("prefetch.global.L1 [%0];" ::"l"(&entries[e].param));       /* pointers */
-        asm volatile("prefetch.global.L1 [%0];" ::"l"(&entries[e].first_chunk)); /* first_chunk, group, kinds */
+        /* an entry (112 B from a 16-byte boundary) spans at most two 128-byte lines: its first and last */
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(&entries[e].param));          /* pointers */
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(&entries[e].element_offset)); /* ... seed, offset */
     }
 #else
     (void)entries, (void)n_tensors, (void)first, (void)count, (void)thread, (void)threads;

@@ -78,8 +78,8 @@ int main(void) {
                     h.weight_decay = 0.05f;
                     s = fadam_compute_group_scalars(&h, 3e-3f, 1 + (int64_t)(check_rng_next(&rng) % 1000));
                     s.grad_scale = flags & 4 ? 0.37109375f : 1.0f; /* an unscale/clip factor */
-                    fadam_cpu_update_tensors(NULL, &fast, 1, &s);
-                    fadam_reference_update(&slow, &s);
+                    fadam_cpu_update_tensors(NULL, &fast, 1, &s, 1);
+                    fadam_reference_update(&slow, &s, 1);
                     CHECK(same_params(dtypes[pd], fast.param, slow.param, n), "flags %d: params differ", flags);
                     CHECK(!master || same_floats(fast.master, slow.master, n), "flags %d: masters differ", flags);
                     CHECK(same_floats(fast.exp_avg, slow.exp_avg, n) && same_floats(fast.exp_avg_sq, slow.exp_avg_sq, n),

@@ -141,7 +141,7 @@ static void reference_step(const model *m, const fadam_hparams groups[2], int64_
     int64_t i;
     s[0] = fadam_compute_group_scalars(&groups[0], groups[0].lr, step);
     s[1] = fadam_compute_group_scalars(&groups[1], groups[1].lr, step);
-    for (i = 0; i < m->n; i++) fadam_reference_update(&m->t[i], &s[m->t[i].group]);
+    for (i = 0; i < m->n; i++) fadam_reference_update(&m->t[i], &s[m->t[i].group], step);
 }
 
 static fadam_cpu_pool *pools[N_COUNTS];

@@ -131,7 +131,7 @@ static void run_reference(side &s, const std::vector<fadam_hparams> &groups, int
     for (fadam_tensor &t : s.tensors) {
         fadam_group_scalars scalars = fadam_compute_group_scalars(&groups[t.group], groups[t.group].lr, step);
         if (multiplier) scalars.grad_scale = scalars.grad_scale * *multiplier;
-        fadam_reference_update(&t, &scalars);
+        fadam_reference_update(&t, &scalars, step);
     }
 }
 
