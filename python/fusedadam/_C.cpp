@@ -281,14 +281,17 @@ class TableCache {
         unused_.clear();
     }
 
-    // A Lion tensor's exp_avg_sq for the device table (fadam_table_bytes wants one for every tensor
-    // and Lion never reads or writes it): an fp32 buffer like exp_avg, kept while exp_avg stays put
-    // so that the cached table stays valid.
+    // A Lion tensor's exp_avg_sq (and its 8-bit scales) for the device table (fadam_table_bytes
+    // wants them for every tensor and Lion never reads or writes them): numel floats (room for any
+    // moment format) then the scales, kept while exp_avg stays put so that the cached table stays valid.
     float *unused_second_moment(const at::Tensor &exp_avg) {
+        int64_t numel = exp_avg.numel(), floats = numel + (numel + FADAM_MOMENT_BLOCK - 1) / FADAM_MOMENT_BLOCK;
         auto found = unused_.find(exp_avg.data_ptr());
-        if (found == unused_.end() || found->second.first.numel() != exp_avg.numel() ||
+        if (found == unused_.end() || found->second.first.numel() != floats ||
             found->second.first.device() != exp_avg.device())
-            found = unused_.insert_or_assign(exp_avg.data_ptr(), std::make_pair(at::empty_like(exp_avg), true)).first;
+            found = unused_.insert_or_assign(exp_avg.data_ptr(),
+                                             std::make_pair(at::empty({floats}, exp_avg.options().dtype(at::kFloat)), true))
+                        .first;
         found->second.second = true;
         return static_cast<float *>(found->second.first.data_ptr());
     }
@@ -845,8 +848,11 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         entry.exp_avg = item.exp_avg->data_ptr();
         if (item.exp_avg_sq->defined())
             entry.exp_avg_sq = item.exp_avg_sq->data_ptr();
-        else if (type == at::kCUDA) // Lion: the device table wants a buffer it never touches
-            entry.exp_avg_sq = tables.unused_second_moment(*item.exp_avg);
+        else if (type == at::kCUDA) { // Lion: the device table wants buffers it never touches
+            float *unused = tables.unused_second_moment(*item.exp_avg);
+            entry.exp_avg_sq = unused;
+            if (moments == FADAM_MOMENT_INT8) entry.exp_avg_sq_scales = unused + param.numel();
+        }
         entry.numel = param.numel();
         entry.group = (int)item.group;
         int device = type == at::kCUDA ? param.device().index() : -1;

@@ -357,6 +357,9 @@ class FusedAdamW(Optimizer):
     def load_state_dict(self, state_dict):
         """Loads a state dict of this optimizer or of torch.optim.AdamW/Adam.
 
+        The state layout stays this optimizer's (moment_dtype, seed, master_weights="remainder" or
+        not): the file's state is converted into it (see the module's doc).
+
         Unlike torch's loader, which casts every state tensor to its parameter's dtype, the moments
         and masters are kept in float32, and the step counts become CPU float32 tensors. A 16-bit
         parameter whose checkpoint has no master (torch's) gets one made from the parameter.
@@ -965,14 +968,21 @@ def _stash_fp32_state(optimizer, state_dict):
             value = {k: v for k, v in value.items() if k not in _FP32_STATE_KEYS + _LEAN_STATE_KEYS}
         state[key] = value
     saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-    optimizer._loading = (saved_ids, stashed)
+    # The layout is this optimizer's, not the checkpoint's (a file converts into it): kept per group.
+    layouts = [{key: group.get(key) for key in ("master_weights", "moment_dtype", "seed")}
+               for group in optimizer.param_groups]
+    optimizer._loading = (saved_ids, stashed, layouts)
     return {**state_dict, "state": state}
 
 
 @torch.no_grad()
 def _restore_fp32_state(optimizer):
     """Load post-hook: puts the stashed state back as float32 tensors laid out like their parameters."""
-    saved_ids, stashed = optimizer._loading
+    saved_ids, stashed, layouts = optimizer._loading
+    for group, layout in zip(optimizer.param_groups, layouts):
+        if "remainder" in (group["master_weights"], layout["master_weights"]):
+            group["master_weights"] = layout["master_weights"]
+        group["moment_dtype"], group["seed"] = layout["moment_dtype"], layout["seed"]
     params = [(p, group) for group in optimizer.param_groups for p in group["params"]]
     for saved_id, (param, group) in zip(saved_ids, params):
         if saved_id not in stashed:
