@@ -193,15 +193,17 @@ at::Tensor join_master(const at::Tensor &param, const at::Tensor &remainder) {
     return out;
 }
 
-// (bf16 param, int16 remainder) of fp32 masters, fadam_master_split's exact rule.
-std::pair<at::Tensor, at::Tensor> split_master(const at::Tensor &master) {
+// (bf16 param, int16 remainder) of fp32 masters: fadam_master_split's exact rule, or with rne
+// fadam_master_split_rne's (the param is round-to-nearest-even of the master, as the fp32-master path
+// leaves it; an even-tie master loses its last ulp).
+std::pair<at::Tensor, at::Tensor> split_master(const at::Tensor &master, bool rne) {
     check_cpu_dense(master, at::kFloat, "master");
     at::Tensor param = at::empty_like(master, master.options().dtype(at::kBFloat16));
     at::Tensor remainder = at::empty_like(master, master.options().dtype(at::kShort));
     const float *m = master.data_ptr<float>();
     uint16_t *p = static_cast<uint16_t *>(param.data_ptr());
     uint16_t *r = static_cast<uint16_t *>(remainder.data_ptr());
-    for (int64_t i = 0; i < master.numel(); i++) p[i] = fadam_master_split(m[i], &r[i]);
+    for (int64_t i = 0; i < master.numel(); i++) p[i] = rne ? fadam_master_split_rne(m[i], &r[i]) : fadam_master_split(m[i], &r[i]);
     return {param, remainder};
 }
 
@@ -1022,7 +1024,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("lean_layouts_supported", &lean_layouts_supported,
           "Whether the C library steps the lean layouts (remainder masters, bf16 and 8-bit moments)");
     m.def("join_master", &join_master, "fp32 masters from bf16 params and int16 remainders (CPU)");
-    m.def("split_master", &split_master, "(bf16 params, int16 remainders) of fp32 masters (CPU)");
+    m.def("split_master", &split_master, "(bf16 params, int16 remainders) of fp32 masters (CPU); rne: "
+          "fadam_master_split_rne's rule, else fadam_master_split's", pybind11::arg("master"), pybind11::arg("rne") = false);
     m.def("dequantize_moment", &dequantize_moment, "8-bit codes and block scales -> float32 (CPU)");
     m.def("quantize_moment", &quantize_moment, "float32 -> (8-bit codes, block scales), round to nearest (CPU)",
           pybind11::arg("values"), pybind11::arg("second"));

@@ -25,7 +25,9 @@ docs/STATE_LAYOUTS.md) keep their state under keys of their own, laid out like t
     exp_avg_scales, exp_avg_sq_scales  float32, one per block of 256 elements (in memory order)
 state_dict() adds exp_avg / exp_avg_sq / master_param in float32 (dequantized, joined) beside them, so
 torch.optim.AdamW loads it; load_state_dict() takes the compact keys when the group has the same
-layout (bit for bit), else converts the float32 ones (round to nearest: the file says what was lost).
+layout (bit for bit), else converts the float32 ones: moments rounded to nearest (bf16: even; 8-bit:
+half up), a float32 master split beside its round-to-nearest-even parameter (exact but for even ties,
+about 2^-17 of the elements, which lose the master's last ulp; docs/STATE_LAYOUTS.md).
 """
 
 import inspect
@@ -942,8 +944,10 @@ def _restored_state(optimizer, param, group, saved):
         if "master_remainder" in saved:
             state["master_remainder"] = _laid_like(param, saved["master_remainder"])
         elif "master_param" in saved:
+            # the parameter stays round-to-nearest-even of the master, as the fp32-master path left
+            # it: an even-tie master (rate ~2^-17) comes back one ulp toward zero
             master = _laid_like(param, saved["master_param"].to(torch.float32))
-            state["master_remainder"] = _laid_like(param, _C.split_master(_cpu(master))[1])
+            state["master_remainder"] = _laid_like(param, _C.split_master(_cpu(master), rne=True)[1])
     elif "master_param" in saved:
         state["master_param"] = _fp32_like(param, saved["master_param"])
     elif "master_remainder" in saved and local.dtype == torch.bfloat16:

@@ -67,11 +67,12 @@ def versus_torch(kwargs, tolerance):
     for index, (p, q) in enumerate(zip(params_of(ours), params_of(theirs))):
         bound = tolerance * STEPS * LR
         check_close(f"parameter {index} {tuple(p.shape)} master", master_of(ours, p), q, atol=bound, rtol=0)
-        check_close(f"parameter {index} bf16", p, q.to(torch.bfloat16), atol=bound, rtol=2**-8)
-        for key in ("exp_avg", "exp_avg_sq"):
-            want = theirs.state[q][key]
-            scale = float(want.abs().max()) if want.numel() else 0.0
-            check_close(f"parameter {index} {key} (exported float32)", exported[index][key], want,
+        check_close(f"parameter {index} bf16", p, q.to(torch.bfloat16), atol=bound, rtol=2**-7)  # one bf16 ulp
+        # the moments' errors are relative to the gradients' scale: m's largest or sqrt(v) (m cancels), v's largest
+        m_max = float(theirs.state[q]["exp_avg"].abs().max()) if q.numel() else 0.0
+        v_max = float(theirs.state[q]["exp_avg_sq"].max()) if q.numel() else 0.0
+        for key, scale in (("exp_avg", max(m_max, v_max**0.5)), ("exp_avg_sq", v_max)):
+            check_close(f"parameter {index} {key} (exported float32)", exported[index][key], theirs.state[q][key],
                         atol=max(tolerance, 1e-3) * scale + 1e-12, rtol=0)
 
 
@@ -185,6 +186,12 @@ def to_torch_and_back():
         train(back, [grads[1]])
 
 
+def even_tie(master):
+    """fadam_master_is_even_tie: finite, low 17 bits 0x08000 (the remainder 0x8000, the bf16 param even)."""
+    bits = master.view(torch.int32)
+    return ((bits & 0x7FFFFFFF) <= 0x7F800000) & ((bits & 0x1FFFF) == 0x8000)
+
+
 def across_layouts():
     """fp32 states -> each lean layout -> fp32 states: the remainder converts losslessly; moments lose
     what their format cannot hold."""
@@ -201,7 +208,10 @@ def across_layouts():
         back.load_state_dict(through_file(lean.state_dict()))
         for index, (p, q) in enumerate(zip(params_of(back), params_of(fp32))):
             s, t = back.state[p], fp32.state[q]
-            check_equal(f"{name} parameter {index} master", s["master_param"], t["master_param"])
+            master = t["master_param"]
+            if kwargs.get("master_weights") == "remainder":  # even ties lose their last ulp (split_rne)
+                master = torch.where(even_tie(master), torch.nextafter(master, torch.zeros_like(master)), master)
+            check_equal(f"{name} parameter {index} master", s["master_param"], master)
             for key in ("exp_avg", "exp_avg_sq"):
                 scale = float(t[key].abs().max()) if t[key].numel() else 0.0
                 check_close(f"{name} parameter {index} {key}", s[key], t[key], atol=0.02 * scale + 1e-30,
