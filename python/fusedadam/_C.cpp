@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "fusedadam.h"
+#include "../../kernels/state_layout.h" // the encodings of the lean states (state_dict's conversions)
 
 namespace {
 
@@ -61,6 +62,23 @@ void raise_on_failure(fadam_status status, const std::function<std::string(size_
 struct Hparams {
     fadam_hparams c;
 };
+
+// Which state tensors a parameter group's step reads (made by FusedAdamW._group_state from the group
+// and its rule): the master of a 16-bit parameter, exp_avg_sq (Lion keeps exp_avg only), how they are
+// stored (docs/STATE_LAYOUTS.md), and the seed of stochastic rounding.
+struct GroupState {
+    bool master = true;
+    bool second_moment = true;
+    int master_format = FADAM_MASTER_FP32;
+    int moment_format = FADAM_MOMENT_FP32;
+    uint64_t seed = 0;
+};
+
+// A tensor's rounding_seed: the group's seed mixed with the parameter's index in the optimizer
+// (fadam_mix64 of both), so that tensors draw unrelated bits and a resumed run draws the same ones.
+uint64_t rounding_seed(uint64_t seed, size_t index) {
+    return fadam_mix64(seed ^ fadam_mix64((uint64_t)index + 0x9E3779B97F4A7C15ull));
+}
 
 bool to_fadam_dtype(at::ScalarType type, fadam_dtype *out) {
     switch (type) {
@@ -105,6 +123,130 @@ void check_companion(int64_t group, const at::Tensor &param, const at::Tensor &o
                                  "; they must be laid out alike (try .contiguous() on both)");
 }
 
+std::string key_name(PyObject *key); // a state key's text
+
+// Checks a state tensor of a layout (docs/STATE_LAYOUTS.md): `type`, laid out like the parameter.
+void check_state(int64_t group, const at::Tensor &param, const at::Tensor &state, PyObject *key, at::ScalarType type) {
+    std::string what = "state['" + key_name(key) + "']";
+    if (state.layout() == at::kStrided && state.scalar_type() != type)
+        throw pybind11::type_error("fusedadam: " + describe_parameter(group, param) + ": " + what + " must be " +
+                                   dtype_name(type) + ", not " + dtype_name(state.scalar_type()));
+    if (type == at::kFloat || type == at::kBFloat16) {
+        check_companion(group, param, state, what.c_str(), type == at::kFloat);
+        return;
+    }
+    // int8/uint8/int16: the same checks as check_companion's, which knows the float dtypes only
+    if (state.layout() != at::kStrided || state.device() != param.device() || !same_layout(param, state))
+        throw std::runtime_error("fusedadam: " + describe_parameter(group, param) + ": " + what +
+                                 " must be a dense tensor on the parameter's device laid out like it");
+}
+
+// The fp32 scales of 8-bit moments: ceil(numel / FADAM_MOMENT_BLOCK) contiguous floats beside the parameter.
+void check_scales(int64_t group, const at::Tensor &param, const at::Tensor &scales, const char *what) {
+    int64_t blocks = (param.numel() + FADAM_MOMENT_BLOCK - 1) / FADAM_MOMENT_BLOCK;
+    if (scales.layout() != at::kStrided || scales.scalar_type() != at::kFloat || scales.device() != param.device() ||
+        scales.numel() != blocks || !scales.is_contiguous())
+        throw std::runtime_error("fusedadam: " + describe_parameter(group, param) + ": " + what +
+                                 " must be a contiguous float32 tensor of " + std::to_string(blocks) +
+                                 " elements on the parameter's device");
+}
+
+// Whether the C library steps the lean layouts: one that does checks the formats, so a format no
+// enum has is refused (an older library ignores the fields and would read them as fp32).
+bool lean_layouts_supported() {
+    static const bool supported = [] {
+        float param = 0.0f, grad = 0.0f;
+        fadam_tensor probe{};
+        probe.param = &param;
+        probe.grad = &grad;
+        probe.param_dtype = probe.grad_dtype = FADAM_FLOAT32;
+        probe.master_format = (fadam_master_format)99;
+        size_t bytes = 0;
+        return fadam_table_bytes(&probe, 1, 1, &bytes) != FADAM_SUCCESS;
+    }();
+    return supported;
+}
+
+void require_lean_layouts() {
+    if (!lean_layouts_supported())
+        throw pybind11::value_error("fusedadam: this build of the C library does not step the lean state layouts "
+                                    "(master_weights='remainder', moment_dtype bfloat16/'int8')");
+}
+
+// state_dict's conversions between the lean states and float32, on CPU tensors, element by element in
+// memory order (the states are laid out like their parameter), with the library's own encodings.
+void check_cpu_dense(const at::Tensor &t, at::ScalarType type, const char *what) {
+    if (t.device().type() != at::kCPU || t.layout() != at::kStrided || t.scalar_type() != type ||
+        !t.is_non_overlapping_and_dense())
+        throw pybind11::type_error(std::string("fusedadam: ") + what + " must be a dense CPU " + dtype_name(type) + " tensor");
+}
+
+at::Tensor join_master(const at::Tensor &param, const at::Tensor &remainder) {
+    check_cpu_dense(param, at::kBFloat16, "param");
+    check_cpu_dense(remainder, at::kShort, "remainder");
+    if (!same_layout(param, remainder)) throw pybind11::value_error("fusedadam: param and remainder differ in layout");
+    at::Tensor out = at::empty_like(param, param.options().dtype(at::kFloat));
+    const uint16_t *p = static_cast<const uint16_t *>(param.data_ptr());
+    const uint16_t *r = static_cast<const uint16_t *>(remainder.data_ptr());
+    float *o = out.data_ptr<float>();
+    for (int64_t i = 0; i < param.numel(); i++) o[i] = fadam_master_join(p[i], r[i]);
+    return out;
+}
+
+// (bf16 param, int16 remainder) of fp32 masters: fadam_master_split's exact rule, or with rne
+// fadam_master_split_rne's (the param is round-to-nearest-even of the master, as the fp32-master path
+// leaves it; an even-tie master loses its last ulp).
+std::pair<at::Tensor, at::Tensor> split_master(const at::Tensor &master, bool rne) {
+    check_cpu_dense(master, at::kFloat, "master");
+    at::Tensor param = at::empty_like(master, master.options().dtype(at::kBFloat16));
+    at::Tensor remainder = at::empty_like(master, master.options().dtype(at::kShort));
+    const float *m = master.data_ptr<float>();
+    uint16_t *p = static_cast<uint16_t *>(param.data_ptr());
+    uint16_t *r = static_cast<uint16_t *>(remainder.data_ptr());
+    for (int64_t i = 0; i < master.numel(); i++) p[i] = rne ? fadam_master_split_rne(m[i], &r[i]) : fadam_master_split(m[i], &r[i]);
+    return {param, remainder};
+}
+
+// 8-bit codes (int8: exp_avg, uint8: exp_avg_sq) and their block scales -> float32.
+at::Tensor dequantize_moment(const at::Tensor &codes, const at::Tensor &scales) {
+    bool second = codes.scalar_type() == at::kByte;
+    check_cpu_dense(codes, second ? at::kByte : at::kChar, "codes");
+    int64_t n = codes.numel(), blocks = (n + FADAM_MOMENT_BLOCK - 1) / FADAM_MOMENT_BLOCK;
+    if (scales.device().type() != at::kCPU || scales.scalar_type() != at::kFloat || scales.numel() != blocks ||
+        !scales.is_contiguous())
+        throw pybind11::value_error("fusedadam: scales must be " + std::to_string(blocks) + " contiguous CPU floats");
+    at::Tensor out = at::empty_like(codes, codes.options().dtype(at::kFloat));
+    const float *scale = scales.data_ptr<float>();
+    float *o = out.data_ptr<float>();
+    for (int64_t b = 0; b < blocks; b++) {
+        int count = (int)std::min<int64_t>(FADAM_MOMENT_BLOCK, n - b * FADAM_MOMENT_BLOCK);
+        if (second)
+            fadam_q8_dequantize_v_block(static_cast<const uint8_t *>(codes.data_ptr()) + b * FADAM_MOMENT_BLOCK,
+                                        scale[b], count, o + b * FADAM_MOMENT_BLOCK);
+        else
+            fadam_q8_dequantize_m_block(static_cast<const int8_t *>(codes.data_ptr()) + b * FADAM_MOMENT_BLOCK,
+                                        scale[b], count, o + b * FADAM_MOMENT_BLOCK);
+    }
+    return out;
+}
+
+// float32 -> (codes, scales), rounding to nearest: int8 for exp_avg (second false), uint8 for exp_avg_sq.
+std::pair<at::Tensor, at::Tensor> quantize_moment(const at::Tensor &values, bool second) {
+    check_cpu_dense(values, at::kFloat, "values");
+    int64_t n = values.numel(), blocks = (n + FADAM_MOMENT_BLOCK - 1) / FADAM_MOMENT_BLOCK;
+    at::Tensor codes = at::empty_like(values, values.options().dtype(second ? at::kByte : at::kChar));
+    at::Tensor scales = at::empty({blocks}, values.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
+    const float *v = values.data_ptr<float>();
+    float *scale = scales.data_ptr<float>();
+    for (int64_t b = 0; b < blocks; b++) {
+        int count = (int)std::min<int64_t>(FADAM_MOMENT_BLOCK, n - b * FADAM_MOMENT_BLOCK);
+        const float *from = v + b * FADAM_MOMENT_BLOCK;
+        scale[b] = second ? fadam_q8_quantize_v_block(from, count, static_cast<uint8_t *>(codes.data_ptr()) + b * FADAM_MOMENT_BLOCK)
+                          : fadam_q8_quantize_m_block(from, count, static_cast<int8_t *>(codes.data_ptr()) + b * FADAM_MOMENT_BLOCK);
+    }
+    return {codes, scales};
+}
+
 // One launch worth of tensors: those on one device whose step count is the same.
 struct Bucket {
     int device = -1;  // CUDA device index, -1 for the CPU
@@ -136,7 +278,25 @@ class TableCache {
     int64_t cpu_calls = 0;
     int cpu_threads = 0; // threads of the CPU pool (torch.get_num_threads() at the last CPU step)
 
-    void clear() { tables_.clear(); }
+    void clear() {
+        tables_.clear();
+        unused_.clear();
+    }
+
+    // A Lion tensor's exp_avg_sq (and its 8-bit scales) for the device table (fadam_table_bytes
+    // wants them for every tensor and Lion never reads or writes them): numel floats (room for any
+    // moment format) then the scales, kept while exp_avg stays put so that the cached table stays valid.
+    float *unused_second_moment(const at::Tensor &exp_avg) {
+        int64_t numel = exp_avg.numel(), floats = numel + (numel + FADAM_MOMENT_BLOCK - 1) / FADAM_MOMENT_BLOCK;
+        auto found = unused_.find(exp_avg.data_ptr());
+        if (found == unused_.end() || found->second.first.numel() != floats ||
+            found->second.first.device() != exp_avg.device())
+            found = unused_.insert_or_assign(exp_avg.data_ptr(),
+                                             std::make_pair(at::empty({floats}, exp_avg.options().dtype(at::kFloat)), true))
+                        .first;
+        found->second.second = true;
+        return static_cast<float *>(found->second.first.data_ptr());
+    }
 
     // The CPU steps' worker threads, as many as PyTorch's intra-op threads: started at the first CPU
     // step and again when torch.set_num_threads changes the count. Call with the GIL held (it may raise).
@@ -196,8 +356,17 @@ class TableCache {
     }
 #endif
 
-    // Drops the tables no bucket of this step used (their tensors are gone or regrouped).
+    // Drops the tables no bucket of this step used (their tensors are gone or regrouped), and the
+    // Lion buffers no tensor of this step asked for.
     void drop_unused() {
+        for (auto it = unused_.begin(); it != unused_.end();) {
+            if (!it->second.second) {
+                it = unused_.erase(it);
+            } else {
+                it->second.second = false;
+                ++it;
+            }
+        }
         for (auto it = tables_.begin(); it != tables_.end();) {
             if (!it->second.used) {
                 it = tables_.erase(it);
@@ -210,6 +379,7 @@ class TableCache {
 
   private:
     std::map<std::pair<int, int>, CachedTable> tables_;
+    std::map<void *, std::pair<at::Tensor, bool>> unused_; // by exp_avg's data: (buffer, asked for this step)
     std::unique_ptr<fadam_cpu_pool, void (*)(fadam_cpu_pool *)> cpu_pool_{nullptr, &fadam_cpu_pool_destroy};
 };
 
@@ -228,6 +398,25 @@ int64_t read_step(int64_t group, const at::Tensor &param, const at::Tensor &step
 
 // Interned keys, made once at import (never freed: they live as long as the module).
 PyObject *key_params, *key_step, *key_exp_avg, *key_exp_avg_sq, *key_master_param;
+// The lean layouts' state keys (fusedadam.torch documents them).
+PyObject *key_master_remainder, *key_exp_avg_bf16, *key_exp_avg_sq_bf16, *key_exp_avg_int8, *key_exp_avg_sq_uint8,
+    *key_exp_avg_scales, *key_exp_avg_sq_scales;
+
+PyObject *moment_key(int format, bool second) {
+    if (format == FADAM_MOMENT_BF16) return second ? key_exp_avg_sq_bf16 : key_exp_avg_bf16;
+    if (format == FADAM_MOMENT_INT8) return second ? key_exp_avg_sq_uint8 : key_exp_avg_int8;
+    return second ? key_exp_avg_sq : key_exp_avg;
+}
+PyObject *master_key(int format) { return format == FADAM_MASTER_REMAINDER ? key_master_remainder : key_master_param; }
+std::string key_name(PyObject *key) { return PyUnicode_AsUTF8(key); }
+
+// The dtype a moment or master tensor of a format has.
+at::ScalarType moment_type(int format, bool second) {
+    if (format == FADAM_MOMENT_BF16) return at::kBFloat16;
+    if (format == FADAM_MOMENT_INT8) return second ? at::kByte : at::kChar;
+    return at::kFloat;
+}
+at::ScalarType master_type(int format) { return format == FADAM_MASTER_REMAINDER ? at::kShort : at::kFloat; }
 
 bool is_16bit(at::ScalarType type) { return type == at::kBFloat16 || type == at::kHalf; }
 
@@ -278,7 +467,10 @@ struct CachedParam {
     int64_t group = 0;
     bool ready = false;        // state holds step, exp_avg, exp_avg_sq (and master_param if wanted)
     bool wants_master = false; // a 16-bit parameter of a group with master_weights=True
+    bool second_moment = true; // its group's rule keeps exp_avg_sq
+    int master_format = FADAM_MASTER_FP32, moment_format = FADAM_MOMENT_FP32;
     pybind11::object state, step, exp_avg, exp_avg_sq, master; // null when not captured
+    pybind11::object exp_avg_scales, exp_avg_sq_scales;         // FADAM_MOMENT_INT8 only
 };
 
 // One parameter stepped by this call. Its tensors are borrowed (no reference count touched) from the
@@ -289,7 +481,12 @@ struct StepItem {
     c10::MaybeOwned<at::Tensor> param, exp_avg, exp_avg_sq, step;
     c10::MaybeOwned<at::Tensor> master; // undefined when the parameter is its own master
     at::Tensor grad;
+    c10::MaybeOwned<at::Tensor> exp_avg_scales, exp_avg_sq_scales; // undefined unless 8-bit moments
+    int master_format = FADAM_MASTER_FP32, moment_format = FADAM_MOMENT_FP32;
+    uint64_t rounding_seed = 0;
 };
+
+c10::MaybeOwned<at::Tensor> undefined_tensor() { return c10::MaybeOwned<at::Tensor>::owned(std::in_place); }
 
 c10::MaybeOwned<at::Tensor> borrow(const pybind11::object &tensor) {
     return c10::MaybeOwned<at::Tensor>::borrowed(THPVariable_Unpack(tensor.ptr()));
@@ -312,8 +509,8 @@ class ParamCache {
     size_t size() const { return params_ ? params_->size() : 0; }
 
     // Snapshots param_groups and state (optimizer.param_groups and optimizer.state, after the state
-    // of every parameter with a gradient was created); master_flags[g] is group g's master_weights.
-    void load(pybind11::handle param_groups, pybind11::handle state, const std::vector<bool> &master_flags) {
+    // of every parameter with a gradient was created); group_states[g] says what group g's step reads.
+    void load(pybind11::handle param_groups, pybind11::handle state, const std::vector<GroupState> &group_states) {
         clear();
         if (!PyDict_Check(state.ptr())) throw pybind11::type_error("fusedadam: optimizer.state must be a dict");
         ParamCache next;
@@ -321,8 +518,8 @@ class ParamCache {
         next.state_ = pybind11::reinterpret_borrow<pybind11::object>(state);
         pybind11::object groups = as_sequence(param_groups, "fusedadam: param_groups must be a sequence");
         Py_ssize_t n_groups = PySequence_Fast_GET_SIZE(groups.ptr());
-        if ((size_t)n_groups != master_flags.size())
-            throw pybind11::value_error("fusedadam: master_weights flags differ in number from the groups");
+        if ((size_t)n_groups != group_states.size())
+            throw pybind11::value_error("fusedadam: group states differ in number from the groups");
         for (Py_ssize_t g = 0; g < n_groups; g++) {
             PyObject *group = PySequence_Fast_GET_ITEM(groups.ptr(), g);
             if (!PyDict_Check(group)) throw pybind11::type_error("fusedadam: a parameter group must be a dict");
@@ -332,7 +529,7 @@ class ParamCache {
             next.group_params_.push_back(pybind11::reinterpret_borrow<pybind11::object>(params));
             pybind11::object members = as_sequence(params, "fusedadam: a group's params must be a sequence");
             for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(members.ptr()); i++)
-                next.add(g, PySequence_Fast_GET_ITEM(members.ptr(), i), master_flags[g]);
+                next.add(g, PySequence_Fast_GET_ITEM(members.ptr(), i), group_states[g]);
             next.group_ends_.push_back(next.building_.size());
         }
         // The state's entries in order: a replaced, added or removed entry changes the sequence.
@@ -353,11 +550,11 @@ class ParamCache {
     // is released during the CPU update).
     // defer_float64: float64 parameters are left to the caller (torch's own AdamW math); without it
     // one with a gradient makes the cache stale, so that the caller finds it and steps it.
-    bool collect(pybind11::handle param_groups, pybind11::handle state, const std::vector<bool> &master_flags,
+    bool collect(pybind11::handle param_groups, pybind11::handle state, const std::vector<GroupState> &group_states,
                  std::vector<StepItem> &items, std::shared_ptr<const std::vector<CachedParam>> &keep,
                  bool defer_float64) const {
         if (!params_ || param_groups.ptr() != param_groups_.ptr() || state.ptr() != state_.ptr() ||
-            master_flags.size() != groups_.size() || !structure_unchanged())
+            group_states.size() != groups_.size() || !structure_unchanged())
             return false;
         keep = params_;
         const std::vector<CachedParam> &params = *params_;
@@ -393,17 +590,27 @@ class ParamCache {
                 return false;
             }
             if (!cached.ready) return false;
-            bool wants_master = master_flags[cached.group] && is_16bit(param.scalar_type());
+            const GroupState &group_state = group_states[cached.group];
+            bool wants_master = group_state.master && is_16bit(param.scalar_type());
+            bool second_moment = group_state.second_moment;
             PyObject *state_dict = cached.state.ptr();
-            if (wants_master != cached.wants_master || dict_item(state_dict, key_step) != cached.step.ptr() ||
-                dict_item(state_dict, key_exp_avg) != cached.exp_avg.ptr() ||
-                dict_item(state_dict, key_exp_avg_sq) != cached.exp_avg_sq.ptr() ||
-                (wants_master && dict_item(state_dict, key_master_param) != cached.master.ptr()))
+            const int moments = group_state.moment_format;
+            const bool int8 = moments == FADAM_MOMENT_INT8;
+            if (wants_master != cached.wants_master || second_moment != cached.second_moment ||
+                group_state.master_format != cached.master_format || moments != cached.moment_format ||
+                dict_item(state_dict, key_step) != cached.step.ptr() ||
+                dict_item(state_dict, moment_key(moments, false)) != cached.exp_avg.ptr() ||
+                (second_moment && dict_item(state_dict, moment_key(moments, true)) != cached.exp_avg_sq.ptr()) ||
+                (int8 && dict_item(state_dict, key_exp_avg_scales) != cached.exp_avg_scales.ptr()) ||
+                (int8 && second_moment && dict_item(state_dict, key_exp_avg_sq_scales) != cached.exp_avg_sq_scales.ptr()) ||
+                (wants_master && dict_item(state_dict, master_key(cached.master_format)) != cached.master.ptr()))
                 return false;
-            items.push_back({cached.group, borrow(cached.param), borrow(cached.exp_avg), borrow(cached.exp_avg_sq),
-                             borrow(cached.step),
-                             wants_master ? borrow(cached.master) : c10::MaybeOwned<at::Tensor>::owned(std::in_place),
-                             grad});
+            items.push_back({cached.group, borrow(cached.param), borrow(cached.exp_avg),
+                             second_moment ? borrow(cached.exp_avg_sq) : undefined_tensor(), borrow(cached.step),
+                             wants_master ? borrow(cached.master) : undefined_tensor(), grad,
+                             int8 ? borrow(cached.exp_avg_scales) : undefined_tensor(),
+                             int8 && second_moment ? borrow(cached.exp_avg_sq_scales) : undefined_tensor(),
+                             cached.master_format, moments, rounding_seed(group_state.seed, j)});
         }
         return true;
     }
@@ -417,28 +624,39 @@ class ParamCache {
         if (params_)
             for (const CachedParam &cached : *params_)
                 for (const pybind11::object *held : {&cached.param, &cached.state, &cached.step, &cached.exp_avg,
-                                                     &cached.exp_avg_sq, &cached.master})
+                                                     &cached.exp_avg_sq, &cached.master, &cached.exp_avg_scales,
+                                                     &cached.exp_avg_sq_scales})
                     Py_VISIT(held->ptr());
         return 0;
     }
 
   private:
-    void add(int64_t group, PyObject *param, bool master_weights) {
+    void add(int64_t group, PyObject *param, const GroupState &group_state) {
         if (!THPVariable_Check(param)) throw pybind11::type_error("fusedadam: a parameter is not a tensor");
         CachedParam cached;
         cached.param = pybind11::reinterpret_borrow<pybind11::object>(param);
         cached.group = group;
         const at::Tensor &tensor = THPVariable_Unpack(param);
-        cached.wants_master = master_weights && is_16bit(tensor.scalar_type());
+        cached.wants_master = group_state.master && is_16bit(tensor.scalar_type());
+        cached.second_moment = group_state.second_moment;
+        cached.master_format = group_state.master_format;
+        cached.moment_format = group_state.moment_format;
+        const int moments = cached.moment_format;
         bool stepped = tensor.unsafeGetTensorImpl()->grad().defined();
         PyObject *state = dict_item(state_.ptr(), param);
         if (state && PyDict_Check(state)) {
             cached.state = pybind11::reinterpret_borrow<pybind11::object>(state);
-            cached.ready = capture(group, tensor, state, key_step, "step", stepped, cached.step) &
-                           capture(group, tensor, state, key_exp_avg, "exp_avg", stepped, cached.exp_avg) &
-                           capture(group, tensor, state, key_exp_avg_sq, "exp_avg_sq", stepped, cached.exp_avg_sq);
+            cached.ready = capture(group, tensor, state, key_step, stepped, cached.step) &
+                           capture(group, tensor, state, moment_key(moments, false), stepped, cached.exp_avg);
+            if (cached.second_moment)
+                cached.ready &= capture(group, tensor, state, moment_key(moments, true), stepped, cached.exp_avg_sq);
+            if (moments == FADAM_MOMENT_INT8) {
+                cached.ready &= capture(group, tensor, state, key_exp_avg_scales, stepped, cached.exp_avg_scales);
+                if (cached.second_moment)
+                    cached.ready &= capture(group, tensor, state, key_exp_avg_sq_scales, stepped, cached.exp_avg_sq_scales);
+            }
             if (cached.wants_master)
-                cached.ready &= capture(group, tensor, state, key_master_param, "master_param", stepped, cached.master);
+                cached.ready &= capture(group, tensor, state, master_key(cached.master_format), stepped, cached.master);
         } else if (stepped) {
             throw pybind11::type_error("fusedadam: " + describe_parameter(group, tensor) +
                                        ": optimizer.state holds no dict for it");
@@ -448,8 +666,9 @@ class ParamCache {
 
     // Takes state[key] into out when it is a tensor. A parameter about to be stepped must have it
     // (the error torch.optim.AdamW gives for state it did not make); any other is merely not ready.
-    static bool capture(int64_t group, const at::Tensor &param, PyObject *state, PyObject *key, const char *name,
-                        bool stepped, pybind11::object &out) {
+    static bool capture(int64_t group, const at::Tensor &param, PyObject *state, PyObject *key, bool stepped,
+                        pybind11::object &out) {
+        std::string name = key_name(key);
         PyObject *value = dict_item(state, key);
         if (value && THPVariable_Check(value)) {
             out = pybind11::reinterpret_borrow<pybind11::object>(value);
@@ -496,7 +715,7 @@ class ParamCache {
 
 // One optimizer step over the parameters of `cache` that have a gradient. Returns false, having
 // done nothing, when the cache no longer describes param_groups and state (the caller rebuilds it
-// and calls again). hparams[g] and master_flags[g] are group g's, read by the caller this step.
+// and calls again). hparams[g] and group_states[g] are group g's, read by the caller this step.
 // Each stepped parameter's state['step'] is advanced by one once every update is queued.
 // The one-element float32 tensor `value` (grad_multiplier or found_inf, optional) on `device` (-1: the
 // CPU), copied there when it lives elsewhere; undefined when not given.
@@ -530,7 +749,7 @@ fadam_step_scaling scaling_of(const at::Tensor &grad_multiplier, const at::Tenso
 }
 
 bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle param_groups, pybind11::handle state,
-                const std::vector<Hparams> &hparams, const std::vector<bool> &master_flags,
+                const std::vector<Hparams> &hparams, const std::vector<GroupState> &group_states,
                 const c10::optional<at::Tensor> &grad_multiplier, const c10::optional<at::Tensor> &found_inf,
                 bool defer_float64, const c10::optional<at::Tensor> &device_step,
                 const c10::optional<at::Tensor> &device_lr) {
@@ -539,7 +758,7 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
     const bool step_in_memory = device_step && device_step->defined();
     std::vector<StepItem> items;
     std::shared_ptr<const std::vector<CachedParam>> keep;
-    if (!cache.collect(param_groups, state, master_flags, items, keep, defer_float64)) return false;
+    if (!cache.collect(param_groups, state, group_states, items, keep, defer_float64)) return false;
     const size_t n = items.size();
     if (n == 0) return true; // no gradient anywhere: nothing to check or do, as torch
     if (hparams.empty() || hparams.size() > FADAM_MAX_GROUPS)
@@ -597,23 +816,45 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
             grad = &relaid_grads.back();
         }
         check_companion(item.group, param, *grad, "grad", false);
-        check_companion(item.group, param, *item.exp_avg, "state['exp_avg']", true);
-        check_companion(item.group, param, *item.exp_avg_sq, "state['exp_avg_sq']", true);
+        const int moments = item.moment_format;
+        if (moments != FADAM_MOMENT_FP32 || item.master_format != FADAM_MASTER_FP32) require_lean_layouts();
+        check_state(item.group, param, *item.exp_avg, moment_key(moments, false), moment_type(moments, false));
+        if (item.exp_avg_sq->defined())
+            check_state(item.group, param, *item.exp_avg_sq, moment_key(moments, true), moment_type(moments, true));
+        if (item.exp_avg_scales->defined())
+            check_scales(item.group, param, *item.exp_avg_scales, "state['exp_avg_scales']");
+        if (item.exp_avg_sq_scales->defined())
+            check_scales(item.group, param, *item.exp_avg_sq_scales, "state['exp_avg_sq_scales']");
         if (item.master->defined()) {
             if (entry.param_dtype == FADAM_FLOAT32)
                 throw pybind11::value_error("fusedadam: " + where() + ": a float32 parameter is its own master");
-            check_companion(item.group, param, *item.master, "state['master_param']", true);
-            entry.master = static_cast<float *>(item.master->data_ptr());
+            if (item.master_format == FADAM_MASTER_REMAINDER && entry.param_dtype != FADAM_BFLOAT16)
+                throw pybind11::type_error("fusedadam: " + where() +
+                                           ": master_weights='remainder' needs a bfloat16 parameter");
+            check_state(item.group, param, *item.master, master_key(item.master_format), master_type(item.master_format));
+            entry.master = item.master->data_ptr();
+            entry.master_format = (fadam_master_format)item.master_format;
         }
+        entry.moment_format = (fadam_moment_format)moments;
+        if (item.exp_avg_scales->defined()) entry.exp_avg_scales = item.exp_avg_scales->data_ptr<float>();
+        if (item.exp_avg_sq_scales->defined()) entry.exp_avg_sq_scales = item.exp_avg_sq_scales->data_ptr<float>();
+        entry.rounding_seed = item.rounding_seed;
+        entry.element_offset = 0;
         if (item.group < 0 || item.group >= n_groups)
             throw pybind11::value_error("fusedadam: " + where() + ": group " + std::to_string(item.group) +
                                         " out of range");
         to_fadam_dtype(grad->scalar_type(), &entry.grad_dtype);
         entry.param = param.data_ptr();
         entry.grad = grad->data_ptr();
-        // check_companion made these float32: the untyped data_ptr skips a second dtype check.
-        entry.exp_avg = static_cast<float *>(item.exp_avg->data_ptr());
-        entry.exp_avg_sq = static_cast<float *>(item.exp_avg_sq->data_ptr());
+        // check_state checked their dtypes: the untyped data_ptr skips a second check.
+        entry.exp_avg = item.exp_avg->data_ptr();
+        if (item.exp_avg_sq->defined())
+            entry.exp_avg_sq = item.exp_avg_sq->data_ptr();
+        else if (type == at::kCUDA) { // Lion: the device table wants buffers it never touches
+            float *unused = tables.unused_second_moment(*item.exp_avg);
+            entry.exp_avg_sq = unused;
+            if (moments == FADAM_MOMENT_INT8) entry.exp_avg_sq_scales = unused + param.numel();
+        }
         entry.numel = param.numel();
         entry.group = (int)item.group;
         int device = type == at::kCUDA ? param.device().index() : -1;
@@ -721,9 +962,10 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
     for (size_t i = 0; i < n; i++) {
         if (i + 2 * kAhead < n) {
             const StepItem &ahead = items[i + 2 * kAhead];
-            for (const at::Tensor *t : {&*ahead.param, &ahead.grad, &*ahead.exp_avg, &*ahead.exp_avg_sq, &*ahead.step})
+            for (const at::Tensor *t : {&*ahead.param, &ahead.grad, &*ahead.exp_avg, &*ahead.step})
                 prefetch_lines(t->unsafeGetTensorImpl(), 1); // the reference count and version counter
             if (ahead.master->defined()) prefetch_lines(ahead.master->unsafeGetTensorImpl(), 1);
+            if (ahead.exp_avg_sq->defined()) prefetch_lines(ahead.exp_avg_sq->unsafeGetTensorImpl(), 1);
             prefetch_storage(*ahead.step);
         }
         if (i + kAhead < n) {
@@ -733,9 +975,11 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         StepItem &item = items[i];
         if (!step_in_memory)
             *static_cast<float *>(item.step->data_ptr()) += 1.0f; // read_step made it a CPU float32 scalar
-        for (const at::Tensor *t : {&*item.step, &*item.param, &*item.exp_avg, &*item.exp_avg_sq})
+        for (const at::Tensor *t : {&*item.step, &*item.param, &*item.exp_avg})
             t->unsafeGetTensorImpl()->bump_version();
-        if (item.master->defined()) item.master->unsafeGetTensorImpl()->bump_version();
+        if (item.exp_avg_sq->defined()) item.exp_avg_sq->unsafeGetTensorImpl()->bump_version();
+        for (const at::Tensor *t : {&*item.master, &*item.exp_avg_scales, &*item.exp_avg_sq_scales})
+            if (t->defined()) t->unsafeGetTensorImpl()->bump_version();
         item.grad.reset();
     }
     return true;
@@ -746,7 +990,11 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "fusedadam's C library, for fusedadam.torch";
     for (auto [key, name] : {std::pair{&key_params, "params"}, {&key_step, "step"}, {&key_exp_avg, "exp_avg"},
-                             {&key_exp_avg_sq, "exp_avg_sq"}, {&key_master_param, "master_param"}})
+                             {&key_exp_avg_sq, "exp_avg_sq"}, {&key_master_param, "master_param"},
+                             {&key_master_remainder, "master_remainder"}, {&key_exp_avg_bf16, "exp_avg_bf16"},
+                             {&key_exp_avg_sq_bf16, "exp_avg_sq_bf16"}, {&key_exp_avg_int8, "exp_avg_int8"},
+                             {&key_exp_avg_sq_uint8, "exp_avg_sq_uint8"}, {&key_exp_avg_scales, "exp_avg_scales"},
+                             {&key_exp_avg_sq_scales, "exp_avg_sq_scales"}})
         if (!(*key = PyUnicode_InternFromString(name))) throw pybind11::error_already_set();
     m.attr("MAX_GROUPS") = FADAM_MAX_GROUPS;
     m.def("version", []() { return std::string(fadam_version_string()); }, "The C library's version");
@@ -754,6 +1002,33 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     // group's dict in one place (FusedAdamW._hparams); the C library's checks are the only ones.
     m.attr("ADAMW") = (int)FADAM_ADAMW;
     m.attr("ADAM_L2") = (int)FADAM_ADAM_L2;
+    m.attr("LION") = (int)FADAM_LION;
+    pybind11::class_<GroupState>(m, "GroupState", "Which state tensors a parameter group's step reads")
+        .def(pybind11::init([](bool master, bool second_moment, int master_format, int moment_format, uint64_t seed) {
+                 return GroupState{master, second_moment, master_format, moment_format, seed};
+             }),
+             pybind11::kw_only(), pybind11::arg("master") = true, pybind11::arg("second_moment") = true,
+             pybind11::arg("master_format") = (int)FADAM_MASTER_FP32,
+             pybind11::arg("moment_format") = (int)FADAM_MOMENT_FP32, pybind11::arg("seed") = 0)
+        .def_readonly("master", &GroupState::master)
+        .def_readonly("second_moment", &GroupState::second_moment)
+        .def_readonly("master_format", &GroupState::master_format)
+        .def_readonly("moment_format", &GroupState::moment_format)
+        .def_readonly("seed", &GroupState::seed);
+    m.attr("MASTER_FP32") = (int)FADAM_MASTER_FP32;
+    m.attr("MASTER_REMAINDER") = (int)FADAM_MASTER_REMAINDER;
+    m.attr("MOMENT_FP32") = (int)FADAM_MOMENT_FP32;
+    m.attr("MOMENT_BF16") = (int)FADAM_MOMENT_BF16;
+    m.attr("MOMENT_INT8") = (int)FADAM_MOMENT_INT8;
+    m.attr("MOMENT_BLOCK") = FADAM_MOMENT_BLOCK;
+    m.def("lean_layouts_supported", &lean_layouts_supported,
+          "Whether the C library steps the lean layouts (remainder masters, bf16 and 8-bit moments)");
+    m.def("join_master", &join_master, "fp32 masters from bf16 params and int16 remainders (CPU)");
+    m.def("split_master", &split_master, "(bf16 params, int16 remainders) of fp32 masters (CPU); rne: "
+          "fadam_master_split_rne's rule, else fadam_master_split's", pybind11::arg("master"), pybind11::arg("rne") = false);
+    m.def("dequantize_moment", &dequantize_moment, "8-bit codes and block scales -> float32 (CPU)");
+    m.def("quantize_moment", &quantize_moment, "float32 -> (8-bit codes, block scales), round to nearest (CPU)",
+          pybind11::arg("values"), pybind11::arg("second"));
     fadam_hparams defaults = fadam_hparams_default();
     pybind11::class_<Hparams>(m, "Hparams", "One parameter group's hyperparameters (the C fadam_hparams)")
         .def(pybind11::init([](float lr, float beta1, float beta2, float eps, float weight_decay, int mode,
@@ -819,14 +1094,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def(pybind11::init<>())
         .def_readonly("loads", &ParamCache::loads)
         .def("load", &ParamCache::load, pybind11::arg("param_groups"), pybind11::arg("state"),
-             pybind11::arg("master_weights"))
+             pybind11::arg("group_states"))
         .def("clear", &ParamCache::clear)
         .def("__len__", &ParamCache::size);
     m.def("step", &fused_step,
-          "One fused AdamW/Adam step over the cached parameters that have a gradient; False (nothing done) "
+          "One fused AdamW/Adam/Lion step over the cached parameters that have a gradient; False (nothing done) "
           "when the cache no longer matches param_groups and state",
           pybind11::arg("tables"), pybind11::arg("cache"), pybind11::arg("param_groups"), pybind11::arg("state"),
-          pybind11::arg("hparams"), pybind11::arg("master_weights"), pybind11::arg("grad_multiplier") = pybind11::none(),
+          pybind11::arg("hparams"), pybind11::arg("group_states"), pybind11::arg("grad_multiplier") = pybind11::none(),
           pybind11::arg("found_inf") = pybind11::none(), pybind11::arg("defer_float64") = false,
           pybind11::arg("device_step") = pybind11::none(), pybind11::arg("device_lr") = pybind11::none());
 }

@@ -1,5 +1,6 @@
 """fusedadam.torch - FusedAdamW, a drop-in for torch.optim.AdamW that updates every CUDA parameter
-with one fused kernel launch per step, and FusedAdam, the same for torch.optim.Adam (L2 weight decay).
+with one fused kernel launch per step, FusedAdam, the same for torch.optim.Adam (L2 weight decay), and
+FusedLion, the Lion rule (Chen et al. 2023) through the same machinery.
 
     from fusedadam.torch import FusedAdamW
     opt = FusedAdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
@@ -14,6 +15,19 @@ between the two optimizers in either direction:
     exp_avg_sq    second moment, float32
     master_param  float32 copy of a bfloat16/float16 parameter (master_weights=True): the update is
                   computed on it and the parameter receives it rounded to nearest even
+
+Memory-lean layouts (per group: master_weights="remainder", moment_dtype=torch.bfloat16 or "int8";
+docs/STATE_LAYOUTS.md) keep their state under keys of their own, laid out like the parameter:
+    master_remainder   int16 (the uint16 bits): the low 16 bits of the float32 master of a bfloat16
+                       parameter, whose own bits are the high 16 (rounded): 2 B instead of 4
+    exp_avg_bf16, exp_avg_sq_bf16      bfloat16 moments, stochastically rounded
+    exp_avg_int8, exp_avg_sq_uint8     8-bit codes (signed m, companded unsigned v), with
+    exp_avg_scales, exp_avg_sq_scales  float32, one per block of 256 elements (in memory order)
+state_dict() adds exp_avg / exp_avg_sq / master_param in float32 (dequantized, joined) beside them, so
+torch.optim.AdamW loads it; load_state_dict() takes the compact keys when the group has the same
+layout (bit for bit), else converts the float32 ones: moments rounded to nearest (bf16: even; 8-bit:
+half up), a float32 master split beside its round-to-nearest-even parameter (exact but for even ties,
+about 2^-17 of the elements, which lose the master's last ulp; docs/STATE_LAYOUTS.md).
 """
 
 import inspect
@@ -29,7 +43,7 @@ try:  # DTensor (FSDP2, tensor parallelism); absent from torch builds without to
 except ImportError:  # pragma: no cover
     DTensor = None
 
-__all__ = ["FusedAdamW", "FusedAdam", "MAX_GROUPS"]
+__all__ = ["FusedAdamW", "FusedAdam", "FusedLion", "MAX_GROUPS"]
 
 __version__ = _C.version()
 
@@ -44,7 +58,14 @@ _UNSUPPORTED_OPTIONS = ("amsgrad", "differentiable")
 # constructor's value, and load_state_dict() takes the constructor's value where they are missing, so
 # that a torch.distributed.checkpoint of either optimizer loads into the other (DCP asks the checkpoint
 # for every key of the state dict it loads into).
-_OPTIONAL_GROUP_KEYS = ("bias_correction", "master_weights")
+_OPTIONAL_GROUP_KEYS = ("bias_correction", "master_weights", "moment_dtype", "seed")
+# The compact state of the lean layouts (see the module's doc), by the float32 key each stands for.
+_MOMENT_KEYS = {
+    _C.MOMENT_BF16: {"exp_avg": ("exp_avg_bf16",), "exp_avg_sq": ("exp_avg_sq_bf16",)},
+    _C.MOMENT_INT8: {"exp_avg": ("exp_avg_int8", "exp_avg_scales"), "exp_avg_sq": ("exp_avg_sq_uint8", "exp_avg_sq_scales")},
+}
+_LEAN_STATE_KEYS = ("master_remainder", "exp_avg_bf16", "exp_avg_sq_bf16", "exp_avg_int8", "exp_avg_scales",
+                    "exp_avg_sq_uint8", "exp_avg_sq_scales")
 
 
 class _Default:
@@ -69,9 +90,22 @@ class FusedAdamW(Optimizer):
     bias_correction (bool): divide by 1 - beta^t as PyTorch does (default True).
     decoupled_weight_decay (bool): True (default) is AdamW's decay, p *= 1 - lr * weight_decay;
         False is Adam's L2 decay, grad += weight_decay * p (torch.optim.Adam, see FusedAdam).
-    master_weights (bool): keep a float32 master copy of each bfloat16/float16 parameter in
-        state['master_param'] (default True). With False the 16-bit parameter is read, updated in
-        float32 and rounded back each step. A master goes stale if the parameter is changed outside
+    master_weights (bool or "remainder"): keep a float32 master copy of each bfloat16/float16
+        parameter in state['master_param'] (default True). With False the 16-bit parameter is read,
+        updated in float32 and rounded back each step. "remainder" (bfloat16 parameters only; a
+        float16 one raises TypeError at the step) keeps the master as a 16-bit remainder beside the
+        parameter (state['master_remainder']): the same bits as True at every step, for 2 bytes
+        instead of 4 (the parameter differs only where its master is an even tie, docs/STATE_LAYOUTS.md).
+    moment_dtype (torch.float32, torch.bfloat16 or "int8"; torch.int8 means "int8"): how exp_avg and
+        exp_avg_sq are stored (default torch.float32). bfloat16 rounds them stochastically
+        (round-to-nearest would stall the second moment); "int8" keeps 8-bit codes with one float32
+        scale per block of 256 elements. master_weights and moment_dtype are fixed once a group's
+        parameters have state: changing them later raises ValueError (a checkpoint converts instead).
+    seed (int in [0, 2^64)): the seed of stochastic rounding (default 0). A tensor's random stream is
+        a function of the seed, the parameter's index among the optimizer's parameters (in group
+        order), the step and the element's index, so runs repeat bit for bit on any device and a
+        resumed run equals an uninterrupted one. A DTensor shard counts its elements from 0 (its
+        offset in the full tensor is not used). A master goes stale if the parameter is changed outside
         the optimizer (the next step would overwrite the change): call resync_master_weights() after
         such an edit. load_state_dict does it by itself, with a warning (a master that no longer
         rounds to its parameter, e.g. one a torch.optim.AdamW run carried along unchanged).
@@ -104,6 +138,8 @@ class FusedAdamW(Optimizer):
     _DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2, "decoupled_weight_decay": True}
     # The float32 moments each parameter's state holds (made by _create_state, read by the binding).
     _STATE_KEYS = ("exp_avg", "exp_avg_sq")
+    # Whether float64 parameters, which the C library does not step, go through torch's Adam math.
+    _FLOAT64_ADAM = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -113,6 +149,13 @@ class FusedAdamW(Optimizer):
     def _mode(group):
         """The C library's update rule for a parameter group."""
         return _C.ADAMW if group["decoupled_weight_decay"] else _C.ADAM_L2
+
+    @classmethod
+    def _group_state(cls, group):
+        """Which state tensors the binding reads for a group's parameters, and how they are stored."""
+        master_format, moment_format, seed = _layout(group)
+        return _C.GroupState(master=bool(group["master_weights"]), second_moment="exp_avg_sq" in cls._STATE_KEYS,
+                             master_format=master_format, moment_format=moment_format, seed=seed)
 
     @classmethod
     def _hparams(cls, group):
@@ -149,6 +192,8 @@ class FusedAdamW(Optimizer):
         bias_correction=True,
         decoupled_weight_decay=_DEFAULT,
         master_weights=True,
+        moment_dtype=torch.float32,
+        seed=0,
         max_grad_norm=None,
     ):
         given = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
@@ -168,7 +213,10 @@ class FusedAdamW(Optimizer):
             "fused": fused,
             "bias_correction": bias_correction,
             "master_weights": master_weights,
+            "moment_dtype": moment_dtype,
+            "seed": seed,
         })
+        _layout(defaults)
         # The C library's checks (fadam_hparams_validate), as torch checks its constructor's arguments.
         self._hparams({**defaults, "capturable": False}).validate()
         self._tables = _C.TableCache()
@@ -188,6 +236,7 @@ class FusedAdamW(Optimizer):
         if len(self.param_groups) >= MAX_GROUPS:
             raise ValueError(f"{type(self).__name__}: at most {MAX_GROUPS} parameter groups are supported")
         _check_options({**self.defaults, **param_group})
+        _layout({**self.defaults, **param_group})
         super().add_param_group(param_group)
         self._cache.clear()  # the step would notice the new group; clearing says so outright
         needs_view, has_float64 = _layout_flags([self.param_groups[-1]])
@@ -227,7 +276,7 @@ class FusedAdamW(Optimizer):
         # Per group, read at every step (schedulers change lr); per parameter, the binding reads the
         # grads and checks its cache of the parameters and their state against the optimizer.
         hparams = [self._hparams(group) for group in self.param_groups]
-        master_weights = [bool(group["master_weights"]) for group in self.param_groups]
+        group_states = [self._group_state(group) for group in self.param_groups]
         # A step captured in a CUDA graph would replay its host step counts and lr frozen: refused
         # with torch's own check and message (capturable is False).
         self._cuda_graph_capture_health_check()
@@ -259,7 +308,7 @@ class FusedAdamW(Optimizer):
             scaling = {**scaling, **_capturable_inputs(self, stepped)}
         float64_step = _float64_step(self, scaling) if self._has_float64 else None
         if not self._needs_view and _C.step(
-            self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling,
+            self._tables, self._cache, self.param_groups, self.state, hparams, group_states, **scaling,
             defer_float64=self._has_float64,
         ):
             if float64_step:
@@ -271,15 +320,16 @@ class FusedAdamW(Optimizer):
         # The cache is stale (first step, a group added, a checkpoint loaded, state to create or
         # replaced): make the state that is missing, rebuild the cache and step from it.
         self._needs_view, self._has_float64 = _layout_flags(self.param_groups)
+        _check_layouts_fixed(self)
         created = _create_state(self)
         try:
             float64_step = _float64_step(self, scaling) if self._has_float64 else None
             if self._needs_view:
-                _step_view(self, hparams, master_weights, scaling)
+                _step_view(self, hparams, group_states, scaling)
             else:
-                self._cache.load(self.param_groups, self.state, master_weights)
+                self._cache.load(self.param_groups, self.state, group_states)
                 if not _C.step(
-                    self._tables, self._cache, self.param_groups, self.state, hparams, master_weights, **scaling,
+                    self._tables, self._cache, self.param_groups, self.state, hparams, group_states, **scaling,
                     defer_float64=self._has_float64,
                 ):
                     raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
@@ -299,6 +349,7 @@ class FusedAdamW(Optimizer):
         restores: so a torch.distributed.checkpoint of it loads into torch.optim.AdamW and back."""
         _resolve_pending_skip(self)
         state_dict = super().state_dict()
+        _export_fp32_state(self, state_dict)
         for group in state_dict["param_groups"]:
             for key in _OPTIONAL_GROUP_KEYS:
                 if key in group and group[key] == self.defaults[key]:
@@ -307,6 +358,9 @@ class FusedAdamW(Optimizer):
 
     def load_state_dict(self, state_dict):
         """Loads a state dict of this optimizer or of torch.optim.AdamW/Adam.
+
+        The state layout stays this optimizer's (moment_dtype, seed, master_weights="remainder" or
+        not): the file's state is converted into it (see the module's doc).
 
         Unlike torch's loader, which casts every state tensor to its parameter's dtype, the moments
         and masters are kept in float32, and the step counts become CPU float32 tensors. A 16-bit
@@ -360,6 +414,28 @@ class FusedAdam(FusedAdamW):
     _DEFAULTS = {**FusedAdamW._DEFAULTS, "weight_decay": 0, "decoupled_weight_decay": False}
 
 
+class FusedLion(FusedAdamW):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): FusedAdamW with the
+    Lion rule and its defaults lr=1e-4, betas=(0.9, 0.99), weight_decay=0. Per element:
+        c = beta1 * m + (1 - beta1) * g
+        p = p * (1 - lr * weight_decay) - lr * sign(c)      (sign(0) = 0, as torch.sign)
+        m = beta2 * m + (1 - beta2) * g
+    One moment, state['exp_avg'] (float32; the key of the lion-pytorch package and timm's Lion, whose
+    state dicts load here and back); eps, bias_correction and decoupled_weight_decay are accepted
+    and unused (the decay is always decoupled). Everything else (master_weights, maximize,
+    max_grad_norm, GradScaler, capturable, CPU and CUDA parameters) is FusedAdamW's. float64
+    parameters are not supported. A beta in [0, 1] is accepted (no bias correction divides by
+    1 - beta)."""
+
+    _DEFAULTS = {**FusedAdamW._DEFAULTS, "lr": 1e-4, "betas": (0.9, 0.99), "eps": 0.0, "weight_decay": 0.0}
+    _STATE_KEYS = ("exp_avg",)
+    _FLOAT64_ADAM = False
+
+    @staticmethod
+    def _mode(group):
+        return _C.LION
+
+
 def _check_options(group):
     for option in _UNSUPPORTED_OPTIONS:
         if group.get(option):
@@ -376,20 +452,143 @@ def _create_state(optimizer):
                 if param.grad is None:
                     continue
                 state = optimizer.state.get(param)
+                master_format, moment_format, _ = _layout(group)
                 if not state:
                     state = optimizer.state[param]
                     state["step"] = _new_step(param, group["capturable"], 0.0)
                     created.append((state, "step"))
                     for key in optimizer._STATE_KEYS:
-                        state[key] = torch.zeros_like(param, dtype=_state_dtype(param), memory_format=torch.preserve_format)
-                        created.append((state, key))
-                if _wants_master(param, group["master_weights"]) and state.get("master_param") is None:
+                        for name, value in _empty_moment(param, key, moment_format).items():
+                            state[name] = value
+                            created.append((state, name))
+                if not _wants_master(param, group["master_weights"]):
+                    continue
+                if master_format == _C.MASTER_REMAINDER:
+                    if _local(param).dtype != torch.bfloat16:
+                        raise TypeError(f"fusedadam: master_weights='remainder' needs bfloat16 parameters, not "
+                                        f"{_local(param).dtype} (shape {tuple(param.shape)})")
+                    if state.get("master_remainder") is None:  # 0: the master is the parameter
+                        state["master_remainder"] = torch.zeros_like(param, dtype=torch.int16,
+                                                                     memory_format=torch.preserve_format)
+                        created.append((state, "master_remainder"))
+                elif state.get("master_param") is None:
                     state["master_param"] = _fp32_like(param, param)
                     created.append((state, "master_param"))
     except BaseException:
         _discard_state(optimizer, created)
         raise
     return created
+
+
+def _layout(group):
+    """(master_format, moment_format, seed) of a group's dict; ValueError for a value not documented."""
+    master = group.get("master_weights", True)
+    if master == "remainder":
+        master_format = _C.MASTER_REMAINDER
+    elif isinstance(master, bool):
+        master_format = _C.MASTER_FP32
+    else:
+        raise ValueError(f"fusedadam: master_weights={master!r}: True, False or 'remainder'")
+    moment_dtype = group.get("moment_dtype", torch.float32)
+    if moment_dtype == torch.float32:
+        moment_format = _C.MOMENT_FP32
+    elif moment_dtype == torch.bfloat16:
+        moment_format = _C.MOMENT_BF16
+    elif moment_dtype in ("int8", torch.int8):
+        moment_format = _C.MOMENT_INT8
+    else:
+        raise ValueError(f"fusedadam: moment_dtype={moment_dtype!r}: torch.float32, torch.bfloat16 or 'int8'")
+    seed = group.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"fusedadam: seed={seed!r}: an int in [0, 2**64)")
+    if (master_format, moment_format) != (_C.MASTER_FP32, _C.MOMENT_FP32) and not _C.lean_layouts_supported():
+        raise ValueError("fusedadam: this build of the C library does not step the lean state layouts "
+                         "(master_weights='remainder', moment_dtype bfloat16/'int8')")
+    return master_format, moment_format, seed
+
+
+def _empty_moment(param, key, moment_format):
+    """The zero state of moment `key` ("exp_avg", "exp_avg_sq") in a format: {state key: tensor}."""
+    if moment_format == _C.MOMENT_FP32:
+        return {key: torch.zeros_like(param, dtype=_state_dtype(param), memory_format=torch.preserve_format)}
+    names = _MOMENT_KEYS[moment_format][key]
+    if moment_format == _C.MOMENT_BF16:
+        return {names[0]: torch.zeros_like(param, dtype=torch.bfloat16, memory_format=torch.preserve_format)}
+    codes = torch.int8 if key == "exp_avg" else torch.uint8
+    local = _local(param)
+    blocks = (local.numel() + _C.MOMENT_BLOCK - 1) // _C.MOMENT_BLOCK
+    return {names[0]: torch.zeros_like(param, dtype=codes, memory_format=torch.preserve_format),
+            names[1]: torch.zeros(blocks, dtype=torch.float32, device=local.device)}
+
+
+def _state_layout(state):
+    """(master_format or None, moment_format or None) that a parameter's state holds (None: no such state)."""
+    master = _C.MASTER_REMAINDER if "master_remainder" in state else _C.MASTER_FP32 if "master_param" in state else None
+    moments = (_C.MOMENT_BF16 if "exp_avg_bf16" in state else _C.MOMENT_INT8 if "exp_avg_int8" in state
+               else _C.MOMENT_FP32 if "exp_avg" in state else None)
+    return master, moments
+
+
+def _check_layouts_fixed(optimizer):
+    """master_weights and moment_dtype cannot change once a parameter has state in its group's layout."""
+    names = {_C.MASTER_FP32: "True", _C.MASTER_REMAINDER: "'remainder'", _C.MOMENT_FP32: "torch.float32",
+             _C.MOMENT_BF16: "torch.bfloat16", _C.MOMENT_INT8: "'int8'"}
+    for index, group in enumerate(optimizer.param_groups):
+        master_format, moment_format, _ = _layout(group)
+        for param in group["params"]:
+            held_master, held_moments = _state_layout(optimizer.state.get(param, {}))
+            if held_moments is not None and held_moments != moment_format:
+                raise ValueError(f"fusedadam: group {index}: moment_dtype is fixed after the first step (the state "
+                                 f"holds {names[held_moments]} moments); load a state dict to convert")
+            if (_wants_master(param, group["master_weights"]) and held_master is not None
+                    and held_master != master_format):
+                raise ValueError(f"fusedadam: group {index}: master_weights is fixed after the first step (the state "
+                                 f"holds master_weights={names[held_master]}); load a state dict to convert")
+
+
+def _cpu(tensor):
+    return _local(tensor).detach().cpu()
+
+
+def _fp32_moment(state, key):
+    """A moment as a float32 CPU tensor from whichever form the state holds; None when absent."""
+    if key in state:
+        return _cpu(state[key]).float()
+    bf16 = _MOMENT_KEYS[_C.MOMENT_BF16][key][0]
+    if bf16 in state:
+        return _cpu(state[bf16]).float()
+    codes, scales = _MOMENT_KEYS[_C.MOMENT_INT8][key]
+    if codes in state and scales in state:
+        return _C.dequantize_moment(_cpu(state[codes]), _cpu(state[scales]).contiguous())
+    return None
+
+
+def _fp32_master(param, state):
+    """A bfloat16 parameter's float32 master from its remainder (CPU); None without one."""
+    if "master_remainder" not in state or _local(param).dtype != torch.bfloat16:
+        return None
+    return _C.join_master(_cpu(param), _cpu(state["master_remainder"]))
+
+
+def _export_fp32_state(optimizer, state_dict):
+    """state_dict(): a lean state also as torch.optim.AdamW's float32 exp_avg / exp_avg_sq / master_param
+    (new dicts: the optimizer's own state is not touched), on the parameter's device."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, param in enumerate(params):
+        state = state_dict["state"].get(index)
+        if not isinstance(state, dict) or not any(key in state for key in _LEAN_STATE_KEYS):
+            continue
+        state = dict(state)
+        device = _local(param).device
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key not in state:
+                value = _fp32_moment(state, key)
+                if value is not None:
+                    state[key] = value.to(device)
+        master = _fp32_master(param, state)
+        if master is not None and "master_param" not in state:
+            state["master_param"] = master.to(device)
+        state_dict["state"][index] = state
 
 
 def _discard_state(optimizer, created):
@@ -442,7 +641,7 @@ def _local_grad(param):
     return grad.to_local()
 
 
-def _step_view(optimizer, hparams, master_weights, scaling):
+def _step_view(optimizer, hparams, group_states, scaling):
     """The step of an optimizer with DTensor parameters (FSDP2's fully_shard, tensor parallelism) or
     strided parameters with gaps, through a view of the optimizer where
       - a DTensor is its local shard, as are its gradient and state tensors: each rank steps its own
@@ -478,9 +677,9 @@ def _step_view(optimizer, hparams, master_weights, scaling):
                     work.grad = torch.empty_like(work, dtype=grad.dtype).copy_(grad) if work is not local else grad
                     given.append(work)
             groups.append({"params": view_params})
-        optimizer._cache.load(groups, state, master_weights)
+        optimizer._cache.load(groups, state, group_states)
         if not _C.step(
-            optimizer._tables, optimizer._cache, groups, state, hparams, master_weights, **scaling,
+            optimizer._tables, optimizer._cache, groups, state, hparams, group_states, **scaling,
             defer_float64=optimizer._has_float64,
         ):
             raise RuntimeError("fusedadam: internal error: the parameter cache is stale just after its rebuild")
@@ -502,6 +701,9 @@ def _float64_step(optimizer, scaling):
         params = [p for p in group["params"] if p.grad is not None and _local(p).dtype == torch.float64]
         if not params:
             continue
+        if not optimizer._FLOAT64_ADAM:
+            raise TypeError(f"fusedadam: {type(optimizer).__name__} does not support float64 parameters "
+                            "(float32, bfloat16 and float16 are supported)")
         if not group["bias_correction"]:
             raise ValueError("fusedadam: bias_correction=False is not supported for float64 parameters")
         grads = [_local_grad(p) if _local(p) is not p else p.grad for p in params]
@@ -706,35 +908,103 @@ def _resync_master(param, master):
     return True
 
 
+def _restored_state(optimizer, param, group, saved):
+    """The live state of one parameter from its saved tensors (float32 and compact keys), in its group's
+    layout: the compact tensors as they are when the layouts match (bit for bit), else converted from
+    float32 (bfloat16: round to nearest even; 8-bit: round to nearest; a remainder: the exact split of
+    the master)."""
+    master_format, moment_format, _ = _layout(group)
+    local = _local(param)
+    state = {}
+    for key in ("exp_avg", "exp_avg_sq"):
+        if moment_format != _C.MOMENT_FP32 and all(k in saved for k in _MOMENT_KEYS[moment_format][key]):
+            for name in _MOMENT_KEYS[moment_format][key]:
+                if name.endswith("_scales"):
+                    state[name] = saved[name].to(device=local.device, dtype=torch.float32).contiguous()
+                else:
+                    state[name] = _laid_like(param, saved[name])
+            continue
+        if moment_format == _C.MOMENT_FP32 and key in saved:  # as torch keeps it (float64 for float64)
+            state[key] = _fp32_like(param, saved[key])
+            continue
+        value = _fp32_moment(saved, key)
+        if value is None:
+            continue
+        if moment_format == _C.MOMENT_FP32:
+            state[key] = _fp32_like(param, value.reshape(local.shape))
+        elif moment_format == _C.MOMENT_BF16:
+            state[_MOMENT_KEYS[moment_format][key][0]] = _laid_like(param, value.reshape(local.shape).to(torch.bfloat16))
+        else:
+            codes_name, scales_name = _MOMENT_KEYS[moment_format][key]
+            dense = _laid_like(param, value.reshape(local.shape))  # memory order of the parameter
+            codes, scales = _C.quantize_moment(_cpu(dense), key == "exp_avg_sq")
+            state[codes_name] = _laid_like(param, codes)
+            state[scales_name] = scales.to(local.device)
+    if master_format == _C.MASTER_REMAINDER and local.dtype == torch.bfloat16 and group["master_weights"]:
+        if "master_remainder" in saved:
+            state["master_remainder"] = _laid_like(param, saved["master_remainder"])
+        elif "master_param" in saved:
+            # the parameter stays round-to-nearest-even of the master, as the fp32-master path left
+            # it: an even-tie master (rate ~2^-17) comes back one ulp toward zero
+            master = _laid_like(param, saved["master_param"].to(torch.float32))
+            state["master_remainder"] = _laid_like(param, _C.split_master(_cpu(master), rne=True)[1])
+    elif "master_param" in saved:
+        state["master_param"] = _fp32_like(param, saved["master_param"])
+    elif "master_remainder" in saved and local.dtype == torch.bfloat16:
+        # a remainder joined with the parameter as it is now (the model's weights loaded before this)
+        state["master_param"] = _fp32_like(param, _C.join_master(_cpu(param), _cpu(_laid_like(param, saved["master_remainder"]))))
+    return state
+
+
+def _laid_like(param, value):
+    """value (its dtype kept) as a tensor laid out like param, on its device."""
+    out = torch.empty_like(param, dtype=value.dtype, memory_format=torch.preserve_format)
+    _local(out).copy_(_local(value) if value.shape == _local(out).shape else value.reshape(_local(out).shape))
+    return out
+
+
 def _stash_fp32_state(optimizer, state_dict):
     """Load pre-hook: takes the float32 state out of state_dict, for _restore_fp32_state to put back."""
     stashed, state = {}, {}
     for key, value in state_dict["state"].items():
         if isinstance(value, dict):
-            stashed[key] = {k: value[k] for k in _FP32_STATE_KEYS if k in value}
-            value = {k: v for k, v in value.items() if k not in _FP32_STATE_KEYS}
+            stashed[key] = {k: value[k] for k in _FP32_STATE_KEYS + _LEAN_STATE_KEYS if k in value}
+            value = {k: v for k, v in value.items() if k not in _FP32_STATE_KEYS + _LEAN_STATE_KEYS}
         state[key] = value
     saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-    optimizer._loading = (saved_ids, stashed)
+    # The layout is this optimizer's, not the checkpoint's (a file converts into it): kept per group.
+    layouts = [{key: group.get(key) for key in ("master_weights", "moment_dtype", "seed")}
+               for group in optimizer.param_groups]
+    optimizer._loading = (saved_ids, stashed, layouts)
     return {**state_dict, "state": state}
 
 
 @torch.no_grad()
 def _restore_fp32_state(optimizer):
     """Load post-hook: puts the stashed state back as float32 tensors laid out like their parameters."""
-    saved_ids, stashed = optimizer._loading
+    saved_ids, stashed, layouts = optimizer._loading
+    for group, layout in zip(optimizer.param_groups, layouts):
+        if "remainder" in (group["master_weights"], layout["master_weights"]):
+            group["master_weights"] = layout["master_weights"]
+        group["moment_dtype"], group["seed"] = layout["moment_dtype"], layout["seed"]
     params = [(p, group) for group in optimizer.param_groups for p in group["params"]]
     for saved_id, (param, group) in zip(saved_ids, params):
         if saved_id not in stashed:
             continue
         state = optimizer.state[param]
-        for key, value in stashed[saved_id].items():
-            state[key] = _fp32_like(param, value)
+        state.update(_restored_state(optimizer, param, group, stashed[saved_id]))
         if "step" in state:
             state["step"] = _new_step(param, optimizer.defaults["capturable"], float(state["step"]))
+        elif any(key in state for key in optimizer._STATE_KEYS):  # lion-pytorch, timm's Lion: no step count
+            state["step"] = _new_step(param, optimizer.defaults["capturable"], 0.0)
         # A torch.optim.AdamW checkpoint has no master: the parameter is the best there is.
-        if _wants_master(param, group["master_weights"]) and "master_param" not in state:
-            state["master_param"] = _fp32_like(param, param)
+        remainder = _layout(group)[0] == _C.MASTER_REMAINDER
+        if (_wants_master(param, group["master_weights"]) and "master_param" not in state
+                and not (remainder and "master_remainder" in state)):
+            if remainder and _local(param).dtype == torch.bfloat16:  # 0: the master is the parameter
+                state["master_remainder"] = torch.zeros_like(param, dtype=torch.int16, memory_format=torch.preserve_format)
+            elif not remainder:
+                state["master_param"] = _fp32_like(param, param)
     # capturable is this optimizer's choice, not the checkpoint's (torch.optim.AdamW(capturable=True)
     # saves it True): the step counts were placed above for this optimizer's mode.
     for group in optimizer.param_groups:
