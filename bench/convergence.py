@@ -189,7 +189,7 @@ def train(name, args, train_data, eval_batches):
             curve.append((step + 1, loss.item(), held_out))
             print(f"  {name:>16} step {step + 1:5d}  train {loss.item():.4f}  eval {held_out:.4f}", flush=True)
     held, moved = TORCH_BYTES if name == "torch-adamw" else LAYOUTS[name][1:]
-    return {
+    result = {
         "name": name,
         "final_eval": curve[-1][2],
         "curve": curve,
@@ -199,6 +199,9 @@ def train(name, args, train_data, eval_batches):
         "total_s": time.perf_counter() - start,
         "params": sum(p.numel() for p in model.parameters()),
     }
+    with open(f"{args.out}.{name}.json", "w") as f:  # each configuration as it ends: a cut-short run keeps it
+        json.dump(result, f)
+    return result
 
 
 def plot(results, path, title):
@@ -244,7 +247,7 @@ def main():
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=64)
@@ -256,6 +259,7 @@ def main():
     p.add_argument("--configs", default="torch-adamw," + ",".join(LAYOUTS))
     p.add_argument("--out", default=os.path.join(HERE, "convergence"), help="prefix of the .png, .csv, .md written")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=1, help="configurations trained at once, one thread each")
     p.add_argument("--quick", action="store_true", help="a smaller model, for checking the plumbing")
     args = p.parse_args()
     if args.quick:
@@ -270,7 +274,17 @@ def main():
           f"{train_data.numel():,} training bytes, {held_out.numel():,} held out (sha256 {digest}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
 
-    results = [train(name, args, train_data, eval_batches) for name in args.configs.split(",")]
+    names = args.configs.split(",")
+    if args.jobs > 1:  # one process per configuration at a time, one thread each: small matmuls scale poorly
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            results = list(pool.map(train, names, [args] * len(names), [train_data] * len(names),
+                                    [eval_batches] * len(names)))
+    else:
+        results = [train(name, args, train_data, eval_batches) for name in names]
     baseline = next((r["final_eval"] for r in results if r["name"] == "fp32-states" and "curve" in r), None)
     n_params = next((r["params"] for r in results if "params" in r), 0)
     command = "python bench/convergence.py " + " ".join(sys.argv[1:])
@@ -278,7 +292,7 @@ def main():
              f"bytes, Python stdlib source; seed {args.seed}")
     report = "\n".join([
         f"Command: `{command}` ({platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads). {title}; held-out: every 20th file, {len(eval_batches)} fixed "
+        f"{torch.get_num_threads() if args.jobs == 1 else f'{args.jobs} processes of 1'} threads). {title}; held-out: every 20th file, {len(eval_batches)} fixed "
         f"batches. Recipe: lr {args.lr} warmup {args.warmup} cosine to 10%, clip {args.clip}, wd "
         f"{args.weight_decay} on matrices, betas (0.9, 0.95); FusedAdamW rows on bf16 parameters, torch on "
         f"fp32 parameters with bf16 autocast.",
