@@ -2,11 +2,6 @@
 # the emulated kernel, the C reference and the CPU path bit for bit, float64 oracle, remainder vs fp32
 # master over 120 steps, bf16 stochastic rounding vs the stall, resume, slices (tests/test_layouts_emulated.cpp);
 # the validation of the new fields (tests/test_layouts_errors.c, ASan).
-$(TEST_BIN)/test_layouts_emulated: tests/test_layouts_emulated.cpp tests/emul/cuda_emul.h $(TEST_HEADERS) \
-                                   $(KERNEL_SOURCES) $(HEADERS) $(HOST_CORE_OBJECTS)
-	@mkdir -p $(@D)
-	$(CXX) $(EMUL_CXXFLAGS) $< -o $@ $(HOST_CORE_OBJECTS) -lm -lpthread
-
 TEST_PROGRAMS += $(TEST_BIN)/test_layouts_emulated
 TEST_RUN += $(TEST_BIN)/test_layouts_emulated
 
