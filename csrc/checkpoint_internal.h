@@ -110,4 +110,27 @@ fadam_status fadam_checkpoint_require_finalized(const fadam_optimizer *opt, cons
 /* The loaded step and hyperparameters into the optimizer, the last part of a load. */
 void fadam_checkpoint_apply_values(fadam_optimizer *opt, const fadam_checkpoint_values *values);
 
+/* ---- checkpoint_convert.c: a tensor saved in another state layout ---- */
+
+/* 1 when the file's entries of tensor t are in the tensor's own formats (copied as they are). */
+int fadam_checkpoint_same_layout(const fadam_optimizer *opt, const fadam_load_plan *plan, int64_t t);
+
+/* Host memory for converting the largest tensor that needs it, taken before anything changes. */
+typedef struct fadam_convert_buffers {
+    float *values[1 + FADAM_FIELD_COUNT]; /* the master, then each field, as fp32 */
+    unsigned char *raw;                   /* one entry's bytes, or one encoded state */
+    float *scales;                        /* one entry's 8-bit scales */
+    uint16_t *param;                      /* a bf16 param's bits */
+} fadam_convert_buffers;
+
+fadam_status fadam_convert_buffers_alloc(const fadam_optimizer *opt, const fadam_load_plan *plan,
+                                         fadam_convert_buffers *b, const char *function);
+void fadam_convert_buffers_free(fadam_convert_buffers *b);
+
+/* Tensor t from the file's layout into its own (see checkpoint_convert.c); may write its param (a
+ * remainder layout). */
+fadam_status fadam_checkpoint_convert_tensor(fadam_optimizer *opt, const fadam_load_plan *plan,
+                                             const fadam_source *in, int64_t t, fadam_convert_buffers *b,
+                                             struct CUstream_st *stream, const char *function);
+
 #endif
