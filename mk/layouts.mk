@@ -5,6 +5,7 @@
 TEST_PROGRAMS += $(TEST_BIN)/test_layouts_emulated
 TEST_RUN += $(TEST_BIN)/test_layouts_emulated
 
+TEST_DEPS_test_layouts_emulated := tests/emulated_runs.h
 ASAN_TESTS += test_layouts_errors
 TEST_PROGRAMS += $(TEST_BIN)/test_layouts_errors
 TEST_RUN += $(TEST_BIN)/test_layouts_errors

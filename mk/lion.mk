@@ -8,3 +8,4 @@ ASAN_TESTS += test_lion
 
 TEST_PROGRAMS += $(TEST_BIN)/test_lion
 TEST_RUN += $(TEST_BIN)/test_lion
+TEST_DEPS_test_lion_emulated := tests/emulated_runs.h

@@ -20,6 +20,8 @@
 
 static uint64_t rng;
 
+#include "emulated_runs.h"
+
 enum { NO_MASTER = 0, FP32_MASTER = 1, REMAINDER = 2 };
 
 /* One tensor of a test model: dtypes, group and layout. */
@@ -168,55 +170,6 @@ static void fill_grads(side &s) {
         }
 }
 
-/* The emulated kernel (a functional table takes every state field: a Lion tensor gets an unused
- * exp_avg_sq, and its scales, as fadam_table_encode requires). */
-static void run_kernel(side &s, const std::vector<fadam_hparams> &groups, int64_t step, const float *multiplier) {
-    std::vector<fadam_tensor> table_tensors = s.tensors;
-    side unused;
-    for (fadam_tensor &t : table_tensors)
-        if (!t.exp_avg_sq) {
-            t.exp_avg_sq = allocate(unused, (size_t)t.numel * moment_bytes(t.moment_format) + 4, NULL, 0);
-            if (t.moment_format == FADAM_MOMENT_INT8)
-                t.exp_avg_sq_scales = static_cast<float *>(allocate(unused, (size_t)blocks_of(t.numel) * 4, NULL, 0));
-        }
-    std::vector<unsigned char> table(fadam_table_size((int64_t)table_tensors.size()) + 16);
-    void *aligned = reinterpret_cast<void *>((reinterpret_cast<uintptr_t>(table.data()) + 15) / 16 * 16);
-    CHECK(fadam_table_check(table_tensors.data(), (int64_t)table_tensors.size(), (int)groups.size(), "test") ==
-              FADAM_SUCCESS,
-          "%s", fadam_last_error_message());
-    fadam_table_fill(table_tensors.data(), (int64_t)table_tensors.size(), (int)groups.size(), 1024, aligned);
-    fadam_step_kernel_args args;
-    std::memset(&args, 0, sizeof args);
-    args.table = static_cast<const fadam_table_header *>(aligned);
-    args.step = step;
-    args.n_groups = (int32_t)groups.size();
-    args.grad_multiplier = multiplier;
-    std::memcpy(args.groups, groups.data(), groups.size() * sizeof(fadam_hparams));
-    emul_set_thread_order(EMUL_ORDER_SHUFFLED, check_rng_next(&rng));
-    CHECK(fadam_launch_adam_step(&args, 3, 64, NULL) == cudaSuccess, "launch: %s", emul_last_failure_message());
-}
-
-static void run_cpu(side &s, const std::vector<fadam_hparams> &groups, int64_t step, int threads, const float *multiplier) {
-    fadam_cpu_pool *pool = NULL;
-    fadam_step_source source = {step, NULL, NULL};
-    fadam_step_scaling scaling;
-    std::memset(&scaling, 0, sizeof scaling);
-    scaling.grad_multiplier = multiplier;
-    if (threads > 1) CHECK(fadam_cpu_pool_create(&pool, threads) == FADAM_SUCCESS, "%s", fadam_last_error_message());
-    CHECK(fadam_cpu_step_scaled(pool, s.tensors.data(), (int64_t)s.tensors.size(), groups.data(), (int)groups.size(),
-                                &source, &scaling) == FADAM_SUCCESS,
-          "cpu step: %s", fadam_last_error_message());
-    fadam_cpu_pool_destroy(pool);
-}
-
-static void run_reference(side &s, const std::vector<fadam_hparams> &groups, int64_t step, const float *multiplier) {
-    for (fadam_tensor &t : s.tensors) {
-        fadam_group_scalars scalars = fadam_compute_group_scalars(&groups[t.group], groups[t.group].lr, step);
-        if (multiplier) scalars.grad_scale = scalars.grad_scale * *multiplier;
-        fadam_reference_update(&t, &scalars, step);
-    }
-}
-
 /* The first buffer where two sides differ, or -1. */
 static int64_t first_difference(const side &a, const side &b, size_t *byte) {
     for (size_t k = 0; k < a.buffers.size(); k++)
@@ -337,10 +290,10 @@ static void test_mixed_table(bool scaled) {
         copy_side(reference, start);
         copy_side(cpu1, start);
         copy_side(cpu3, start);
-        run_kernel(kernel, groups, step, mult);
-        run_reference(reference, groups, step, mult);
-        run_cpu(cpu1, groups, step, 1, mult);
-        run_cpu(cpu3, groups, step, 3, mult);
+        run_kernel(kernel.tensors, groups, step, mult);
+        run_reference(reference.tensors, groups, step, mult);
+        run_cpu(cpu1.tensors, groups, step, 1, mult);
+        run_cpu(cpu3.tensors, groups, step, 3, mult);
         expect_same(kernel, reference, "kernel vs reference", specs);
         expect_same(kernel, cpu1, "kernel vs cpu 1 thread", specs);
         expect_same(kernel, cpu3, "kernel vs cpu 3 threads", specs);
@@ -415,9 +368,9 @@ static void test_remainder_vs_fp32_master() {
             static_cast<uint16_t *>(const_cast<void *>(ta.grad))[i] = g;
             static_cast<uint16_t *>(const_cast<void *>(tb.grad))[i] = g;
         }
-        run_cpu(a, groups, step, 1, NULL);
-        if (step % 40 == 0) run_kernel(b, groups, step, NULL); /* the kernel's remainder path too */
-        else run_cpu(b, groups, step, step % 2 ? 3 : 1, NULL);
+        run_cpu(a.tensors, groups, step, 1, NULL);
+        if (step % 40 == 0) run_kernel(b.tensors, groups, step, NULL); /* the kernel's remainder path too */
+        else run_cpu(b.tensors, groups, step, step % 2 ? 3 : 1, NULL);
         for (int64_t i = 0; i < n && !check_case_failed; i++) {
             float master = static_cast<float *>(ta.master)[i], joined = master_of(tb, i);
             uint16_t pa = static_cast<uint16_t *>(ta.param)[i], pb = static_cast<uint16_t *>(tb.param)[i], low;
@@ -464,7 +417,7 @@ static void test_bf16_stall() {
     const float beta2 = groups[0].beta2, one_minus = (float)(1.0 - (double)beta2);
     CHECK(fadam_round_bf16_nearest(beta2 * fadam_bf16_to_float(v0) + one_minus * 0.0f) == v0, "RNE should stall at v0");
     const int64_t steps = 2000;
-    for (int64_t step = 1; step <= steps; step++) run_cpu(s, groups, step, 1, NULL);
+    for (int64_t step = 1; step <= steps; step++) run_cpu(s.tensors, groups, step, 1, NULL);
     double mean = 0.0, want = (double)fadam_bf16_to_float(v0) * std::pow((double)beta2, (double)steps);
     for (int64_t i = 0; i < t.numel; i++) mean += fadam_bf16_to_float(static_cast<uint16_t *>(t.exp_avg_sq)[i]);
     mean /= (double)t.numel;
@@ -493,15 +446,15 @@ static void test_resume() {
             for (size_t k = 0; k < specs.size(); k++)
                 std::memcpy(const_cast<void *>(first.tensors[k].grad), whole.tensors[k].grad,
                             (size_t)specs[k].numel * fadam_dtype_size(specs[k].grad_dtype));
-            run_cpu(first, groups, step, 1, NULL);
+            run_cpu(first.tensors, groups, step, 1, NULL);
             if (step == 3) copy_side(resumed, first); /* the "checkpoint" */
         } else {
             for (size_t k = 0; k < specs.size(); k++)
                 std::memcpy(const_cast<void *>(resumed.tensors[k].grad), whole.tensors[k].grad,
                             (size_t)specs[k].numel * fadam_dtype_size(specs[k].grad_dtype));
-            run_kernel(resumed, groups, step, NULL);
+            run_kernel(resumed.tensors, groups, step, NULL);
         }
-        run_cpu(whole, groups, step, 3, NULL);
+        run_cpu(whole.tensors, groups, step, 3, NULL);
     }
     expect_same(whole, resumed, "uninterrupted vs resumed at step 3", specs);
     check_case_end(name);
@@ -547,9 +500,9 @@ static void test_slices() {
             for (int64_t step = 1; step <= 3; step++) {
                 fill_grads(whole);
                 std::memcpy(const_cast<void *>(w.grad), whole.tensors[0].grad, (size_t)w.numel * 4);
-                run_cpu(whole, groups, step, 1, NULL);
-                if (step == 2) run_cpu(sliced, groups, step, 1, NULL);
-                else run_kernel(sliced, groups, step, NULL);
+                run_cpu(whole.tensors, groups, step, 1, NULL);
+                if (step == 2) run_cpu(sliced.tensors, groups, step, 1, NULL);
+                else run_kernel(sliced.tensors, groups, step, NULL);
             }
             expect_same(whole, sliced, "whole vs two slices", specs);
         }

@@ -15,6 +15,8 @@
 
 static uint64_t rng;
 
+#include "emulated_runs.h"
+
 static float as_dtype(fadam_dtype dtype, float x) {
     if (dtype == FADAM_BFLOAT16) return fadam_bf16_bits_to_float(fadam_float_to_bf16_bits(x));
     if (dtype == FADAM_FLOAT16) return fadam_fp16_bits_to_float(fadam_float_to_fp16_bits(x));
@@ -85,56 +87,6 @@ static side make_side(const std::vector<tensor_data> &data, const std::vector<fa
     return s;
 }
 
-/* The emulated kernel over the side's tensors (a functional table takes every state field: Lion's
- * exp_avg_sq is given an unused buffer there, as fadam_table_encode requires). */
-static void run_kernel(side &s, const std::vector<fadam_hparams> &groups, int64_t step, const float *multiplier) {
-    std::vector<fadam_tensor> table_tensors = s.tensors;
-    std::vector<std::vector<float>> unused;
-    for (fadam_tensor &t : table_tensors)
-        if (!t.exp_avg_sq) {
-            unused.emplace_back((size_t)t.numel + 4);
-            t.exp_avg_sq = unused.back().data();
-        }
-    std::vector<unsigned char> table(fadam_table_size((int64_t)table_tensors.size()) + 16);
-    void *aligned = reinterpret_cast<void *>((reinterpret_cast<uintptr_t>(table.data()) + 15) / 16 * 16);
-    CHECK(fadam_table_check(table_tensors.data(), (int64_t)table_tensors.size(), (int)groups.size(), "test") ==
-              FADAM_SUCCESS,
-          "%s", fadam_last_error_message());
-    fadam_table_fill(table_tensors.data(), (int64_t)table_tensors.size(), (int)groups.size(), 1024, aligned);
-    fadam_step_kernel_args args;
-    std::memset(&args, 0, sizeof args);
-    args.table = static_cast<const fadam_table_header *>(aligned);
-    args.step = step;
-    args.n_groups = (int32_t)groups.size();
-    args.grad_multiplier = multiplier;
-    std::memcpy(args.groups, groups.data(), groups.size() * sizeof(fadam_hparams));
-    emul_set_thread_order(EMUL_ORDER_SHUFFLED, check_rng_next(&rng));
-    CHECK(fadam_launch_adam_step(&args, 3, 64, NULL) == cudaSuccess, "launch: %s", emul_last_failure_message());
-}
-
-static void run_cpu(side &s, const std::vector<fadam_hparams> &groups, int64_t step, int threads,
-                    const float *multiplier) {
-    fadam_cpu_pool *pool = NULL;
-    fadam_step_source source = {step, NULL, NULL};
-    fadam_step_scaling scaling;
-    std::memset(&scaling, 0, sizeof scaling);
-    scaling.grad_multiplier = multiplier;
-    if (threads > 1) CHECK(fadam_cpu_pool_create(&pool, threads) == FADAM_SUCCESS, "%s", fadam_last_error_message());
-    CHECK(fadam_cpu_step_scaled(pool, s.tensors.data(), (int64_t)s.tensors.size(), groups.data(), (int)groups.size(),
-                                &source, &scaling) == FADAM_SUCCESS,
-          "cpu step: %s", fadam_last_error_message());
-    fadam_cpu_pool_destroy(pool);
-}
-
-/* The reference's element loop, tensor by tensor (fadam_reference_update). */
-static void run_reference(side &s, const std::vector<fadam_hparams> &groups, int64_t step, const float *multiplier) {
-    for (fadam_tensor &t : s.tensors) {
-        fadam_group_scalars scalars = fadam_compute_group_scalars(&groups[t.group], groups[t.group].lr, step);
-        if (multiplier) scalars.grad_scale = scalars.grad_scale * *multiplier;
-        fadam_reference_update(&t, &scalars, step);
-    }
-}
-
 /* Lion in float64 from the same starting values: p, m after one step (p rounded to the dtype's
  * precision where it is stored as a 16-bit param without master). */
 static void lion_oracle(const tensor_data &d, const fadam_hparams &h, double scale, int64_t k, double *p, double *m) {
@@ -192,10 +144,10 @@ static void test_mixed_table(bool scaled) {
     const float multiplier = 0.5f, *mult = scaled ? &multiplier : NULL;
     side kernel = make_side(data, groups), reference = make_side(data, groups), cpu1 = make_side(data, groups),
          cpu3 = make_side(data, groups);
-    run_kernel(kernel, groups, 5, mult);
-    run_reference(reference, groups, 5, mult);
-    run_cpu(cpu1, groups, 5, 1, mult);
-    run_cpu(cpu3, groups, 5, 3, mult);
+    run_kernel(kernel.tensors, groups, 5, mult);
+    run_reference(reference.tensors, groups, 5, mult);
+    run_cpu(cpu1.tensors, groups, 5, 1, mult);
+    run_cpu(cpu3.tensors, groups, 5, 3, mult);
     double worst = 0.0;
     int64_t sign_zero = 0, nans = 0;
     for (size_t i = 0; i < data.size() && !check_case_failed; i++) {
