@@ -204,6 +204,18 @@ def train(name, args, train_data, eval_batches):
     return result
 
 
+def corpus_and_eval_batches(args):
+    train_data, held_out, root, digest = load_corpus(args.corpus_bytes)
+    eval_generator = torch.Generator().manual_seed(args.seed + 2)
+    eval_batches = [batch(held_out, args.batch_size, args.seq_len, eval_generator) for _ in range(args.eval_batches)]
+    return train_data, eval_batches, root, digest, held_out.numel()
+
+
+def train_in_worker(name, args):
+    train_data, eval_batches, _, _, _ = corpus_and_eval_batches(args)
+    return train(name, args, train_data, eval_batches)
+
+
 def plot(results, path, title):
     import matplotlib
 
@@ -260,6 +272,8 @@ def main():
     p.add_argument("--out", default=os.path.join(HERE, "convergence"), help="prefix of the .png, .csv, .md written")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--jobs", type=int, default=1, help="configurations trained at once, one thread each")
+    p.add_argument("--report-only", action="store_true",
+                   help="no training: the table and PNG from the OUT.NAME.json each configuration saved")
     p.add_argument("--quick", action="store_true", help="a smaller model, for checking the plumbing")
     args = p.parse_args()
     if args.quick:
@@ -267,22 +281,28 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    train_data, held_out, root, digest = load_corpus(args.corpus_bytes)
-    eval_generator = torch.Generator().manual_seed(args.seed + 2)
-    eval_batches = [batch(held_out, args.batch_size, args.seq_len, eval_generator) for _ in range(args.eval_batches)]
+    train_data, eval_batches, root, digest, held_out_bytes = corpus_and_eval_batches(args)
     print(f"# seed {args.seed} (FADAM_TEST_SEED={args.seed} or --seed repeats it); corpus {root}: "
-          f"{train_data.numel():,} training bytes, {held_out.numel():,} held out (sha256 {digest}); "
+          f"{train_data.numel():,} training bytes, {held_out_bytes:,} held out (sha256 {digest}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
 
     names = args.configs.split(",")
-    if args.jobs > 1:  # one process per configuration at a time, one thread each: small matmuls scale poorly
+    if args.report_only:  # the configurations' results saved by earlier runs
+        results = []
+        for name in names:
+            try:
+                with open(f"{args.out}.{name}.json") as f:
+                    results.append(json.load(f))
+            except FileNotFoundError:
+                results.append({"name": name, "unavailable": "not run"})
+    elif args.jobs > 1:  # one process per configuration at a time, one thread each: small matmuls scale poorly
         import concurrent.futures
         import multiprocessing
 
+        # Each worker reads the corpus itself: tensors passed between processes need torch's fd sharing.
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                                                     initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            results = list(pool.map(train, names, [args] * len(names), [train_data] * len(names),
-                                    [eval_batches] * len(names)))
+            results = list(pool.map(train_in_worker, names, [args] * len(names)))
     else:
         results = [train(name, args, train_data, eval_batches) for name in names]
     baseline = next((r["final_eval"] for r in results if r["name"] == "fp32-states" and "curve" in r), None)
