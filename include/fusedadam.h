@@ -214,9 +214,11 @@ FADAM_API fadam_status fadam_add_tensor(fadam_optimizer *opt, const char *name, 
                                         int64_t numel, fadam_dtype param_dtype, fadam_dtype grad_dtype,
                                         int group, int64_t *index_out);
 
-/* Allocates fp32 master weights (for 16-bit params, initialised from the params; fp32 params are
- * their own master), zeroed moments, and the device-resident tensor table, built once. Work is
- * queued on `stream` and finalize waits for it to finish before returning. */
+/* Allocates each tensor's state in its group's layout (fadam_set_group_layout; by default fp32 master
+ * weights for 16-bit params, initialised from the params - fp32 params are their own master - and fp32
+ * moments; a remainder starts at 0, i.e. master == param), only the states its group's rule keeps,
+ * zeroed moments and scales, and the device-resident tensor table, built once. Work is queued on
+ * `stream` and finalize waits for it to finish before returning. */
 FADAM_API fadam_status fadam_finalize(fadam_optimizer *opt, fadam_stream stream);
 
 /* Updates every registered tensor from its gradient: one kernel launch on `stream`. Advances the
