@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "check.h"
+#include "dtype_values.h"
 #include "internal.h"
 #include "state_layout.h"
 
@@ -93,24 +94,12 @@ static void copy_side(side &to, const side &from) {
     for (size_t k = 0; k < from.buffers.size(); k++) std::memcpy(to.buffers[k].data, from.buffers[k].data, from.buffers[k].bytes);
 }
 
-static void store_value(fadam_dtype dtype, void *p, int64_t i, float x) {
-    if (dtype == FADAM_BFLOAT16) static_cast<uint16_t *>(p)[i] = fadam_float_to_bf16_bits(x);
-    else if (dtype == FADAM_FLOAT16) static_cast<uint16_t *>(p)[i] = fadam_float_to_fp16_bits(x);
-    else static_cast<float *>(p)[i] = x;
-}
-
-static float load_value(fadam_dtype dtype, const void *p, int64_t i) {
-    if (dtype == FADAM_BFLOAT16) return fadam_bf16_bits_to_float(static_cast<const uint16_t *>(p)[i]);
-    if (dtype == FADAM_FLOAT16) return fadam_fp16_bits_to_float(static_cast<const uint16_t *>(p)[i]);
-    return static_cast<const float *>(p)[i];
-}
-
 /* The fp32 master an element starts a step from (what every layout's load gives). */
 static float master_of(const fadam_tensor &t, int64_t i) {
     if (t.master_format == FADAM_MASTER_REMAINDER)
         return fadam_master_join(static_cast<const uint16_t *>(t.param)[i], static_cast<const uint16_t *>(t.master)[i]);
     if (t.master) return static_cast<const float *>(t.master)[i];
-    return load_value(t.param_dtype, t.param, i);
+    return load_as(t.param_dtype, t.param, i);
 }
 
 /* A moment's value as the step loads it. */
@@ -152,7 +141,7 @@ static void fill_side(side &s, double master_scale) {
                 static_cast<uint16_t *>(t.master)[i] = low;
             } else {
                 if (t.master) static_cast<float *>(t.master)[i] = x;
-                store_value(t.param_dtype, t.param, i, x);
+                store_as(t.param_dtype, t.param, i, x);
             }
             m[i] = (float)(1e-2 * check_rng_normal(&rng));
             v[i] = (float)(1e-4 * check_rng_uniform(&rng) * check_rng_uniform(&rng));
@@ -166,7 +155,7 @@ static void fill_grads(side &s) {
     for (fadam_tensor &t : s.tensors)
         for (int64_t i = 0; i < t.numel; i++) {
             double r = check_rng_uniform(&rng);
-            store_value(t.grad_dtype, const_cast<void *>(t.grad), i, r < 0.03 ? 0.0f : (float)(1e-2 * check_rng_normal(&rng)));
+            store_as(t.grad_dtype, const_cast<void *>(t.grad), i, r < 0.03 ? 0.0f : (float)(1e-2 * check_rng_normal(&rng)));
         }
 }
 
@@ -303,7 +292,7 @@ static void test_mixed_table(bool scaled) {
             const fadam_hparams &h = groups[specs[k].group];
             for (int64_t i = 0; i < before.numel && !check_case_failed; i++) {
                 double m = moment_of(before, 0, i), v = before.exp_avg_sq ? moment_of(before, 1, i) : 0.0;
-                double p0 = master_of(before, i), g = load_value(before.grad_dtype, before.grad, i);
+                double p0 = master_of(before, i), g = load_as(before.grad_dtype, before.grad, i);
                 const double g_terms = std::fabs(g) * (scaled ? 0.75 : 1.0) + (double)h.weight_decay * std::fabs(p0);
                 const double m_terms = std::fabs(m) + g_terms, v_terms = std::fabs(v) + g_terms * g_terms;
                 double want_p = adam_oracle(h, step, scaled ? 0.75 : 1.0, p0, g, &m, &v);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "check.h"
+#include "dtype_values.h"
 #include "internal.h"
 
 static uint64_t rng;
@@ -21,18 +22,6 @@ static float as_dtype(fadam_dtype dtype, float x) {
     if (dtype == FADAM_BFLOAT16) return fadam_bf16_bits_to_float(fadam_float_to_bf16_bits(x));
     if (dtype == FADAM_FLOAT16) return fadam_fp16_bits_to_float(fadam_float_to_fp16_bits(x));
     return x;
-}
-
-static void store(fadam_dtype dtype, void *buffer, int64_t i, float x) {
-    if (dtype == FADAM_BFLOAT16) static_cast<uint16_t *>(buffer)[i] = fadam_float_to_bf16_bits(x);
-    else if (dtype == FADAM_FLOAT16) static_cast<uint16_t *>(buffer)[i] = fadam_float_to_fp16_bits(x);
-    else static_cast<float *>(buffer)[i] = x;
-}
-
-static float load(fadam_dtype dtype, const void *buffer, int64_t i) {
-    if (dtype == FADAM_BFLOAT16) return fadam_bf16_bits_to_float(static_cast<const uint16_t *>(buffer)[i]);
-    if (dtype == FADAM_FLOAT16) return fadam_fp16_bits_to_float(static_cast<const uint16_t *>(buffer)[i]);
-    return static_cast<const float *>(buffer)[i];
 }
 
 static bool same(float a, float b) { return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, 4) == 0; }
@@ -76,8 +65,8 @@ static side make_side(const std::vector<tensor_data> &data, const std::vector<fa
         t.exp_avg_sq = lion ? NULL : static_cast<float *>(buffer(s, n * 4));
         t.master = d.master ? static_cast<float *>(buffer(s, n * 4)) : NULL;
         for (int64_t k = 0; k < d.numel; k++) {
-            store(d.param_dtype, t.param, k, d.param[k]);
-            store(d.grad_dtype, grad, k, d.grad[k]);
+            store_as(d.param_dtype, t.param, k, d.param[k]);
+            store_as(d.grad_dtype, grad, k, d.grad[k]);
             ((float *)t.exp_avg)[k] = d.m[k];
             if (t.exp_avg_sq) ((float *)t.exp_avg_sq)[k] = d.v[k];
             if (t.master) ((float *)t.master)[k] = d.param[k];
@@ -156,17 +145,17 @@ static void test_mixed_table(bool scaled) {
         const side *others[3] = {&reference, &cpu1, &cpu3};
         for (int64_t k = 0; k < d.numel && !check_case_failed; k++) {
             const fadam_tensor &t = kernel.tensors[i];
-            float p = t.master ? ((float *)t.master)[k] : load(d.param_dtype, t.param, k);
+            float p = t.master ? ((float *)t.master)[k] : load_as(d.param_dtype, t.param, k);
             for (const side *o : others) {
                 const fadam_tensor &u = o->tensors[i];
-                bool equal = same(load(d.param_dtype, t.param, k), load(d.param_dtype, u.param, k)) &&
+                bool equal = same(load_as(d.param_dtype, t.param, k), load_as(d.param_dtype, u.param, k)) &&
                              same(((float *)t.exp_avg)[k], ((float *)u.exp_avg)[k]) && (!t.master || same(((float *)t.master)[k], ((float *)u.master)[k])) &&
                              (!u.exp_avg_sq || same(((float *)t.exp_avg_sq)[k], ((float *)u.exp_avg_sq)[k]));
                 CHECK(equal, "tensor %zu (group %d, param %d grad %d master %d) element %lld: kernel p=%a m=%a, %s p=%a m=%a",
                       i, d.group, (int)d.param_dtype, (int)d.grad_dtype, (int)d.master, (long long)k,
-                      (double)load(d.param_dtype, t.param, k), (double)((float *)t.exp_avg)[k],
+                      (double)load_as(d.param_dtype, t.param, k), (double)((float *)t.exp_avg)[k],
                       o == &reference ? "reference" : o == &cpu1 ? "cpu 1 thread" : "cpu 3 threads",
-                      (double)load(d.param_dtype, u.param, k), (double)((float *)u.exp_avg)[k]);
+                      (double)load_as(d.param_dtype, u.param, k), (double)((float *)u.exp_avg)[k]);
             }
             if (h.mode != FADAM_LION) continue;
             double want_p, want_m;
