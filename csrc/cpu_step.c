@@ -77,6 +77,12 @@ static inline __attribute__((always_inline)) uint16_t float_to_f16(float value) 
     return (uint16_t)(sign | result);
 }
 
+/* fadam_bf16_from_master (ties away from zero: the remainder layout's rule) without a branch. */
+static inline __attribute__((always_inline)) uint16_t bf16_from_master(float value) {
+    uint32_t bits = float_bits(value), rounded = (bits + 0x8000u) >> 16, quiet = (bits >> 16) | 0x0040u;
+    return (uint16_t)((bits & 0x7FFFFFFFu) > 0x7F800000u ? quiet : rounded);
+}
+
 enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_F16 = 2 };
 
 static inline __attribute__((always_inline)) float load_kind(const void *base, int kind, int64_t i) {
@@ -112,7 +118,8 @@ static inline __attribute__((always_inline)) void update_range(const fadam_tenso
         state0[i] = m;
         if (field1 != FADAM_FIELD_NONE) state1[i] = v;
         if (has_master) master[i] = p;
-        store_kind(t->param, param_kind, i, p);
+        if (has_master && param_kind == KIND_BF16) ((uint16_t *)t->param)[i] = bf16_from_master(p);
+        else store_kind(t->param, param_kind, i, p);
     }
 }
 

@@ -78,6 +78,13 @@ static void store_from_float(void *buffer, fadam_dtype dtype, int64_t i, float v
     }
 }
 
+/* A param from its fp32 master: bf16 by fadam_bf16_from_master (ties away from zero, so the remainder
+ * layout equals the fp32-master one bit for bit; kernels/state_layout.h), fp16 to nearest even. */
+static void store_param_from_master(void *param, fadam_dtype dtype, int64_t i, float value) {
+    if (dtype == FADAM_BFLOAT16) ((uint16_t *)param)[i] = fadam_bf16_from_master(value);
+    else store_from_float(param, dtype, i, value);
+}
+
 /* A rule's state k of tensor t (the rule list names the field), or NULL past its states. */
 static float *rule_state(const fadam_tensor *t, int rule, int k) {
     int field = fadam_rule_state_field(rule, k);
@@ -140,11 +147,15 @@ void fadam_reference_update_lean(const fadam_tensor *t, const fadam_group_scalar
             fadam_rule_element(s->rule, &p, load_as_float(t->grad, t->grad_dtype, i), &m[k], &v[k], &loop);
             if (remainder) {
                 uint16_t low;
-                ((uint16_t *)t->param)[i] = fadam_master_split(p, &low); /* the param from the split, not by RNE */
+                ((uint16_t *)t->param)[i] = fadam_master_split(p, &low);
                 ((uint16_t *)t->master)[i] = low;
             } else {
-                if (t->master) ((float *)t->master)[i] = p;
-                store_from_float(t->param, t->param_dtype, i, p);
+                if (t->master) {
+                    ((float *)t->master)[i] = p;
+                    store_param_from_master(t->param, t->param_dtype, i, p);
+                } else {
+                    store_from_float(t->param, t->param_dtype, i, p);
+                }
             }
         }
         store_moment_block(t, field0, step, first, n, m);
@@ -167,8 +178,12 @@ void fadam_reference_update(const fadam_tensor *t, const fadam_group_scalars *s,
         fadam_rule_element(s->rule, &p, g, &m, &v, &loop); /* kernels/rules.h */
         state0[i] = m;
         if (state1) state1[i] = v;
-        if (master) master[i] = p;
-        store_from_float(t->param, t->param_dtype, i, p);
+        if (master) {
+            master[i] = p;
+            store_param_from_master(t->param, t->param_dtype, i, p);
+        } else {
+            store_from_float(t->param, t->param_dtype, i, p);
+        }
     }
 }
 

@@ -119,10 +119,9 @@ typedef enum fadam_device_kind {
 typedef enum fadam_master_format {
     FADAM_MASTER_FP32 = 0,     /* a float32 copy: 4 B per parameter */
     FADAM_MASTER_REMAINDER = 1 /* bf16 params only: a uint16 remainder beside the bf16 param, which together
-                                  hold the float32 master exactly: 2 B per parameter. The param is the master
-                                  rounded to nearest, ties away from zero: it differs from the float32-master
-                                  layout's round-to-nearest-even param only at an exact tie of an even bf16
-                                  value (about once in 2^17 element-steps); master, m and v stay bit for bit */
+                                  hold the float32 master exactly: 2 B per parameter. Param, master, m and v
+                                  stay bit for bit those of FADAM_MASTER_FP32: both write a bf16 param as
+                                  the master rounded to nearest, ties away from zero (docs/NUMERICS.md) */
 } fadam_master_format;
 
 /* How the moments (exp_avg, exp_avg_sq) are stored (docs/STATE_LAYOUTS.md). */

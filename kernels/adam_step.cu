@@ -6,7 +6,8 @@
  *   g = float(grad) * grad_scale (1/loss_scale * clip coefficient, 1 in a plain step); if maximize g = -g
  *   ADAM_L2: g += wd*p            ADAMW: p *= 1 - lr*wd
  *   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
- *   p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps);  16-bit param = round_to_nearest_even(p)
+ *   p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps);  16-bit param = round_to_nearest_even(p), but a bf16
+ *   param from an fp32 master rounds ties away from zero (fadam_bf16_from_master, as the remainder does)
  *
  * Bytes moved per element (read + write), the roofline the benchmark uses:
  *   fp32 param, fp32 grad, no master:           16 + 12 = 28 B
@@ -121,7 +122,7 @@ static __device__ __forceinline__ void rule_range(ParamT *__restrict__ param, co
                 if (HasMaster) fadam_store16<4>(master + i + h, *reinterpret_cast<float(*)[4]>(ph));
                 else if (sizeof(ParamT) == 4) fadam_store16<4>(param + i + h, *reinterpret_cast<float(*)[4]>(ph));
             }
-            if (sizeof(ParamT) == 2) fadam_store16<VEC>(param + i, p);
+            if (sizeof(ParamT) == 2) fadam_store16<VEC, HasMaster>(param + i, p);
         }
         scalar_begin = groups * VEC;
         offset = (thread - groups % stride + stride) % stride; /* the thread after the last group's is 0 */
@@ -134,7 +135,7 @@ static __device__ __forceinline__ void rule_range(ParamT *__restrict__ param, co
         state0[i] = m;
         if (States > 1) state1[i] = v;
         if (HasMaster) master[i] = p;
-        param[i] = fadam_from_float<ParamT>(p);
+        param[i] = HasMaster ? fadam_param_from_master<ParamT>(p) : fadam_from_float<ParamT>(p);
     }
 }
 
@@ -235,11 +236,11 @@ static __device__ __forceinline__ void lean_range(const fadam_table_entry &t, in
                 }
                 if (master_format == FADAM_STATE_REMAINDER) {
                     uint16_t low;
-                    reinterpret_cast<uint16_t *>(param)[i] = fadam_master_split(p, &low); /* not RNE: the split's */
+                    reinterpret_cast<uint16_t *>(param)[i] = fadam_master_split(p, &low);
                     remainder[i] = low;
                 } else {
                     if (master_format == FADAM_STATE_FP32) master[i] = p;
-                    param[i] = fadam_from_float<ParamT>(p);
+                    param[i] = master_format == FADAM_STATE_FP32 ? fadam_param_from_master<ParamT>(p) : fadam_from_float<ParamT>(p);
                 }
                 const uint32_t random = format0 == FADAM_STATE_BF16 ? fadam_random_bits_at(key, (uint64_t)(index0 + i)) : 0u;
                 lean_store_moment(state0, format0, i, m, random, inverse0);

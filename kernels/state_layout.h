@@ -45,7 +45,7 @@ static inline FADAM_HOST_DEVICE float fadam_bf16_to_float(uint16_t bits) {
 }
 
 /* fp32 -> bf16, round to nearest, ties to even; a NaN becomes a quiet NaN with its upper payload.
- * The same bits as csrc/reference.c's fadam_float_to_bf16_bits (what the fp32-master path writes). */
+ * The same bits as csrc/reference.c's fadam_float_to_bf16_bits (gradients, params without a master). */
 static inline FADAM_HOST_DEVICE uint16_t fadam_round_bf16_nearest(float x) {
     uint32_t bits = fadam_sl_float_bits(x);
     if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((bits >> 16) | 0x0040u);
@@ -60,37 +60,45 @@ static inline FADAM_HOST_DEVICE uint16_t fadam_round_bf16_nearest(float x) {
  * fp32 values: H = p with L in [0, 0x8000] and H = p - 1 with L in [0x8000, 0xFFFF] (both ties
  * included), one more than 16 bits can name. So no 16-bit remainder gives both "param = RNE(master)"
  * and "join(split(x)) == x" for every x: the one fp32 value per even p that is lost is a tie
- * (L == 0x8000). Two splits share one join and differ only at those ties:
+ * (L == 0x8000). So the fp32-master path does not use RNE for a bf16 param either: every path with an
+ * fp32 master writes its bf16 param rounded to nearest with ties away from zero
+ * (fadam_bf16_from_master; TransformerEngine's store_param_remainders rounds the same way), and
+ * then the remainder layout is the fp32-master layout bit for bit: param, master, m and v, at every
+ * step. The param differs from RNE(master) only when L == 0x8000 and H is even
+ * (fadam_master_is_even_tie), where both neighbours are exactly as close (rate about 2^-17 per element
+ * and step for masters with uniform low bits). Two splits share one join:
  *
  *   fadam_master_split      exact: join(split(x)) == x for every x except signalling NaNs (they come
- *                           back quiet). The param rounds ties up in magnitude (TransformerEngine's
- *                           store_param_remainders does the same), so it equals RNE(master) except when
- *                           L == 0x8000 and H is even (fadam_master_is_even_tie): there the param is
- *                           the other neighbour, H + 1, exactly as close (half a bf16 ulp). The master,
- *                           m and v stay bit for bit those of the fp32-master path at every step; a
- *                           param differs at the steps where its master is an even tie (rate about
- *                           2^-17 per element and step for masters with uniform low bits).
- *   fadam_master_split_rne  param == RNE(master) always; an even-tie master is stored one fp32 ulp
- *                           toward zero (L = 0x7FFF, same param), so from there the master differs
- *                           from the fp32-master path by about an ulp (and its param, rarely, later).
+ *                           back quiet); the param is fadam_bf16_from_master(x).
+ *   fadam_master_split_rne  param == RNE(master) always, for a param rounded elsewhere (torch's
+ *                           .to(torch.bfloat16)); an even-tie master is stored one fp32 ulp toward
+ *                           zero (L = 0x7FFF, same param).
  *
  * Initial state: remainder 0 gives master == param exactly (the fp32-master path's init). */
 
-/* 1 when `master` is finite with L == 0x8000 and H even: the only masters where fadam_master_split's
- * param differs from RNE(master) and where fadam_master_split_rne loses the master's last ulp. */
+/* 1 when `master` is finite with L == 0x8000 and H even: the only masters whose param
+ * (fadam_bf16_from_master) differs from RNE(master), and where fadam_master_split_rne loses the
+ * master's last ulp. */
 static inline FADAM_HOST_DEVICE int fadam_master_is_even_tie(float master) {
     uint32_t bits = fadam_sl_float_bits(master);
     return (bits & 0x7FFFFFFFu) <= 0x7F800000u && (bits & 0x1FFFFu) == 0x08000u;
 }
 
-/* Splits an fp32 master into the bf16 param bits (returned) and the remainder (*remainder), exactly
- * (see above): ties go up in magnitude. NaN: the quiet NaN H | 0x0040 with L kept. */
-static inline FADAM_HOST_DEVICE uint16_t fadam_master_split(float master, uint16_t *remainder) {
+/* The bf16 param of an fp32 master: round to nearest, ties away from zero (fadam_master_split's
+ * param). Every path that keeps an fp32 master beside a bf16 param writes the param with this rule, so
+ * the remainder layout is the fp32-master layout bit for bit, params included. It differs from RNE
+ * only when the master lies exactly halfway between two bf16 values with an even lower one. */
+static inline FADAM_HOST_DEVICE uint16_t fadam_bf16_from_master(float master) {
     uint32_t bits = fadam_sl_float_bits(master);
-    uint32_t high = bits >> 16, low = bits & 0xFFFFu;
-    *remainder = (uint16_t)low;
-    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)(high | 0x0040u);
-    return (uint16_t)(high + (low >> 15)); /* 0x7F7F + 1 carries into the exponent: +Inf, as RNE */
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((bits >> 16) | 0x0040u);
+    return (uint16_t)((bits + 0x8000u) >> 16);
+}
+
+/* Splits an fp32 master into the bf16 param bits (returned) and the remainder (*remainder), exactly
+ * (see above): the param is fadam_bf16_from_master's. NaN: the quiet NaN H | 0x0040 with L kept. */
+static inline FADAM_HOST_DEVICE uint16_t fadam_master_split(float master, uint16_t *remainder) {
+    *remainder = (uint16_t)(fadam_sl_float_bits(master) & 0xFFFFu);
+    return fadam_bf16_from_master(master); /* H + (L >> 15); 0x7F7F + 1 carries into the exponent: +Inf */
 }
 
 /* Like fadam_master_split but the param is RNE(master) always; an even-tie master is stored as the

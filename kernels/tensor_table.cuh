@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "adam_math.h"
+#include "state_layout.h"
 
 static __device__ __forceinline__ const fadam_table_entry *fadam_table_entries(const fadam_table_header *table) {
     return reinterpret_cast<const fadam_table_entry *>(table + 1);
@@ -103,6 +104,15 @@ template <> __device__ __forceinline__ __nv_bfloat16 fadam_from_float<__nv_bfloa
 }
 template <> __device__ __forceinline__ __half fadam_from_float<__half>(float x) { return __float2half_rn(x); }
 
+/* A param from its fp32 master: bf16 rounded to nearest with ties away from zero (state_layout.h: so the
+ * 16-bit-remainder layout equals this one bit for bit), fp16 to nearest even. */
+template <typename T> static __device__ __forceinline__ T fadam_param_from_master(float x) { return fadam_from_float<T>(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 fadam_param_from_master<__nv_bfloat16>(float x) {
+    __nv_bfloat16_raw raw;
+    raw.x = fadam_bf16_from_master(x);
+    return raw;
+}
+
 /* N consecutive elements, aligned to their full size, so one load or store moves them. */
 template <typename T, int N> struct alignas(N * sizeof(T)) fadam_vec {
     T lane[N];
@@ -119,14 +129,17 @@ template <int N, typename T> static __device__ __forceinline__ void fadam_load16
     }
 }
 
-/* N floats stored as T (rounded to nearest even) with 16-byte accesses. */
-template <int N, typename T> static __device__ __forceinline__ void fadam_store16(T *p, const float (&in)[N]) {
+/* N floats stored as T (rounded to nearest even; FromMaster: as fadam_param_from_master) with 16-byte
+ * accesses. */
+template <int N, bool FromMaster = false, typename T>
+static __device__ __forceinline__ void fadam_store16(T *p, const float (&in)[N]) {
     constexpr int per_access = 16 / sizeof(T);
 #pragma unroll
     for (int k = 0; k < N; k += per_access) {
         fadam_vec<T, per_access> v;
 #pragma unroll
-        for (int j = 0; j < per_access; j++) v.lane[j] = fadam_from_float<T>(in[k + j]);
+        for (int j = 0; j < per_access; j++)
+            v.lane[j] = FromMaster ? fadam_param_from_master<T>(in[k + j]) : fadam_from_float<T>(in[k + j]);
         *reinterpret_cast<fadam_vec<T, per_access> *>(p + k) = v;
     }
 }

@@ -6,6 +6,7 @@
 #include "fusedadam.h"
 #include "dtype_values.h"
 #include "internal.h"
+#include "state_layout.h"
 
 static uint64_t rng;
 
@@ -213,10 +214,10 @@ static void run_oracle_case(const char *name, fadam_hparams h, fadam_dtype param
     CHECK(error <= tolerance, "exp_avg_sq: error %.3g > %.1g at %lld", error, tolerance, (long long)where);
     if (with_master) {
         for (i = 0; i < n; i++) {
-            uint16_t want = param_dtype == FADAM_BFLOAT16 ? fadam_float_to_bf16_bits(c.master[i])
+            uint16_t want = param_dtype == FADAM_BFLOAT16 ? fadam_bf16_from_master(c.master[i])
                                                           : fadam_float_to_fp16_bits(c.master[i]);
             if (((uint16_t *)c.param)[i] != want) {
-                CHECK(0, "param[%lld]=0x%04x is not round_to_nearest_even(master)=0x%04x", (long long)i,
+                CHECK(0, "param[%lld]=0x%04x is not the master rounded to nearest (bf16: ties away)=0x%04x", (long long)i,
                       ((uint16_t *)c.param)[i], want);
                 break;
             }

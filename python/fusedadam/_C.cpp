@@ -193,17 +193,28 @@ at::Tensor join_master(const at::Tensor &param, const at::Tensor &remainder) {
     return out;
 }
 
-// (bf16 param, int16 remainder) of fp32 masters: fadam_master_split's exact rule, or with rne
-// fadam_master_split_rne's (the param is round-to-nearest-even of the master, as the fp32-master path
-// leaves it; an even-tie master loses its last ulp).
-std::pair<at::Tensor, at::Tensor> split_master(const at::Tensor &master, bool rne) {
+// (bf16 param, int16 remainder) of fp32 masters by fadam_master_split, the fp32-master path's own rounding.
+// With `beside`, the bf16 params the remainders will be joined with: where one of them is the
+// round-to-nearest-even image of an even-tie master (torch's .to(torch.bfloat16) made it, not us),
+// fadam_master_split_rne's remainder, so the pair joins to that master less one ulp rather than to a
+// value half a bf16 ulp away.
+std::pair<at::Tensor, at::Tensor> split_master(const at::Tensor &master, const c10::optional<at::Tensor> &beside) {
     check_cpu_dense(master, at::kFloat, "master");
+    if (beside) {
+        check_cpu_dense(*beside, at::kBFloat16, "beside");
+        if (!same_layout(master, *beside)) throw pybind11::value_error("fusedadam: master and beside differ in layout");
+    }
     at::Tensor param = at::empty_like(master, master.options().dtype(at::kBFloat16));
     at::Tensor remainder = at::empty_like(master, master.options().dtype(at::kShort));
     const float *m = master.data_ptr<float>();
+    const uint16_t *given = beside ? static_cast<const uint16_t *>(beside->data_ptr()) : nullptr;
     uint16_t *p = static_cast<uint16_t *>(param.data_ptr());
     uint16_t *r = static_cast<uint16_t *>(remainder.data_ptr());
-    for (int64_t i = 0; i < master.numel(); i++) p[i] = rne ? fadam_master_split_rne(m[i], &r[i]) : fadam_master_split(m[i], &r[i]);
+    for (int64_t i = 0; i < master.numel(); i++) {
+        p[i] = fadam_master_split(m[i], &r[i]);
+        if (given && given[i] != p[i] && fadam_master_is_even_tie(m[i]) && given[i] == fadam_round_bf16_nearest(m[i]))
+            p[i] = fadam_master_split_rne(m[i], &r[i]);
+    }
     return {param, remainder};
 }
 
@@ -1024,8 +1035,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("lean_layouts_supported", &lean_layouts_supported,
           "Whether the C library steps the lean layouts (remainder masters, bf16 and 8-bit moments)");
     m.def("join_master", &join_master, "fp32 masters from bf16 params and int16 remainders (CPU)");
-    m.def("split_master", &split_master, "(bf16 params, int16 remainders) of fp32 masters (CPU); rne: "
-          "fadam_master_split_rne's rule, else fadam_master_split's", pybind11::arg("master"), pybind11::arg("rne") = false);
+    m.def("split_master", &split_master,
+          "(bf16 params, int16 remainders) of fp32 masters (CPU), by fadam_master_split; beside: the bf16 params "
+          "they go with (an RNE-rounded even tie among them gets fadam_master_split_rne's remainder)",
+          pybind11::arg("master"), pybind11::arg("beside") = pybind11::none());
     m.def("dequantize_moment", &dequantize_moment, "8-bit codes and block scales -> float32 (CPU)");
     m.def("quantize_moment", &quantize_moment, "float32 -> (8-bit codes, block scales), round to nearest (CPU)",
           pybind11::arg("values"), pybind11::arg("second"));

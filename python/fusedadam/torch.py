@@ -383,7 +383,8 @@ class FusedAdamW(Optimizer):
     def resync_master_weights(self):
         """Brings every float32 master back in line with its bfloat16/float16 parameter after the
         parameter was changed outside the optimizer (re-initialised, loaded, edited in place): each
-        element of a master that does not round to its parameter is replaced by the parameter's value;
+        element of a master that does not round to its parameter (to nearest, a halfway master to
+        either neighbour) is replaced by the parameter's value;
         the others keep their extra precision. One pass over the 16-bit parameters; returns the number
         of parameters whose master changed."""
         return sum(
@@ -902,6 +903,10 @@ def _resync_master(param, master):
     """Replaces the elements of master that do not round to param by param's; True when any did."""
     local_param, local_master = _local(param), _local(master)
     stale = local_master.to(local_param.dtype) != local_param
+    if local_param.dtype == torch.bfloat16:  # a master exactly halfway rounds to either neighbour (ours: away from zero)
+        bits = local_master.view(torch.int32)
+        halfway = (bits & 0xFFFF) == 0x8000
+        stale &= ~(halfway & (((bits >> 16) + 1).to(torch.int16) == local_param.view(torch.int16)))
     if not bool(stale.any()):
         return False
     local_master.copy_(torch.where(stale, local_param.to(torch.float32), local_master))
@@ -944,10 +949,10 @@ def _restored_state(optimizer, param, group, saved):
         if "master_remainder" in saved:
             state["master_remainder"] = _laid_like(param, saved["master_remainder"])
         elif "master_param" in saved:
-            # the parameter stays round-to-nearest-even of the master, as the fp32-master path left
-            # it: an even-tie master (rate ~2^-17) comes back one ulp toward zero
+            # exact for the parameter the fp32-master path wrote; one rounded by torch (round to
+            # nearest even) at an even-tie master (rate ~2^-17) stays, its master one ulp toward zero
             master = _laid_like(param, saved["master_param"].to(torch.float32))
-            state["master_remainder"] = _laid_like(param, _C.split_master(_cpu(master), rne=True)[1])
+            state["master_remainder"] = _laid_like(param, _C.split_master(_cpu(master), _cpu(param))[1])
     elif "master_param" in saved:
         state["master_param"] = _fp32_like(param, saved["master_param"])
     elif "master_remainder" in saved and local.dtype == torch.bfloat16:

@@ -49,6 +49,16 @@ def check_equal(what, actual, expected):
         raise AssertionError(f"{what}: not bitwise equal (largest difference {diff:.3g})")
 
 
+def param_of_master(master, dtype):
+    """The 16-bit param fusedadam writes from an fp32 master: bf16 rounded to nearest with ties away from
+    zero (docs/NUMERICS.md: the remainder layout's rule, so both layouts agree bit for bit), fp16 to even."""
+    if dtype != torch.bfloat16:
+        return master.to(dtype)
+    bits = master.contiguous().view(torch.int32)
+    away = ((bits + 0x8000) >> 16).to(torch.int16).view(torch.bfloat16).reshape(master.shape)
+    return torch.where(torch.isnan(master), master.to(dtype), away)
+
+
 def run(cases):
     """Runs (name, function) pairs; each gets torch.manual_seed(seed) first. Exits 0, or 1 after a FAIL line."""
     seed = int(os.environ.get("FADAM_TEST_SEED", int(time.time() * 1000) % 1_000_000))

@@ -11,7 +11,7 @@ import io
 import torch
 
 from fusedadam.torch import FusedAdamW, FusedLion
-from harness import FP32_TOL, MOMENT_TOL, check_close, check_equal, random_shapes, run
+from harness import FP32_TOL, MOMENT_TOL, check_close, check_equal, param_of_master, random_shapes, run
 
 GROUPS = [{"lr": 3e-2, "weight_decay": 0.1}, {"lr": 1e-2, "weight_decay": 0.0, "betas": (0.8, 0.95)}]
 # One ulp of each 16-bit dtype, relative: a 16-bit parameter updated in place is rounded once from
@@ -83,7 +83,7 @@ def check_against_oracle(optimizer, steps=6, maximize=False):
             master = state.get("master_param")
             if master is not None:
                 check_close(f"{what} master", master, torch.where(ambiguous, master.double(), want_p), **FP32_TOL)
-                check_equal(f"{what} param rounds its master", p, master.to(dtype))
+                check_equal(f"{what} param rounds its master", p, param_of_master(master, dtype))
             elif dtype == torch.float32:
                 check_close(what, p, torch.where(ambiguous, p.double(), want_p), **FP32_TOL)
             else:

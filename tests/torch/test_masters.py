@@ -116,6 +116,28 @@ def fused_round_trip_keeps_masters():
         check_equal("kept master", twin.state[p]["master_param"], m)
 
 
+def halfway_masters_are_not_stale():
+    """A master exactly halfway between two bf16 values rounds to either (fusedadam's bf16 param from a
+    master rounds ties away from zero, torch's .to() to even): resync keeps it, whichever the parameter
+    holds; a parameter one more ulp away is stale."""
+    n = 64
+    upper = (torch.randint(0x3C00, 0x4100, (n,), dtype=torch.int32) & ~1) | torch.randint(0, 2, (n,), dtype=torch.int32) * 0x8000
+    master = ((upper << 16) | 0x8000).view(torch.float32)  # halfway, half of them negative, the lower neighbour even
+    away = ((upper + 1) & 0xFFFF).to(torch.int16).view(torch.bfloat16)  # one up in magnitude, either sign
+    for name, param_value, want_stale in (("away", away, 0), ("even", master.to(torch.bfloat16), 0),
+                                          ("two ulps", (away.view(torch.int16) + 1).view(torch.bfloat16), 1)):
+        param = torch.nn.Parameter(param_value.clone())
+        opt = FusedAdamW([param], **OPTIONS)
+        param.grad = torch.zeros_like(param)
+        opt.param_groups[0]["lr"] = 0.0
+        opt.step()
+        opt.state[param]["master_param"].copy_(master)
+        if opt.resync_master_weights() != want_stale:
+            raise AssertionError(f"{name}: resync_master_weights() should report {want_stale}")
+        if not want_stale:
+            check_equal(f"{name}: the halfway master kept", opt.state[param]["master_param"], master)
+
+
 if __name__ == "__main__":
     run(
         [
@@ -124,5 +146,6 @@ if __name__ == "__main__":
             ("resync_master_weights_after_in_place_edit_bf16", in_place_edit_bf16),
             ("resync_master_weights_after_in_place_edit_fp16", in_place_edit_fp16),
             ("fused_round_trip_keeps_masters_bitwise", fused_round_trip_keeps_masters),
+            ("resync_keeps_halfway_masters_either_neighbour", halfway_masters_are_not_stale),
         ]
     )
