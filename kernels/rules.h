@@ -175,8 +175,9 @@ static inline FADAM_HOST_DEVICE void fadam_lion_element(float *param, float grad
  * X(MODE, id, "name", n_states, state 0's field, state 1's field, scalars, check, element)
  *   MODE: its fadam_mode value; "name": the checkpoint's "mode" string; the states' fields name the
  *   fadam_tensor members that hold them (and their checkpoint keys), FADAM_FIELD_NONE past n_states;
- *   scalars(hparams, lr, t) -> fadam_group_scalars; check(hparams, function, group) -> fadam_status
- *   (csrc/hparams.c); element(&param, grad, &state0, &state1, loop scalars). */
+ *   scalars(hparams, lr, t) -> fadam_group_scalars; check(hparams, where) -> fadam_status (csrc/hparams.c;
+ *   where begins its messages, e.g. "fadam_add_group: group 1"); element(&param, grad, &state0, &state1,
+ *   loop scalars). */
 #define FADAM_RULES(X)                                                                                         \
     X(FADAM_ADAMW, adamw, "adamw", 2, FADAM_FIELD_EXP_AVG, FADAM_FIELD_EXP_AVG_SQ, fadam_adam_scalars,         \
       fadam_check_adam_hparams, fadam_adam_element)                                                            \

@@ -64,6 +64,12 @@ static void test_hparams(void) {
     BAD(bias_correction, 2, "bias_correction");
     BAD(maximize, -1, "maximize");
 #undef BAD
+    /* validate has no group: its message names none, and an unknown mode's lists every rule's */
+    h = fadam_hparams_default();
+    h.mode = (fadam_mode)7;
+    EXPECT_STATUS(fadam_hparams_validate(&h), FADAM_ERR_INVALID_VALUE, "mode=7 is not a fadam_mode, one of: FADAM_ADAMW FADAM_ADAM_L2 FADAM_LION");
+    CHECK(strstr(fadam_last_error_message(), "group") == NULL, "fadam_hparams_validate names a group: %s",
+          fadam_last_error_message());
     h = fadam_hparams_default();
     CHECK(h.lr == 1e-3f && h.beta1 == 0.9f && h.beta2 == 0.999f && h.eps == 1e-8f && h.weight_decay == 1e-2f &&
               h.mode == FADAM_ADAMW && h.bias_correction == 1 && h.maximize == 0,
