@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "state_layout.h"
 
 /* Every instruction set this compiles for gets its own copy of the hot loops; the loader picks the
  * best one for the machine (no -march needed, nothing to configure). */
@@ -84,6 +85,8 @@ static inline __attribute__((always_inline)) uint16_t bf16_from_master(float val
 }
 
 enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_F16 = 2 };
+FADAM_STATIC_ASSERT((int)KIND_F32 == (int)FADAM_FLOAT32 && (int)KIND_BF16 == (int)FADAM_BFLOAT16 && (int)KIND_F16 == (int)FADAM_FLOAT16,
+                    "a kind is its dtype's value");
 
 static inline __attribute__((always_inline)) float load_kind(const void *base, int kind, int64_t i) {
     if (kind == KIND_F32) return ((const float *)base)[i];
@@ -152,6 +155,88 @@ FADAM_RULES(DEFINE_RULE_RANGES)
 #undef DEFINE_RULE_RANGES
 #undef DEFINE_RANGE
 
+/* ---- lean layouts: fadam_reference_update_lean's arithmetic, one 8-bit block (FADAM_MOMENT_BLOCK
+ * elements) at a time in phases that each loop over the block with one format: params, grads and
+ * moments widened to fp32 arrays, the rule's element loop, the stores. The same functions in the same
+ * order per element, so the same bits; the reference's loop decides every format per element. ---- */
+
+static inline __attribute__((always_inline)) void load_kind_block(const void *base, int kind, int64_t first, int n,
+                                                                  float *out) {
+    int k;
+    if (kind == KIND_F32)
+        for (k = 0; k < n; k++) out[k] = ((const float *)base)[first + k];
+    else if (kind == KIND_BF16)
+        for (k = 0; k < n; k++) out[k] = bf16_to_float(((const uint16_t *)base)[first + k]);
+    else
+        for (k = 0; k < n; k++) out[k] = f16_to_float(((const uint16_t *)base)[first + k]);
+}
+
+/* A moment field's block as fp32: bf16 widened, 8-bit codes times the block's scale, or fp32. */
+static void load_moment_block(const fadam_tensor *t, int field, int64_t first, int n, float *out) {
+    const void *data = fadam_tensor_field(t, field);
+    int k;
+    if (t->moment_format == FADAM_MOMENT_BF16) {
+        load_kind_block(data, KIND_BF16, first, n, out);
+    } else if (t->moment_format == FADAM_MOMENT_INT8 && field == FADAM_FIELD_EXP_AVG_SQ) {
+        const float scale = t->exp_avg_sq_scales[first / FADAM_MOMENT_BLOCK];
+        for (k = 0; k < n; k++) out[k] = fadam_q8_dequantize_v(((const uint8_t *)data)[first + k], scale);
+    } else if (t->moment_format == FADAM_MOMENT_INT8) {
+        const float scale = t->exp_avg_scales[first / FADAM_MOMENT_BLOCK];
+        for (k = 0; k < n; k++) out[k] = fadam_q8_dequantize_m(((const int8_t *)data)[first + k], scale);
+    } else {
+        load_kind_block(data, KIND_F32, first, n, out);
+    }
+}
+
+/* Elements [begin, end) of a lean tensor, begin a multiple of FADAM_MOMENT_BLOCK (update_range_of). */
+FADAM_CPU_CLONES static void update_lean_range(const fadam_tensor *t, int64_t begin, int64_t end,
+                                               const fadam_group_scalars *s, int64_t step) {
+    const fadam_loop_scalars loop = fadam_loop_scalars_of(s);
+    const int field0 = fadam_rule_state_field(s->rule, 0), field1 = fadam_rule_state_field(s->rule, 1);
+    const int param_kind = (int)t->param_dtype, grad_kind = (int)t->grad_dtype; /* KIND_* are the dtypes' values */
+    int64_t first;
+    for (first = begin; first < end; first += FADAM_MOMENT_BLOCK) {
+        float p[FADAM_MOMENT_BLOCK], g[FADAM_MOMENT_BLOCK], m[FADAM_MOMENT_BLOCK], v[FADAM_MOMENT_BLOCK];
+        const int n = (int)(end - first < FADAM_MOMENT_BLOCK ? end - first : FADAM_MOMENT_BLOCK);
+        int k;
+        if (t->master_format == FADAM_MASTER_REMAINDER) {
+            const uint16_t *param = (const uint16_t *)t->param + first, *remainder = (const uint16_t *)t->master + first;
+            for (k = 0; k < n; k++) p[k] = fadam_master_join(param[k], remainder[k]);
+        } else if (t->master) {
+            load_kind_block(t->master, KIND_F32, first, n, p);
+        } else {
+            load_kind_block(t->param, param_kind, first, n, p);
+        }
+        load_kind_block(t->grad, grad_kind, first, n, g);
+        load_moment_block(t, field0, first, n, m);
+        if (field1 != FADAM_FIELD_NONE) load_moment_block(t, field1, first, n, v);
+        else memset(v, 0, sizeof v);
+        switch (s->rule) {
+#define RULE_LOOP(mode, id, name, n_states, f0, f1, scalars, check, element)               \
+    case mode:                                                                             \
+        for (k = 0; k < n; k++) element(&p[k], g[k], &m[k], &v[k], &loop);                \
+        break;
+            FADAM_RULES(RULE_LOOP)
+#undef RULE_LOOP
+        default: break;
+        }
+        if (t->master_format == FADAM_MASTER_REMAINDER) {
+            uint16_t *param = (uint16_t *)t->param + first, *remainder = (uint16_t *)t->master + first;
+            for (k = 0; k < n; k++) param[k] = fadam_master_split(p[k], &remainder[k]);
+        } else if (t->master) {
+            memcpy((float *)t->master + first, p, (size_t)n * sizeof p[0]);
+            if (param_kind == KIND_BF16)
+                for (k = 0; k < n; k++) ((uint16_t *)t->param)[first + k] = bf16_from_master(p[k]);
+            else
+                for (k = 0; k < n; k++) store_kind(t->param, param_kind, first + k, p[k]);
+        } else {
+            for (k = 0; k < n; k++) store_kind(t->param, param_kind, first + k, p[k]);
+        }
+        fadam_store_moment_block(t, field0, step, first, n, m);
+        if (field1 != FADAM_FIELD_NONE) fadam_store_moment_block(t, field1, step, first, n, v);
+    }
+}
+
 typedef void (*range_function)(const fadam_tensor *, int64_t, int64_t, const fadam_group_scalars *);
 
 #define RULE_RANGE_TABLE(mode, id, ...)                                                                   \
@@ -211,7 +296,7 @@ typedef struct update_work {
     int64_t step;
 } update_work;
 
-/* Elements [begin, end) of one tensor. A lean tensor goes through the reference's lean loop with both
+/* Elements [begin, end) of one tensor. A lean tensor goes through update_lean_range with both
  * ends rounded up to a multiple of FADAM_MOMENT_BLOCK, so a thread updates the 8-bit blocks that start
  * in its range, whole (adjacent ranges still cover each block once). */
 static void update_range_of(const fadam_tensor *t, int64_t begin, int64_t end, const fadam_group_scalars *s,
@@ -221,7 +306,7 @@ static void update_range_of(const fadam_tensor *t, int64_t begin, int64_t end, c
         begin = (begin + b - 1) / b * b;
         end = end == t->numel ? end : (end + b - 1) / b * b;
         if (end > t->numel) end = t->numel;
-        if (begin < end) fadam_reference_update_lean(t, s, step, begin, end);
+        if (begin < end) update_lean_range(t, begin, end, s, step);
         return;
     }
     pick_range(t, s->rule)(t, begin, end, s);

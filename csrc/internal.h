@@ -134,9 +134,15 @@ void fadam_reference_update(const fadam_tensor *tensor, const fadam_group_scalar
 
 /* Elements [begin, end) of a tensor with a lean layout (master_format or moment_format not fp32), the
  * reference's order; begin and end multiples of FADAM_MOMENT_BLOCK (end may be numel): an 8-bit block
- * is updated whole. The CPU fast path uses it for lean tensors. */
+ * is updated whole. The CPU fast path (cpu_step.c) has its own loop, held to this one bit for bit. */
 void fadam_reference_update_lean(const fadam_tensor *tensor, const fadam_group_scalars *scalars, int64_t step,
                                  int64_t begin, int64_t end);
+
+/* Stores values[0..n) of a moment field (FADAM_FIELD_EXP_AVG / _SQ) of a lean tensor at [first, first + n),
+ * one 8-bit block at most, in the tensor's moment format: bf16 by stochastic rounding, 8-bit codes under
+ * the block's new scale (written too), or fp32. */
+void fadam_store_moment_block(const fadam_tensor *tensor, int field, int64_t step, int64_t first, int n,
+                              const float *values);
 
 /* 1 when the tensor's states are not all fp32 (the lean loops update it). */
 static inline int fadam_tensor_is_lean(const fadam_tensor *t) {

@@ -109,7 +109,7 @@ static float load_moment(const fadam_tensor *t, int field, int64_t i) {
  * stochastic rounding (one draw per element, fadam_random_bits(seed, t, element_offset + i, 0): its low
  * 16 bits round exp_avg, its high 16 bits exp_avg_sq), 8-bit codes under the block's new scale (its
  * absmax), or fp32. */
-static void store_moment_block(const fadam_tensor *t, int field, int64_t step, int64_t first, int n, const float *values) {
+void fadam_store_moment_block(const fadam_tensor *t, int field, int64_t step, int64_t first, int n, const float *values) {
     void *data = fadam_tensor_field(t, field);
     int k;
     if (t->moment_format == FADAM_MOMENT_BF16) {
@@ -158,8 +158,8 @@ void fadam_reference_update_lean(const fadam_tensor *t, const fadam_group_scalar
                 }
             }
         }
-        store_moment_block(t, field0, step, first, n, m);
-        if (field1 != FADAM_FIELD_NONE) store_moment_block(t, field1, step, first, n, v);
+        fadam_store_moment_block(t, field0, step, first, n, m);
+        if (field1 != FADAM_FIELD_NONE) fadam_store_moment_block(t, field1, step, first, n, v);
     }
 }
 

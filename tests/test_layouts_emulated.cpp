@@ -3,7 +3,7 @@
  * on one table mixing every layout (16-bit master remainder; bf16 moments with stochastic rounding; 8-bit
  * blockwise moments; and their combinations) with every param/grad dtype and the Adam, Adam-L2 and Lion
  * rules; one step against a float64 oracle within docs/STATE_LAYOUTS.md's bounds; the remainder layout
- * against the fp32-master layout over 120 steps (master, m, v bitwise; params equal but at even ties);
+ * against the fp32-master layout over 120 steps (param, master, m, v bitwise, even ties included);
  * bf16 moments keep decaying where round-to-nearest stalls; a resumed run equals an uninterrupted one;
  * a tensor split into slices (element_offset) gives the bits of the whole. */
 #include "../kernels/adam_step.cu"

@@ -14,7 +14,9 @@ between the two optimizers in either direction:
     exp_avg       first moment, float32 (torch.optim.AdamW keeps it in the parameter's dtype)
     exp_avg_sq    second moment, float32
     master_param  float32 copy of a bfloat16/float16 parameter (master_weights=True): the update is
-                  computed on it and the parameter receives it rounded to nearest even
+                  computed on it and the parameter receives it rounded to nearest (bfloat16: ties away
+                  from zero, the remainder layout's rule, so the two layouts agree bit for bit;
+                  float16: ties to even)
 
 Memory-lean layouts (per group: master_weights="remainder", moment_dtype=torch.bfloat16 or "int8";
 docs/STATE_LAYOUTS.md) keep their state under keys of their own, laid out like the parameter:
@@ -26,8 +28,9 @@ docs/STATE_LAYOUTS.md) keep their state under keys of their own, laid out like t
 state_dict() adds exp_avg / exp_avg_sq / master_param in float32 (dequantized, joined) beside them, so
 torch.optim.AdamW loads it; load_state_dict() takes the compact keys when the group has the same
 layout (bit for bit), else converts the float32 ones: moments rounded to nearest (bf16: even; 8-bit:
-half up), a float32 master split beside its round-to-nearest-even parameter (exact but for even ties,
-about 2^-17 of the elements, which lose the master's last ulp; docs/STATE_LAYOUTS.md).
+half up), a float32 master split beside its parameter (exact for the parameter fusedadam wrote; beside one
+that torch rounded to even from a master exactly halfway, about 2^-17 of the elements, the master loses
+its last ulp; docs/STATE_LAYOUTS.md).
 """
 
 import inspect

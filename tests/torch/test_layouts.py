@@ -1,7 +1,7 @@
 """test_layouts.py - the memory-lean state layouts through fusedadam.torch (issue 12), on CPU tensors:
 master_weights="remainder", moment_dtype=torch.bfloat16 / "int8" and their combinations step close to
 torch.optim.AdamW on float32 copies over 50 steps; the remainder layout is bit for bit the fp32-master
-run (master, m, v; the parameter except at even ties); state_dict interchange with torch.optim.AdamW
+run (parameter, master, m, v); state_dict interchange with torch.optim.AdamW
 both ways and across layouts; stochastic rounding's seed; bad keyword arguments raise.
 
 Tolerances against torch.optim.AdamW (lr 1e-3, 50 steps, bf16 parameters; the distance of each
