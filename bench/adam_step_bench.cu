@@ -904,7 +904,9 @@ int main(int argc, char **argv) {
 
         for (int p = 0; p < N_VARIANTS; p++) {
             const bench_variant &variant = variants[p];
-            if (variant.lean && !lean_sets[set]) continue;
+            int any_version = 0;
+            for (int v = 0; v < N_VERSIONS; v++) any_version |= versions[v] && (!variant.lean || lean_versions[v]);
+            if (!any_version || (variant.lean && !lean_sets[set])) continue;
             double set_bytes = (double)elements * variant_footprint(variant);
             int replicas = (int)std::ceil(4.0 * prop.l2CacheSize / set_bytes);
             replicas = std::max(1, std::min(MAX_REPLICAS, replicas));
