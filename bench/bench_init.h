@@ -13,8 +13,19 @@
 #define BENCH_HD
 #endif
 
-/* Which buffer of a tensor a value is for. The master of a bf16 param holds the param's own value. */
-enum { BENCH_ROLE_PARAM = 1, BENCH_ROLE_GRAD = 2, BENCH_ROLE_EXP_AVG = 3, BENCH_ROLE_EXP_AVG_SQ = 4 };
+/* Which buffer of a tensor a value is for. The master of a bf16 param holds the param's own value. The
+ * lean layouts' buffers (issue 12) have roles of their own: a 16-bit remainder, the 8-bit scales, and
+ * the seed of stochastic rounding. */
+enum {
+    BENCH_ROLE_PARAM = 1,
+    BENCH_ROLE_GRAD = 2,
+    BENCH_ROLE_EXP_AVG = 3,
+    BENCH_ROLE_EXP_AVG_SQ = 4,
+    BENCH_ROLE_REMAINDER = 5,
+    BENCH_ROLE_EXP_AVG_SCALE = 6,
+    BENCH_ROLE_EXP_AVG_SQ_SCALE = 7,
+    BENCH_ROLE_SEED = 8
+};
 
 /* splitmix64's finalizer. */
 static inline BENCH_HD uint64_t bench_mix(uint64_t x) {
@@ -57,6 +68,27 @@ static inline BENCH_HD float bench_bf16_bits_to_float(uint16_t bits) {
     float value;
     memcpy(&value, &wide, sizeof value);
     return value;
+}
+
+/* Lean states, valid encodings only (kernels/state_layout.h), also pure functions of the element. */
+
+/* The remainder beside bf16 param bits: any 16 bits, except that beside +-0 it stays below 0x8000
+ * (a remainder >= 0x8000 says the param was rounded up, which no master rounds to 0). */
+static inline BENCH_HD uint16_t bench_remainder(uint64_t key, int64_t i, uint16_t param_bits) {
+    uint16_t remainder = (uint16_t)(bench_mix(key + (uint64_t)i * 0x9E3779B97F4A7C15ull) >> 48);
+    return (param_bits & 0x7FFFu) == 0 ? (uint16_t)(remainder & 0x7FFFu) : remainder;
+}
+
+/* An 8-bit code: m in -127..127 (role BENCH_ROLE_EXP_AVG), v in 0..254; never the NaN codes. */
+static inline BENCH_HD int32_t bench_code(uint64_t key, int64_t i, int role) {
+    uint32_t h = (uint32_t)(bench_mix(key + (uint64_t)i * 0x9E3779B97F4A7C15ull) >> 32) % 255u;
+    return role == BENCH_ROLE_EXP_AVG ? (int32_t)h - 127 : (int32_t)h;
+}
+
+/* The scale of 8-bit block `block`: |a value| of the moment's range, >= 0 and never subnormal. */
+static inline BENCH_HD float bench_scale(uint64_t key, int64_t block, int moment_role) {
+    float value = bench_value(key, block, moment_role, 0);
+    return value < 0.0f ? -value : value;
 }
 
 #endif

@@ -11,7 +11,7 @@
 #   --no-cpu / --no-gpu (torch). The torch part uses .venv/bin/python when it exists, else $(PYTHON).
 
 BENCH_BUILD := $(BUILD)/bench
-BENCH_HEADERS := bench/model_shapes.h bench/bench_init.h
+BENCH_HEADERS := bench/model_shapes.h bench/bench_init.h bench/roofline.h
 # -O3 for the bench's own CPU loop (version 2); -ffp-contract=off stays, so it matches the reference bitwise.
 BENCH_CFLAGS := $(CFLAGS_COMMON) -O3 -fopenmp -Ibench
 BENCH_NVCCFLAGS := $(NVCCFLAGS) -Ibench
@@ -27,7 +27,7 @@ bench-programs: $(BENCH_BUILD)/adam_step_bench $(BENCH_BUILD)/cpu_bench $(BUILD)
 
 $(BENCH_BUILD)/adam_step_bench: bench/adam_step_bench.cu $(BENCH_HEADERS) $(STATIC_LIB) $(HEADERS)
 	@mkdir -p $(@D)
-	$(NVCC) $(BENCH_NVCCFLAGS) $< -o $@ $(STATIC_LIB)
+	$(NVCC) $(BENCH_NVCCFLAGS) $< -o $@ $(STATIC_LIB) $(XXHASH_LIBS)
 
 $(BENCH_BUILD)/cpu_bench: bench/cpu_bench.c $(BENCH_HEADERS) $(STATIC_LIB) $(HEADERS)
 	@mkdir -p $(@D)
@@ -55,8 +55,10 @@ bench-record: bench-programs
 	@$(BENCH_ENV) bash bench/record.sh --append
 
 # The GPU harness run on the CPU (bench/emul_bench.cpp): the library's kernels and the bench's under
-# tests/emul/cuda_emul.h, scaled-down sets, one timed batch. Checks the harness where no GPU is (~20 s;
-# add BENCH_GPU_ARGS=--sets=10k-small for the many-tensor set, ~2.5 min emulated).
+# tests/emul/cuda_emul.h, scaled-down sets, one timed batch, the lean-layout and Lion rows on llama3-8B as
+# on a GPU. Checks the harness where no GPU is (~70 s on 2 cores, half of it the lean rows' 8-bit moments;
+# BENCH_GPU_ARGS=--lean-sets=none skips them; add BENCH_GPU_ARGS=--sets=10k-small for the many-tensor
+# set, ~2.5 min emulated).
 BENCH_HOST_OBJECTS := $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(LIB_C_SOURCES))
 
 $(BENCH_BUILD)/emul_bench: bench/emul_bench.cpp bench/adam_step_bench.cu $(BENCH_HEADERS) $(BENCH_HOST_OBJECTS) \

@@ -1,6 +1,7 @@
 """harness.py - what the PyTorch binding's tests share: the ok/FAIL/skip protocol of tests/run_tests.sh,
 the seed, and comparisons with the tolerances of NUMERICS.md."""
 
+import io
 import os
 import sys
 import time
@@ -57,6 +58,25 @@ def param_of_master(master, dtype):
     bits = master.contiguous().view(torch.int32)
     away = ((bits + 0x8000) >> 16).to(torch.int16).view(torch.bfloat16).reshape(master.shape)
     return torch.where(torch.isnan(master), master.to(dtype), away)
+
+
+def through_file(state_dict):
+    """A state_dict as a checkpoint gives it back: through torch.save and torch.load, in memory."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
+def expect_raises(kind, text, function):
+    """Calls function(); raises AssertionError unless it raises `kind` with `text` in its message."""
+    try:
+        function()
+    except kind as error:
+        if text not in str(error):
+            raise AssertionError(f"{kind.__name__} without {text!r}: {error}")
+        return
+    raise AssertionError(f"no {kind.__name__} ({text!r})")
 
 
 def run(cases):

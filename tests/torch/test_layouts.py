@@ -11,13 +11,11 @@ steps * lr): fp32 moments and the remainder 1e-4 (float32 rounding; observed ~5e
 (docs/STATE_LAYOUTS.md: up to 8% on m and v near a block's smallest codes, where the update is small;
 observed ~1%)."""
 
-import io
-
 import torch
 
 from fusedadam import _C
 from fusedadam.torch import FusedAdamW, FusedLion
-from harness import Skip, check_close, check_equal, run
+from harness import Skip, check_close, check_equal, expect_raises, run, through_file
 
 SHAPES = [(300,), (17, 23), (1,), (3, 0), (256, 3)]
 LR, STEPS = 1e-3, 50
@@ -146,13 +144,6 @@ def lion_remainder_equals_fp32_master():
     remainder_equals_fp32_master(FusedLion, steps=40)
 
 
-def through_file(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer)
-
-
 def train(optimizer, grads):
     for step_grads in grads:
         for p, g in zip(params_of(optimizer), step_grads):
@@ -273,31 +264,21 @@ def seed_decides_rounding():
         raise AssertionError("seeds 3 and 4 rounded every element alike")
 
 
-def expect(kind, text, function):
-    try:
-        function()
-    except kind as error:
-        if text not in str(error):
-            raise AssertionError(f"{kind.__name__} without {text!r}: {error}")
-        return
-    raise AssertionError(f"no {kind.__name__} ({text!r})")
-
-
 def bad_arguments():
     """Values outside the documented ones raise ValueError (a truthy string no longer means True)."""
     param = torch.nn.Parameter(torch.randn(4).to(torch.bfloat16))
-    expect(ValueError, "master_weights='yes'", lambda: FusedAdamW([param], master_weights="yes"))
-    expect(ValueError, "master_weights=1", lambda: FusedAdamW([param], master_weights=1))
-    expect(ValueError, "moment_dtype=torch.float16", lambda: FusedAdamW([param], moment_dtype=torch.float16))
-    expect(ValueError, "moment_dtype='int4'", lambda: FusedAdamW([param], moment_dtype="int4"))
-    expect(ValueError, "seed=-1", lambda: FusedAdamW([param], seed=-1))
-    expect(ValueError, "seed=1.5", lambda: FusedAdamW([param], seed=1.5))
+    expect_raises(ValueError, "master_weights='yes'", lambda: FusedAdamW([param], master_weights="yes"))
+    expect_raises(ValueError, "master_weights=1", lambda: FusedAdamW([param], master_weights=1))
+    expect_raises(ValueError, "moment_dtype=torch.float16", lambda: FusedAdamW([param], moment_dtype=torch.float16))
+    expect_raises(ValueError, "moment_dtype='int4'", lambda: FusedAdamW([param], moment_dtype="int4"))
+    expect_raises(ValueError, "seed=-1", lambda: FusedAdamW([param], seed=-1))
+    expect_raises(ValueError, "seed=1.5", lambda: FusedAdamW([param], seed=1.5))
     optimizer = FusedAdamW([param])
     other = torch.nn.Parameter(torch.randn(3).to(torch.bfloat16))
-    expect(ValueError, "moment_dtype='float8'", lambda: optimizer.add_param_group({"params": [other], "moment_dtype": "float8"}))
+    expect_raises(ValueError, "moment_dtype='float8'", lambda: optimizer.add_param_group({"params": [other], "moment_dtype": "float8"}))
     optimizer.param_groups[0]["master_weights"] = "Remainder"
     param.grad = torch.randn(4).to(torch.bfloat16)
-    expect(ValueError, "master_weights='Remainder'", optimizer.step)
+    expect_raises(ValueError, "master_weights='Remainder'", optimizer.step)
     if optimizer.state.get(param):
         raise AssertionError("a refused step made state")
 
@@ -309,17 +290,17 @@ def lean_errors():
     optimizer = FusedAdamW([half], master_weights="remainder")
     half.grad = torch.randn(5).to(torch.float16)
     before = half.detach().clone()
-    expect(TypeError, "needs bfloat16", optimizer.step)
+    expect_raises(TypeError, "needs bfloat16", optimizer.step)
     check_equal("a float16 parameter after a refused step", half, before)
     param = torch.nn.Parameter(torch.randn(5).to(torch.bfloat16))
     optimizer = FusedAdamW([param], moment_dtype=torch.bfloat16)
     param.grad = torch.randn(5).to(torch.bfloat16)
     optimizer.step()
     optimizer.param_groups[0]["moment_dtype"] = "int8"
-    expect(ValueError, "moment_dtype is fixed", optimizer.step)
+    expect_raises(ValueError, "moment_dtype is fixed", optimizer.step)
     optimizer.param_groups[0]["moment_dtype"] = torch.bfloat16
     optimizer.param_groups[0]["master_weights"] = "remainder"
-    expect(ValueError, "master_weights is fixed", optimizer.step)
+    expect_raises(ValueError, "master_weights is fixed", optimizer.step)
     optimizer.param_groups[0]["master_weights"] = True
     optimizer.step()
 

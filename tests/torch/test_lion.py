@@ -6,12 +6,12 @@ Lion (state['exp_avg'], as lion-pytorch and timm keep it); max_grad_norm, the Gr
 the C library's checks on bad hyperparameters."""
 
 import inspect
-import io
 
 import torch
 
 from fusedadam.torch import FusedAdamW, FusedLion
-from harness import FP32_TOL, MOMENT_TOL, check_close, check_equal, param_of_master, random_shapes, run
+from harness import (FP32_TOL, MOMENT_TOL, check_close, check_equal, expect_raises, param_of_master, random_shapes, run,
+                     through_file)
 
 GROUPS = [{"lr": 3e-2, "weight_decay": 0.1}, {"lr": 1e-2, "weight_decay": 0.0, "betas": (0.8, 0.95)}]
 # One ulp of each 16-bit dtype, relative: a 16-bit parameter updated in place is rounded once from
@@ -182,13 +182,6 @@ class ReferenceLion(torch.optim.Optimizer):
                 m.copy_(m * beta2 + p.grad * f32(1 - beta2))
 
 
-def through_file(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer)
-
-
 def switch(first_class, second_class, dtype=torch.float32, steps=(4, 4)):
     """first_class trains, its state dict is loaded into a second_class made with the wrong lr, which
     trains on; returns (switched params, uninterrupted first_class params, switched optimizer, first)."""
@@ -311,31 +304,21 @@ def grad_scaler_protocol():
         raise AssertionError("the skipped step advanced the step count")
 
 
-def expect_error(kind, text, function):
-    try:
-        function()
-    except kind as error:
-        if text not in str(error):
-            raise AssertionError(f"{kind.__name__} without {text!r}: {error}")
-        return
-    raise AssertionError(f"no {kind.__name__} ({text!r})")
-
-
 def bad_hyperparameters():
     """The C library's checks (fadam_hparams_validate), its message in a ValueError: at construction,
     and at the step for a group added later (nothing changed then)."""
     param = torch.nn.Parameter(torch.randn(4))
-    expect_error(ValueError, "beta2=1.5 must be in [0, 1] for FADAM_LION", lambda: FusedLion([param], betas=(0.9, 1.5)))
-    expect_error(ValueError, "beta1=-0.1 must be in [0, 1] for FADAM_LION", lambda: FusedLion([param], betas=(-0.1, 0.9)))
-    expect_error(ValueError, "lr=-1 must be finite", lambda: FusedLion([param], lr=-1.0))
-    expect_error(ValueError, "weight_decay=-0.5", lambda: FusedLion([param], weight_decay=-0.5))
+    expect_raises(ValueError, "beta2=1.5 must be in [0, 1] for FADAM_LION", lambda: FusedLion([param], betas=(0.9, 1.5)))
+    expect_raises(ValueError, "beta1=-0.1 must be in [0, 1] for FADAM_LION", lambda: FusedLion([param], betas=(-0.1, 0.9)))
+    expect_raises(ValueError, "lr=-1 must be finite", lambda: FusedLion([param], lr=-1.0))
+    expect_raises(ValueError, "weight_decay=-0.5", lambda: FusedLion([param], weight_decay=-0.5))
     FusedLion([param], betas=(1.0, 1.0))  # Lion divides by no 1 - beta: 1 is allowed
     other = torch.nn.Parameter(torch.randn(3))
     optimizer = FusedLion([param])
     optimizer.add_param_group({"params": [other], "betas": (0.9, 2.0)})
     param.grad, other.grad = torch.randn(4), torch.randn(3)
     before = (param.detach().clone(), other.detach().clone())
-    expect_error(ValueError, "beta2=2 must be in [0, 1] for FADAM_LION", optimizer.step)
+    expect_raises(ValueError, "beta2=2 must be in [0, 1] for FADAM_LION", optimizer.step)
     check_equal("a parameter after a refused step", param, before[0])
     check_equal("a parameter after a refused step", other, before[1])
     if optimizer.state.get(param):
@@ -348,7 +331,7 @@ def float64_refused():
     optimizer = FusedLion(params)
     for p in params:
         p.grad = torch.randn_like(p)
-    expect_error(TypeError, "FusedLion does not support float64", optimizer.step)
+    expect_raises(TypeError, "FusedLion does not support float64", optimizer.step)
     for p, b in zip(params, before):
         check_equal("a parameter after a refused step", p, b)
 
