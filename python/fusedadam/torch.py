@@ -26,7 +26,8 @@ docs/STATE_LAYOUTS.md) keep their state under keys of their own, laid out like t
     exp_avg_int8, exp_avg_sq_uint8     8-bit codes (signed m, companded unsigned v), with
     exp_avg_scales, exp_avg_sq_scales  float32, one per block of 256 elements (in memory order)
 state_dict() adds exp_avg / exp_avg_sq / master_param in float32 (dequantized, joined) beside them, so
-torch.optim.AdamW loads it; load_state_dict() takes the compact keys when the group has the same
+torch.optim.AdamW loads it (for DTensor parameters only those, as DTensors sharded like the parameter,
+so that torch.distributed.checkpoint saves every rank's shard); load_state_dict() takes the compact keys when the group has the same
 layout (bit for bit), else converts the float32 ones: moments rounded to nearest (bf16: even; 8-bit:
 half up), a float32 master split beside its parameter (exact for the parameter fusedadam wrote; beside one
 that torch rounded to even from a master exactly halfway, about 2^-17 of the elements, the master loses
@@ -576,22 +577,26 @@ def _fp32_master(param, state):
 
 def _export_fp32_state(optimizer, state_dict):
     """state_dict(): a lean state also as torch.optim.AdamW's float32 exp_avg / exp_avg_sq / master_param
-    (new dicts: the optimizer's own state is not touched), on the parameter's device."""
+    (new dicts: the optimizer's own state is not touched), laid out like the parameter. For a DTensor
+    parameter (FSDP2, tensor parallelism) only those, as DTensors sharded like it: the compact tensors
+    (8-bit block scales of the local shard above all) are not DTensors of the global shape, and
+    torch.distributed.checkpoint would save one rank's copy of a plain tensor for all of them."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for index, param in enumerate(params):
         state = state_dict["state"].get(index)
         if not isinstance(state, dict) or not any(key in state for key in _LEAN_STATE_KEYS):
             continue
         state = dict(state)
-        device = _local(param).device
         for key in ("exp_avg", "exp_avg_sq"):
             if key not in state:
                 value = _fp32_moment(state, key)
                 if value is not None:
-                    state[key] = value.to(device)
+                    state[key] = _laid_like(param, value)
         master = _fp32_master(param, state)
         if master is not None and "master_param" not in state:
-            state["master_param"] = master.to(device)
+            state["master_param"] = _laid_like(param, master)
+        if DTensor is not None and isinstance(param, DTensor):
+            state = {key: value for key, value in state.items() if key not in _LEAN_STATE_KEYS}
         state_dict["state"][index] = state
 
 
@@ -967,7 +972,8 @@ def _restored_state(optimizer, param, group, saved):
 def _laid_like(param, value):
     """value (its dtype kept) as a tensor laid out like param, on its device."""
     out = torch.empty_like(param, dtype=value.dtype, memory_format=torch.preserve_format)
-    _local(out).copy_(_local(value) if value.shape == _local(out).shape else value.reshape(_local(out).shape))
+    local, value = _local(out), _local(value)  # a DTensor value: its shard, laid out as this rank's
+    local.copy_(value if value.shape == local.shape else value.reshape(local.shape))
     return out
 
 

@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from fusedadam.torch import FusedAdamW
-from harness import FP32_TOL, MOMENT_TOL, Skip, check_close, run
+from harness import FP32_TOL, MOMENT_TOL, Skip, check_close, check_equal, param_of_master, run
 
 WORLD = 2
 VOCAB, WIDTH, HEADS, SEQ, BATCH = 11, 12, 2, 6, 4  # odd sizes: FSDP2's shards of dim 0 are uneven
@@ -236,7 +236,7 @@ def worker(rank, seed, port, out_dir):
         master = bf16_opt.state[param]["master_param"]
         if not isinstance(master, DTensor) or master.placements != param.placements or master.dtype != torch.float32:
             errors.append(f"bf16 FSDP2: master_param is {type(master).__name__} {getattr(master, 'placements', '')}")
-        elif not torch.equal(master.to_local().to(torch.bfloat16), param.to_local()):
+        elif not torch.equal(param_of_master(master.to_local(), torch.bfloat16), param.to_local()):
             errors.append("bf16 FSDP2: a master does not round to its parameter's shard")
     bf16_reference = None
     if rank == 0:
@@ -250,6 +250,54 @@ def worker(rank, seed, port, out_dir):
         if not (difference / size) ** 0.5 <= BF16_TRAINED_RTOL:
             errors.append(f"bf16 FSDP2: the model differs by {(difference / size) ** 0.5:.3g} (L2, relative)")
     results["fsdp2_bf16"] = errors
+
+    # Lean layouts under FSDP2 (16-bit master remainders, 8-bit moments): state_dict() gives float32
+    # DTensors sharded as the parameters and no compact tensors, so DCP saves every rank's shard; a
+    # fresh FSDP2 model and optimizer of the same layout load it back.
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    def lean_fsdp2(model_seed):
+        lean_model = make_model(model_seed).to(torch.bfloat16)
+        for block in lean_model.blocks:
+            fully_shard(block)
+        fully_shard(lean_model)
+        return lean_model, FusedAdamW(lean_model.parameters(), master_weights="remainder", moment_dtype="int8", **OPTIONS)
+
+    lean_model, lean_opt = lean_fsdp2(seed)
+    train(lean_model, lean_opt, batches, rows)
+    errors, exported = [], lean_opt.state_dict()["state"]
+    for index, param in enumerate(lean_model.parameters()):
+        for key in ("exp_avg", "exp_avg_sq", "master_param"):
+            value = exported[index].get(key)
+            if not isinstance(value, DTensor) or value.placements != param.placements or value.dtype != torch.float32:
+                errors.append(f"lean FSDP2: state_dict()['{key}'] is {type(value).__name__} {getattr(value, 'placements', '')}")
+        if "master_remainder" not in lean_opt.state[param] or "exp_avg_int8" not in lean_opt.state[param]:
+            errors.append(f"lean FSDP2: the live state is not lean: {sorted(lean_opt.state[param])}")
+        if set(exported[index]) - {"step", "exp_avg", "exp_avg_sq", "master_param"}:
+            errors.append(f"lean FSDP2: state_dict() keys {sorted(exported[index])}")
+    dcp.save({"model": get_model_state_dict(lean_model), "optim": get_optimizer_state_dict(lean_model, lean_opt)},
+             checkpoint_id=os.path.join(out_dir, "lean_fsdp2"))
+    loaded_model, loaded_opt = lean_fsdp2(seed + 7)  # other weights: the checkpoint brings them
+    model_sd, optim_sd = get_state_dict(loaded_model, loaded_opt)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=os.path.join(out_dir, "lean_fsdp2"))
+    set_state_dict(loaded_model, loaded_opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    again = loaded_opt.state_dict()["state"]
+    for index, (param, loaded) in enumerate(zip(lean_model.parameters(), loaded_model.parameters())):
+        try:  # the whole tensors, gathered: the master exactly (remainder split beside the loaded param);
+            # the 8-bit moments requantized from their own dequantized values (the same codes)
+            check_equal(f"lean DCP parameter {index}", full(loaded.detach()), full(param.detach()))
+            check_equal(f"lean DCP parameter {index} master", full(again[index]["master_param"]),
+                        full(exported[index]["master_param"]))
+            for key in ("exp_avg", "exp_avg_sq"):
+                want = full(exported[index][key])
+                check_close(f"lean DCP parameter {index} {key}", full(again[index][key]), want,
+                            atol=1e-6 * float(want.abs().max()) + 1e-30, rtol=0)
+            if "exp_avg_int8" not in loaded_opt.state[loaded]:
+                raise AssertionError(f"lean DCP: the loaded state is not lean: {sorted(loaded_opt.state[loaded])}")
+        except AssertionError as error:
+            errors.append(str(error))
+    results["fsdp2_lean_dcp"] = errors
 
     # DDP over gloo.
     ddp_model = DistributedDataParallel(make_model(seed))
@@ -333,6 +381,10 @@ def ddp_matches_single_process():
     expect_no_errors("ddp")
 
 
+def fsdp2_lean_dcp_round_trip():
+    expect_no_errors("fsdp2_lean_dcp")
+
+
 def load_at_one_rank(optimizer_class, checkpoint):
     """A fresh unsharded model and optimizer (1 process, no process group) loaded from a DCP checkpoint."""
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -412,6 +464,7 @@ if __name__ == "__main__":
             ("fsdp2_clip_grad_norm_on_dtensors_then_step", fsdp2_clip_grad_norm_),
             ("fsdp2_bf16_params_dtensor_masters", fsdp2_bf16_masters),
             ("ddp_gloo_2_ranks_matches_single_process", ddp_matches_single_process),
+            ("fsdp2_lean_layouts_dcp_saves_every_shard_and_loads", fsdp2_lean_dcp_round_trip),
             ("dcp_fused_fsdp2_2_ranks_loads_at_1_rank", dcp_fused_2_ranks_to_fused_1),
             ("dcp_torch_adamw_fsdp2_2_ranks_loads_into_fused", dcp_torch_adamw_2_ranks_to_fused_1),
             ("dcp_fused_fsdp2_2_ranks_loads_into_torch_adamw", dcp_fused_2_ranks_to_torch_adamw_1),
