@@ -252,6 +252,28 @@ def table(results, baseline):
     return "\n".join(rows)
 
 
+# A remainder layout and the layout with an fp32 master and the same moments: the same run, bit for bit
+# (docs/STATE_LAYOUTS.md), so every logged loss must be equal.
+REMAINDER_TWINS = {"remainder": "fp32-states", "remainder+bf16": "bf16-moments", "remainder+int8": "int8-moments"}
+
+
+def twin_lines(results):
+    """One line per remainder layout run beside its fp32-master twin: identical curves or where they part."""
+    by_name = {r["name"]: r for r in results if "curve" in r}
+    lines = []
+    for name, twin in REMAINDER_TWINS.items():
+        if name not in by_name or twin not in by_name:
+            continue
+        a, b = by_name[name]["curve"], by_name[twin]["curve"]
+        parted = next((x[0] for x, y in zip(a, b) if x != y), None)
+        if len(a) == len(b) and parted is None:
+            lines.append(f"- `{name}` = `{twin}` at every one of the {len(a)} logged steps (train and held-out "
+                         f"loss equal to the last bit): the same run, as the remainder layout promises.")
+        else:
+            lines.append(f"- `{name}` and `{twin}` part at step {parted}: NOT the same run.")
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=2000)
@@ -259,7 +281,7 @@ def main():
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--width", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=64)
@@ -318,6 +340,8 @@ def main():
         f"fp32 parameters with bf16 autocast.",
         "",
         table(results, baseline),
+        "",
+        *twin_lines(results),
     ])
     print("\n" + report)
     with open(args.out + ".md", "w") as f:
