@@ -6,3 +6,16 @@
 TEST_PROGRAMS += $(TEST_BIN)/test_step_kernels
 TEST_RUN += $(TEST_BIN)/test_step_kernels
 TEST_DEPS_test_step_kernels := tests/emulated_runs.h
+
+# The managed optimizer's CUDA path through its public calls, the kernels emulated over a stand-in CUDA
+# runtime defined in the test (as bench/emul_bench.cpp): which kernel fadam_step / fadam_fused_step launch
+# for a table, and the CPU device's bits (tests/test_step_kernels_api.cpp). Its own rule: every kernel
+# source is -included and the whole host library linked, without libcudart.
+STEP_KERNELS_API_HOST := $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(LIB_C_SOURCES))
+$(TEST_BIN)/test_step_kernels_api: tests/test_step_kernels_api.cpp tests/emul/cuda_emul.h $(TEST_HEADERS) \
+                                   $(KERNEL_SOURCES) $(HEADERS) $(STEP_KERNELS_API_HOST)
+	@mkdir -p $(@D)
+	$(CXX) $(EMUL_CXXFLAGS) $(foreach k,$(KERNEL_SOURCES),-include $(k)) $< -o $@ $(STEP_KERNELS_API_HOST) \
+	    $(XXHASH_LIBS) -lm -lpthread
+TEST_PROGRAMS += $(TEST_BIN)/test_step_kernels_api
+TEST_RUN += $(TEST_BIN)/test_step_kernels_api
