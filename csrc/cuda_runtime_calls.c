@@ -37,25 +37,35 @@ void fadam_cuda_leave_device(int device, int previous_device) {
     if (previous_device != device) (void)cudaSetDevice(previous_device);
 }
 
-fadam_status fadam_cuda_grid_blocks(int64_t n_chunks, int device, unsigned *grid_out) {
-    int sm_count = 0, blocks_per_sm = 0;
-    int64_t persistent;
+FADAM_STATIC_ASSERT(FADAM_STEP_GRIDS == FADAM_STEP_KERNEL_COUNT, "one grid per step kernel instantiation");
+
+fadam_status fadam_cuda_step_grids(int64_t n_chunks, int device, unsigned grids[FADAM_STEP_GRIDS]) {
+    int sm_count = 0, k;
     FADAM_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-    /* One wave: as many blocks as are resident at once (the occupancy API, for the step kernel's
-     * registers); more would queue behind them and redo their setup. */
-    FADAM_CUDA_CHECK(fadam_adam_step_blocks_per_sm(FADAM_BLOCK_THREADS, &blocks_per_sm));
-    if (blocks_per_sm < 1) blocks_per_sm = 1;
-    persistent = (int64_t)sm_count * blocks_per_sm;
-    *grid_out = (unsigned)(n_chunks < persistent ? n_chunks : persistent);
+    for (k = 0; k < FADAM_STEP_GRIDS; k++) {
+        /* One wave: as many blocks as are resident at once (the occupancy API, for this instantiation's
+         * registers); more would queue behind them and redo their setup. */
+        int blocks_per_sm = 0;
+        int64_t persistent;
+        FADAM_CUDA_CHECK(fadam_adam_step_blocks_per_sm(k, FADAM_BLOCK_THREADS, &blocks_per_sm));
+        if (blocks_per_sm < 1) blocks_per_sm = 1;
+        persistent = (int64_t)sm_count * blocks_per_sm;
+        grids[k] = (unsigned)(n_chunks < persistent ? n_chunks : persistent);
+    }
     return FADAM_SUCCESS;
 }
 
-fadam_status fadam_cuda_launch_step(const fadam_step_kernel_args *args, int64_t n_chunks, int device,
+unsigned fadam_step_grid_for(const unsigned grids[FADAM_STEP_GRIDS], uint32_t table_flags) {
+    return grids[table_flags & FADAM_TABLE_LEAN ? FADAM_STEP_KERNEL_LEAN : FADAM_STEP_KERNEL_FP32];
+}
+
+fadam_status fadam_cuda_launch_step(const fadam_step_kernel_args *args, const unsigned grids[FADAM_STEP_GRIDS],
                                     cudaStream_t stream) {
-    unsigned grid = 0;
-    fadam_status status = fadam_cuda_grid_blocks(n_chunks, device, &grid);
-    if (status != FADAM_SUCCESS) return status;
-    FADAM_CUDA_CHECK(fadam_launch_adam_step(args, grid, FADAM_BLOCK_THREADS, stream));
+    const unsigned kernels = fadam_adam_step_kernels(args->table_flags);
+    int k;
+    for (k = 0; k < FADAM_STEP_GRIDS; k++)
+        if (kernels & 1u << k)
+            FADAM_CUDA_CHECK(fadam_launch_adam_step_kernel(args, k, grids[k], FADAM_BLOCK_THREADS, stream));
     return FADAM_SUCCESS;
 }
 
@@ -69,6 +79,7 @@ fadam_status fadam_step_table_scaled(const void *device_table, const fadam_hpara
                                      fadam_stream stream) {
     fadam_step_kernel_args args;
     fadam_status status;
+    unsigned grids[FADAM_STEP_GRIDS];
     int g, device = 0;
     fadam_clear_error();
     FADAM_REQUIRE_NOT_NULL(device_table, "fadam_step_table");
@@ -99,10 +110,13 @@ fadam_status fadam_step_table_scaled(const void *device_table, const fadam_hpara
     args.step = source->step;
     args.n_groups = n_groups;
     memcpy(args.groups, groups, (size_t)n_groups * sizeof(fadam_hparams));
+    /* The table lives on the device only: its flags are unknown here (table_flags 0), so both the fp32
+     * kernel and the lean one are launched; the one not built for the table leaves at once. */
     FADAM_RANGE_PUSH("step_table");
     /* The table's chunk count lives on the device: launch the persistent grid, blocks past the last
      * chunk exit at once. */
-    status = fadam_cuda_launch_step(&args, INT64_MAX, device, (cudaStream_t)stream);
+    status = fadam_cuda_step_grids(INT64_MAX, device, grids);
+    if (status == FADAM_SUCCESS) status = fadam_cuda_launch_step(&args, grids, (cudaStream_t)stream);
     FADAM_RANGE_POP();
     return status;
 }

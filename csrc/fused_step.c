@@ -138,9 +138,9 @@ static fadam_status launch_update(const fadam_optimizer *opt, cudaStream_t strea
     args.device_scalars = device_group_scalars(opt);
     args.step = 1; /* unused: the state's step wins */
     args.n_groups = opt->n_groups;
+    args.table_flags = opt->table_flags; /* the kernel built for this table, chosen at capture time too */
     memcpy(args.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
-    FADAM_CUDA_CHECK(fadam_launch_adam_step(&args, opt->grid_blocks, FADAM_BLOCK_THREADS, stream));
-    return FADAM_SUCCESS;
+    return fadam_cuda_launch_step(&args, opt->step_grids, stream);
 }
 
 /* The fused step whole, or one side of the caller's all-reduce of reduce_buffer (data parallelism). */

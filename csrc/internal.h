@@ -69,10 +69,17 @@ static inline fadam_status fadam_cuda_status(int cuda_error, const char *call, c
 fadam_status fadam_cuda_enter_device(int device, int *previous_device);
 void fadam_cuda_leave_device(int device, int previous_device);
 
-/* One step kernel launch on a persistent grid sized for `device` (at most n_chunks blocks). */
-fadam_status fadam_cuda_launch_step(const fadam_step_kernel_args *args, int64_t n_chunks, int device,
+/* The step kernel's instantiations (enum fadam_step_kernel, kernels/launchers.h; asserted equal in
+ * cuda_runtime_calls.c): each has its own registers, so its own grid. */
+#define FADAM_STEP_GRIDS 2
+/* One wave of each step kernel instantiation on `device` (the occupancy API), at most n_chunks blocks. */
+fadam_status fadam_cuda_step_grids(int64_t n_chunks, int device, unsigned grids[FADAM_STEP_GRIDS]);
+/* The step: every instantiation fadam_adam_step_kernels(args->table_flags) names (one when the flags
+ * are known, else two), each on its grid from fadam_cuda_step_grids. */
+fadam_status fadam_cuda_launch_step(const fadam_step_kernel_args *args, const unsigned grids[FADAM_STEP_GRIDS],
                                     struct CUstream_st *stream);
-fadam_status fadam_cuda_grid_blocks(int64_t n_chunks, int device, unsigned *grid_out);
+/* The grid of the instantiation that runs a table with these (known) header flags. */
+unsigned fadam_step_grid_for(const unsigned grids[FADAM_STEP_GRIDS], uint32_t table_flags);
 
 /* ---- the tensor table (table.c); hyperparameter and step-source checks (hparams.c) ---- */
 
@@ -116,6 +123,9 @@ size_t fadam_table_size(int64_t n_tensors);
 /* Encodes an already checked list; tests pick a small chunk size to cross chunk boundaries. */
 void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, int32_t chunk_elems,
                       void *host_table);
+/* The flags fadam_table_fill wrote into a host table's header, marked FADAM_TABLE_KNOWN: what the step
+ * launch (fadam_step_kernel_args.table_flags) needs to pick its kernel without reading the device copy. */
+uint32_t fadam_table_known_flags(const void *host_table);
 
 /* 1 for a finite float (neither Inf nor NaN), for the hyperparameter checks. */
 static inline int fadam_is_finite(float x) { return x == x && x - x == 0.0f; }

@@ -340,8 +340,9 @@ static fadam_status init_cuda_state(fadam_optimizer *opt, size_t state_bytes, co
     fadam_status status;
     FADAM_CUDA_CHECK(cudaMemsetAsync(opt->state_block, 0, state_bytes, stream));
     FADAM_CUDA_CHECK(cudaMemcpyAsync(opt->device_table, host_table, table_bytes, cudaMemcpyHostToDevice, stream));
-    status = fadam_cuda_grid_blocks(opt->n_chunks, opt->cuda_device, &opt->grid_blocks);
+    status = fadam_cuda_step_grids(opt->n_chunks, opt->cuda_device, opt->step_grids);
     if (status != FADAM_SUCCESS) return status;
+    opt->grid_blocks = fadam_step_grid_for(opt->step_grids, opt->table_flags);
     FADAM_CUDA_CHECK(fadam_launch_master_init((const fadam_table_header *)opt->device_table, opt->grid_blocks, FADAM_BLOCK_THREADS,
                                               stream));
     FADAM_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -389,6 +390,7 @@ fadam_status fadam_finalize(fadam_optimizer *opt, fadam_stream stream) {
     }
     fadam_table_fill(opt->tensors, opt->n_tensors, opt->n_groups, FADAM_CHUNK_ELEMS, host_table);
     opt->n_chunks = ((const fadam_table_header *)host_table)->n_chunks;
+    opt->table_flags = fadam_table_known_flags(host_table);
 
     if ((status = fadam_fused_state_create(opt, (cudaStream_t)stream)) != FADAM_SUCCESS) goto fail;
     if (opt->device == FADAM_DEVICE_CPU) {

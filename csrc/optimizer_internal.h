@@ -28,7 +28,9 @@ struct fadam_optimizer {
     void *state_block;       /* every master, m and v, one allocation */
     void *device_table;      /* the tensor table on the CUDA device */
     int64_t n_chunks;
-    unsigned grid_blocks;    /* persistent grid of the step launch */
+    unsigned grid_blocks;    /* persistent grid of the norm and master-init launches (the step kernel's) */
+    unsigned step_grids[FADAM_STEP_GRIDS]; /* persistent grid of each step kernel instantiation */
+    uint32_t table_flags;    /* the table's header flags, FADAM_TABLE_KNOWN: which step kernel runs it */
 
     /* The fused step (fused_step.c): configured before finalize, state allocated by it. */
     int fused_configured;

@@ -25,10 +25,10 @@ static fadam_status run_step(fadam_optimizer *opt, const fadam_step_source *sour
         args.device_lr = source->device_lr;
         args.step = source->step;
         args.n_groups = opt->n_groups;
+        args.table_flags = opt->table_flags; /* the kernel built for this table (fadam_adam_step_kernels) */
         memcpy(args.groups, opt->groups, (size_t)opt->n_groups * sizeof(fadam_hparams));
         if ((status = fadam_cuda_enter_device(opt->cuda_device, &previous_device)) != FADAM_SUCCESS) return status;
-        status = FADAM_CUDA_STATUS(
-            fadam_launch_adam_step(&args, opt->grid_blocks, FADAM_BLOCK_THREADS, (cudaStream_t)stream));
+        status = fadam_cuda_launch_step(&args, opt->step_grids, (cudaStream_t)stream);
         fadam_cuda_leave_device(opt->cuda_device, previous_device);
         return status;
     }

@@ -257,6 +257,7 @@ void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_grou
     fadam_table_entry *entries = (fadam_table_entry *)(header + 1);
     int64_t i, chunks = 0;
     int field;
+    uint32_t flags = 0;
     FADAM_STATIC_ASSERT(FADAM_STATE_FP32 == 0, "a zeroed entry holds fp32 states");
     for (i = 0; i < n_tensors; i++) {
         const fadam_tensor *t = &tensors[i];
@@ -280,6 +281,7 @@ void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_grou
             }
         }
         for (field = 0; field < FADAM_STATE_SLOTS; field++) e->lean |= e->state_format[field] != FADAM_STATE_FP32;
+        if (e->lean) flags |= FADAM_TABLE_LEAN; /* from the same entries the kernel reads */
         e->rounding_seed = t->rounding_seed;
         e->element_offset = t->element_offset;
         e->numel = t->numel;
@@ -291,11 +293,17 @@ void fadam_table_fill(const fadam_tensor *tensors, int64_t n_tensors, int n_grou
                                  vector_aligned(t->exp_avg) && vector_aligned(t->exp_avg_sq));
         chunks += (t->numel + chunk_elems - 1) / chunk_elems;
     }
+    memset(header, 0, sizeof *header);
     header->magic = FADAM_TABLE_MAGIC;
+    header->flags = flags;
     header->n_tensors = n_tensors;
     header->n_chunks = chunks;
     header->chunk_elems = chunk_elems;
     header->n_groups = n_groups;
+}
+
+uint32_t fadam_table_known_flags(const void *host_table) {
+    return ((const fadam_table_header *)host_table)->flags | FADAM_TABLE_KNOWN;
 }
 
 fadam_status fadam_table_bytes(const fadam_tensor *tensors, int64_t n_tensors, int n_groups, size_t *bytes_out) {
@@ -320,6 +328,51 @@ fadam_status fadam_table_encode(const fadam_tensor *tensors, int64_t n_tensors, 
     if (table_bytes < fadam_table_size(n_tensors))
         return fadam_fail(FADAM_ERR_WORKSPACE_TOO_SMALL, "fadam_table_encode: table_bytes=%zu, %zu needed", table_bytes,
                           fadam_table_size(n_tensors));
+    fadam_table_fill(tensors, n_tensors, n_groups, FADAM_CHUNK_ELEMS, host_table);
+    return FADAM_SUCCESS;
+}
+
+/* The tensors against the groups' rules: hyperparameters, then each tensor as fadam_finalize checks its
+ * own (the states a rule keeps are set, the others NULL; fadam_check_rule_states names the tensor). */
+static fadam_status check_with_groups(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
+                                      int n_groups, const char *function) {
+    fadam_status status;
+    int g;
+    if (!groups) return fadam_fail(FADAM_ERR_NULL_POINTER, "%s: argument 'groups' is NULL", function);
+    if (n_groups < 1 || n_groups > FADAM_MAX_GROUPS)
+        return fadam_fail(FADAM_ERR_INVALID_VALUE, "%s: n_groups=%d must be in [1, %d]", function, n_groups,
+                          FADAM_MAX_GROUPS);
+    for (g = 0; g < n_groups; g++)
+        if ((status = fadam_check_hparams(&groups[g], function, g)) != FADAM_SUCCESS) return status;
+    if ((status = fadam_table_check_states_apart(tensors, n_tensors, n_groups, function)) != FADAM_SUCCESS)
+        return status;
+    return fadam_check_rule_states(tensors, n_tensors, groups, function);
+}
+
+fadam_status fadam_table_bytes_groups(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
+                                      int n_groups, size_t *bytes_out) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(bytes_out, "fadam_table_bytes_groups");
+    status = check_with_groups(tensors, n_tensors, groups, n_groups, "fadam_table_bytes_groups");
+    if (status != FADAM_SUCCESS) return status;
+    *bytes_out = fadam_table_size(n_tensors);
+    return FADAM_SUCCESS;
+}
+
+fadam_status fadam_table_encode_groups(const fadam_tensor *tensors, int64_t n_tensors, const fadam_hparams *groups,
+                                       int n_groups, void *host_table, size_t table_bytes) {
+    fadam_status status;
+    fadam_clear_error();
+    FADAM_REQUIRE_NOT_NULL(host_table, "fadam_table_encode_groups");
+    status = check_with_groups(tensors, n_tensors, groups, n_groups, "fadam_table_encode_groups");
+    if (status != FADAM_SUCCESS) return status;
+    if ((uintptr_t)host_table % 16)
+        return fadam_fail(FADAM_ERR_MISALIGNED, "fadam_table_encode_groups: host_table %p is not 16-byte aligned",
+                          host_table);
+    if (table_bytes < fadam_table_size(n_tensors))
+        return fadam_fail(FADAM_ERR_WORKSPACE_TOO_SMALL, "fadam_table_encode_groups: table_bytes=%zu, %zu needed",
+                          table_bytes, fadam_table_size(n_tensors));
     fadam_table_fill(tensors, n_tensors, n_groups, FADAM_CHUNK_ELEMS, host_table);
     return FADAM_SUCCESS;
 }

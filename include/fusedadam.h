@@ -295,7 +295,8 @@ FADAM_API fadam_status fadam_get_cpu_threads(const fadam_optimizer *opt, int *n_
  * 2. fadam_table_encode() - writes the table into caller memory on the host (pinned memory lets the
  *                           copy in step 3 be asynchronous). Pure host function, no CUDA call.
  * 3. the caller copies the table to device memory (any 16-byte aligned address).
- * 4. fadam_step_table()   - one kernel launch over the table, on the caller's stream.
+ * 4. fadam_step_table()   - the update over the table, on the caller's stream (two launches, one of
+ *                           which returns at once: see fadam_step_table).
  * The table holds pointers, sizes and dtypes only, so it can be reused for as long as the buffers
  * stay where they are; hyperparameters and the step travel with each call.
  * fadam_cpu_step() does the same update on host memory, with no table.
@@ -328,7 +329,9 @@ typedef struct fadam_tensor {
 /* Checks the tensors (pointers, alignment of each dtype, dtypes, counts, group < n_groups, no two
  * tensors sharing a buffer) and reports the table size in bytes. The table knows no group's mode, so
  * it takes exp_avg and exp_avg_sq for every tensor; a FADAM_LION group's tensors never touch their
- * exp_avg_sq (any fp32 buffer of numel elements; fadam_cpu_step instead requires it NULL). */
+ * exp_avg_sq (any fp32 buffer of numel elements; fadam_cpu_step instead requires it NULL).
+ * fadam_table_bytes_groups / fadam_table_encode_groups (below) know the modes and take Lion tensors
+ * without exp_avg_sq. */
 FADAM_API fadam_status fadam_table_bytes(const fadam_tensor *tensors, int64_t n_tensors, int n_groups,
                                          size_t *bytes_out);
 
@@ -337,8 +340,24 @@ FADAM_API fadam_status fadam_table_bytes(const fadam_tensor *tensors, int64_t n_
 FADAM_API fadam_status fadam_table_encode(const fadam_tensor *tensors, int64_t n_tensors, int n_groups,
                                           void *host_table, size_t table_bytes);
 
-/* One fused step over a table in device memory: one kernel launch on `stream`, no allocation, no
- * synchronization. groups[g] are the hyperparameters of group g; n_groups must be at least the
+/* fadam_table_bytes and fadam_table_encode knowing the groups' hyperparameters (groups[g] for group g,
+ * the ones the steps will use; checked as fadam_hparams_validate does): each tensor holds exactly the
+ * states its group's rule keeps, as in fadam_cpu_step, so a FADAM_LION tensor needs no exp_avg_sq (NULL,
+ * and no exp_avg_sq_scales). FADAM_ERR_NULL_POINTER when a rule's state is NULL (an AdamW tensor
+ * without exp_avg_sq) and FADAM_ERR_INVALID_VALUE when a state the rule does not keep is given; the
+ * message and fadam_last_error_tensor() name the tensor. A table from these must be stepped with groups
+ * of the same modes (the kernel leaves a tensor lacking a state its group's rule keeps untouched). */
+FADAM_API fadam_status fadam_table_bytes_groups(const fadam_tensor *tensors, int64_t n_tensors,
+                                                const fadam_hparams *groups, int n_groups, size_t *bytes_out);
+FADAM_API fadam_status fadam_table_encode_groups(const fadam_tensor *tensors, int64_t n_tensors,
+                                                 const fadam_hparams *groups, int n_groups, void *host_table,
+                                                 size_t table_bytes);
+
+/* One fused step over a table in device memory: kernel launches on `stream`, no allocation, no
+ * synchronization. Two launches: the step kernel comes built for fp32 states and, with more registers,
+ * for tables holding a lean layout; the table's header says which it is, but this call cannot read it
+ * (device memory), so it queues both and the one not built for the table returns at once (a few
+ * microseconds). groups[g] are the hyperparameters of group g; n_groups must be at least the
  * n_groups the table was encoded with (the kernel leaves a tensor whose group has no entry
  * untouched). The current CUDA device must be the one holding the buffers.
  * Like fadam_step it never skips: an Inf or NaN gradient element goes into that element's moments

@@ -14,10 +14,17 @@
  * that the norm's per-chunk partials stay few (a 1B-element model: 122K). A multiple of every vector
  * width. */
 #define FADAM_CHUNK_ELEMS (8 * 1024)
-/* The table's version: "ADATAB4" since entries carry the states' formats, rounding seed and element
- * offset (issue 12); "ADATAB3" made the states slots (fadam_state_slot); "ADATAB2" meant vector_ok is
- * 16-byte alignment (8 elements of 16-bit types). */
-#define FADAM_TABLE_MAGIC 0x34424154414441ull /* "ADATAB4" */
+/* The table's version: "ADATAB5" since the header says what the entries hold (flags); "ADATAB4" since
+ * entries carry the states' formats, rounding seed and element offset (issue 12); "ADATAB3" made the
+ * states slots (fadam_state_slot); "ADATAB2" meant vector_ok is 16-byte alignment (8 elements of 16-bit
+ * types). */
+#define FADAM_TABLE_MAGIC 0x35424154414441ull /* "ADATAB5" */
+/* fadam_table_header.flags, set by the encoder from the entries (fadam_table_fill) and authoritative:
+ * the step kernel built without the lean loop leaves a table with FADAM_TABLE_LEAN untouched, the one
+ * with it a table without (kernels/adam_step.cu). */
+#define FADAM_TABLE_LEAN 1u /* some entry has lean = 1 (a state not in fp32) */
+/* In fadam_step_kernel_args.table_flags: the flags beside it are the table's (read from its host copy). */
+#define FADAM_TABLE_KNOWN 0x80000000u
 
 /* The device-resident tensor table: a header, then one entry per tensor. Chunks are numbered
  * across tensors; entry.first_chunk is a prefix sum, so a block finds its tensor by binary search
@@ -28,6 +35,8 @@ typedef struct fadam_table_header {
     int64_t n_chunks;
     int32_t chunk_elems;
     int32_t n_groups;
+    uint32_t flags;       /* FADAM_TABLE_LEAN */
+    uint32_t reserved[3]; /* 0; the entries stay 16-byte aligned */
 } fadam_table_header;
 
 /* How a state buffer is stored (docs/STATE_LAYOUTS.md, kernels/state_layout.h): X(format, bytes per element).
@@ -87,7 +96,8 @@ typedef struct fadam_table_entry {
 
 /* The host (gcc) and the device (nvcc) must lay these out alike: the table is built by one and read
  * by the other. */
-FADAM_STATIC_ASSERT(sizeof(fadam_table_header) == 32, "fadam_table_header layout");
+FADAM_STATIC_ASSERT(sizeof(fadam_table_header) == 48, "fadam_table_header layout");
+FADAM_STATIC_ASSERT(sizeof(fadam_table_header) % 16 == 0, "the entries after the header stay 16-byte aligned");
 FADAM_STATIC_ASSERT(sizeof(fadam_table_entry) == 112, "fadam_table_entry layout");
 FADAM_STATIC_ASSERT(sizeof(fadam_table_entry) % 16 == 0, "entries stay 16-byte aligned");
 
@@ -115,6 +125,11 @@ typedef struct fadam_step_kernel_args {
     int64_t step;
     int32_t n_groups;
     int32_t scalars_given; /* set by fadam_launch_adam_step only */
+    /* What the host knows of the table's header flags (its host copy): FADAM_TABLE_KNOWN | flags picks
+     * the one kernel built for such a table; 0 (fadam_step_table: the table is only on the device)
+     * launches both, and the one not built for the table's flags leaves at once (kernels/adam_step.cu). */
+    uint32_t table_flags;
+    uint32_t reserved;
     union {
         fadam_hparams groups[FADAM_MAX_GROUPS];
         fadam_group_scalars scalars[FADAM_MAX_GROUPS];

@@ -260,12 +260,23 @@ static __device__ __forceinline__ void lean_range(const fadam_table_entry &t, in
     }
 }
 
+/* Which loops an instantiation of the step kernel holds (each is its own kernel, named by its tag in
+ * the sass-check: adam_step_kernel<fp32_loops>, adam_step_kernel<all_loops>). A kernel's registers are
+ * those of its hungriest loop, and the lean loop's (~78) cost every table 3 blocks per SM instead of 4,
+ * so a table without a lean tensor runs the kernel without it (bench/sass_budget.txt). */
+struct fp32_loops { /* fp32 states, every rule: nearly every model */
+    static constexpr bool lean = false;
+};
+struct all_loops { /* every layout and rule: a table with a lean tensor (header flag FADAM_TABLE_LEAN) */
+    static constexpr bool lean = true;
+};
+
 /* A slot's fp32 data from `begin` on (lean tensors go to lean_range). */
 static __device__ __forceinline__ float *slot_data(const fadam_table_entry &t, int slot, int64_t begin) {
     return static_cast<float *>(t.states[slot].data) + begin;
 }
 
-template <rule_element Element, int States, int Field0, int Field1, typename ParamT, typename GradT>
+template <typename Loops, rule_element Element, int States, int Field0, int Field1, typename ParamT, typename GradT>
 static __device__ __forceinline__ void rule_range_for_master(const fadam_table_entry &t, int64_t begin, int64_t end,
                                                              const fadam_loop_scalars &s, const int64_t *lean_step) {
     /* The pointers start at `begin`, so the loops index with 32 bits (a chunk is under 2^31 elements). */
@@ -275,50 +286,67 @@ static __device__ __forceinline__ void rule_range_for_master(const fadam_table_e
     float *state0 = slot_data(t, FADAM_SLOT_OF_FIELD(Field0), begin);
     float *state1 = States > 1 ? slot_data(t, FADAM_SLOT_OF_FIELD(Field1 < 0 ? 0 : Field1), begin) : NULL;
     /* An fp32 param is its own master (fadam_check_tensor): no code for fp32 with a master. */
-    if (t.lean)
-        lean_range<Element, States, Field0, Field1, ParamT, GradT>(t, begin, end, s, *lean_step);
-    else if (sizeof(ParamT) == 2 && t.states[FADAM_SLOT_MASTER].data)
+    if (t.lean) { /* never in a kernel without the lean loop (it leaves such a table): left as it is */
+        if (Loops::lean) lean_range<Element, States, Field0, Field1, ParamT, GradT>(t, begin, end, s, *lean_step);
+    } else if (sizeof(ParamT) == 2 && t.states[FADAM_SLOT_MASTER].data)
         rule_range<Element, States, ParamT, GradT, sizeof(ParamT) == 2>(
             param, grad, slot_data(t, FADAM_SLOT_MASTER, begin), state0, state1, n, t.vector_ok, s);
     else
         rule_range<Element, States, ParamT, GradT, false>(param, grad, NULL, state0, state1, n, t.vector_ok, s);
 }
 
-template <rule_element Element, int States, int Field0, int Field1, typename ParamT>
+template <typename Loops, rule_element Element, int States, int Field0, int Field1, typename ParamT>
 static __device__ __forceinline__ void rule_range_for_grad(const fadam_table_entry &t, int64_t begin, int64_t end,
                                                            const fadam_loop_scalars &s, const int64_t *lean_step) {
     switch (t.grad_dtype) {
-    case FADAM_FLOAT32: rule_range_for_master<Element, States, Field0, Field1, ParamT, float>(t, begin, end, s, lean_step); break;
-    case FADAM_BFLOAT16:
-        rule_range_for_master<Element, States, Field0, Field1, ParamT, __nv_bfloat16>(t, begin, end, s, lean_step);
+    case FADAM_FLOAT32:
+        rule_range_for_master<Loops, Element, States, Field0, Field1, ParamT, float>(t, begin, end, s, lean_step);
         break;
-    case FADAM_FLOAT16: rule_range_for_master<Element, States, Field0, Field1, ParamT, __half>(t, begin, end, s, lean_step); break;
+    case FADAM_BFLOAT16:
+        rule_range_for_master<Loops, Element, States, Field0, Field1, ParamT, __nv_bfloat16>(t, begin, end, s, lean_step);
+        break;
+    case FADAM_FLOAT16:
+        rule_range_for_master<Loops, Element, States, Field0, Field1, ParamT, __half>(t, begin, end, s, lean_step);
+        break;
     default: break; /* the host encoder rejects other dtypes */
     }
 }
 
-template <rule_element Element, int States, int Field0, int Field1>
+template <typename Loops, rule_element Element, int States, int Field0, int Field1>
 static __device__ __forceinline__ void rule_range_for_param(const fadam_table_entry &t, int64_t begin, int64_t end,
                                                             const fadam_loop_scalars &s, const int64_t *lean_step) {
     switch (t.param_dtype) {
-    case FADAM_FLOAT32: rule_range_for_grad<Element, States, Field0, Field1, float>(t, begin, end, s, lean_step); break;
-    case FADAM_BFLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __nv_bfloat16>(t, begin, end, s, lean_step); break;
-    case FADAM_FLOAT16: rule_range_for_grad<Element, States, Field0, Field1, __half>(t, begin, end, s, lean_step); break;
+    case FADAM_FLOAT32: rule_range_for_grad<Loops, Element, States, Field0, Field1, float>(t, begin, end, s, lean_step); break;
+    case FADAM_BFLOAT16:
+        rule_range_for_grad<Loops, Element, States, Field0, Field1, __nv_bfloat16>(t, begin, end, s, lean_step);
+        break;
+    case FADAM_FLOAT16: rule_range_for_grad<Loops, Element, States, Field0, Field1, __half>(t, begin, end, s, lean_step); break;
     default: break;
     }
 }
 
-/* 60 registers, no spills: 4 blocks of 256 per SM (47 and 5 blocks before Lion's loops joined Adam's in
- * this kernel; bench/sass_budget.txt says why). What the loops need besides their data stays in
+
+/* Two instantiations (fp32_loops, all_loops above; launchers.h: fadam_step_kernel), picked per launch
+ * from the table's header flag that the encoder sets (fadam_adam_step_kernels):
+ *   adam_step_kernel<fp32_loops>: 60 registers, no spills: 4 blocks of 256 per SM (47 and 5 blocks before
+ *     Lion's loops joined Adam's in this kernel; bench/sass_budget.txt says why); every table without a
+ *     lean tensor, so nearly every model.
+ *   adam_step_kernel<all_loops>: 78 registers (the lean loop's), 3 blocks per SM; tables with a lean tensor.
+ * What the loops need besides their data stays in
  * uniform registers where ptxas can: the scalars come from one place, shared memory (indexing the
  * by-value arguments took more registers), and the warp index is broadcast by a shuffle (ptxas cannot
  * tell threadIdx.x / 32 is warp-uniform). A minimum of 5 blocks in the launch bounds gets 48 registers
  * but a 16-byte stack frame, and costs an instruction per element in every loop. */
+template <typename Loops>
 __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fadam_step_kernel_args args) {
     __shared__ fadam_group_scalars group_scalars[FADAM_MAX_GROUPS];
     /* the t being applied (as fadam_scalars_for_step picks it): the lean loops' random bits; read there only */
     __shared__ int64_t lean_step;
     const fadam_table_header *table = args.table;
+
+    /* The encoder's flag decides which instantiation a table belongs to; the other leaves at once (so
+     * that fadam_step_table, which cannot read the device table, may launch both). */
+    if (((table->flags & FADAM_TABLE_LEAN) != 0) != Loops::lean) return;
 
     /* A fused step whose gradients held Inf/NaN changes nothing (the whole block leaves together). */
     if (args.state && args.state->counters.skipped) return;
@@ -359,7 +387,7 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fa
     case mode:                                                                                                 \
         if (t.states[FADAM_SLOT_OF_FIELD(field0)].data &&                                                      \
             (n_states < 2 || t.states[FADAM_SLOT_OF_FIELD((field1) < 0 ? 0 : (field1))].data))                  \
-            rule_range_for_param<element, n_states, field0, field1>(t, begin, end, s, &lean_step);                   \
+            rule_range_for_param<Loops, element, n_states, field0, field1>(t, begin, end, s, &lean_step);            \
         break;
             FADAM_RULES(RULE_CASE)
 #undef RULE_CASE
@@ -368,9 +396,28 @@ __global__ void __launch_bounds__(FADAM_BLOCK_THREADS) adam_step_kernel(const fa
     }
 }
 
-extern "C" cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args, unsigned grid_blocks,
-                                              unsigned block_threads, cudaStream_t stream) {
+/* The instantiations by fadam_step_kernel id (kernels/launchers.h). */
+static void (*const step_kernels[FADAM_STEP_KERNEL_COUNT])(const fadam_step_kernel_args) = {
+    adam_step_kernel<fp32_loops>, adam_step_kernel<all_loops>};
+
+#if defined(FADAM_EMULATION)
+/* The tests' view of the choice: a bit per fadam_step_kernel launched by the last fadam_launch_adam_step*. */
+static unsigned fadam_emul_step_kernels_launched;
+#endif
+
+extern "C" unsigned fadam_adam_step_kernels(uint32_t table_flags) {
+    const unsigned fp32 = 1u << FADAM_STEP_KERNEL_FP32, lean = 1u << FADAM_STEP_KERNEL_LEAN;
+    if (!(table_flags & FADAM_TABLE_KNOWN)) return fp32 | lean; /* each leaves a table not of its kind */
+    return table_flags & FADAM_TABLE_LEAN ? lean : fp32;
+}
+
+extern "C" cudaError_t fadam_launch_adam_step_kernel(const fadam_step_kernel_args *args, int kernel,
+                                                     unsigned grid_blocks, unsigned block_threads, cudaStream_t stream) {
     fadam_step_kernel_args a;
+    if (kernel < 0 || kernel >= FADAM_STEP_KERNEL_COUNT) return cudaErrorInvalidValue;
+#if defined(FADAM_EMULATION)
+    fadam_emul_step_kernels_launched |= 1u << kernel;
+#endif
     if (grid_blocks == 0) return cudaSuccess; /* nothing to update */
     if (block_threads == 0 || block_threads % 32 || block_threads > FADAM_BLOCK_THREADS) return cudaErrorInvalidValue;
     if (args->n_groups < 0 || args->n_groups > FADAM_MAX_GROUPS) return cudaErrorInvalidValue;
@@ -384,10 +431,25 @@ extern "C" cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args
         memcpy(a.scalars, scalars, (size_t)a.n_groups * sizeof scalars[0]);
         a.scalars_given = 1;
     }
-    FADAM_LAUNCH(adam_step_kernel, dim3(grid_blocks), dim3(block_threads), 0, stream, a);
+    FADAM_LAUNCH(step_kernels[kernel], dim3(grid_blocks), dim3(block_threads), 0, stream, a);
     return FADAM_LAUNCH_ERROR();
 }
 
-extern "C" cudaError_t fadam_adam_step_blocks_per_sm(unsigned block_threads, int *blocks) {
-    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, adam_step_kernel, (int)block_threads, 0);
+extern "C" cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args, unsigned grid_blocks,
+                                              unsigned block_threads, cudaStream_t stream) {
+    const unsigned kernels = fadam_adam_step_kernels(args->table_flags);
+#if defined(FADAM_EMULATION)
+    fadam_emul_step_kernels_launched = 0;
+#endif
+    for (int k = 0; k < FADAM_STEP_KERNEL_COUNT; k++)
+        if (kernels & 1u << k) {
+            const cudaError_t error = fadam_launch_adam_step_kernel(args, k, grid_blocks, block_threads, stream);
+            if (error != cudaSuccess) return error;
+        }
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t fadam_adam_step_blocks_per_sm(int kernel, unsigned block_threads, int *blocks) {
+    if (kernel < 0 || kernel >= FADAM_STEP_KERNEL_COUNT) return cudaErrorInvalidValue;
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, step_kernels[kernel], (int)block_threads, 0);
 }

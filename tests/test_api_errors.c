@@ -101,7 +101,7 @@ static void test_functional_errors(void) {
     fadam_hparams groups[2];
     fadam_step_source source = {1, NULL, NULL};
     size_t bytes = 0;
-    _Alignas(16) unsigned char table[256];
+    _Alignas(16) unsigned char table[512]; /* a header and two entries: 48 + 2 * 112 bytes */
     uint16_t half_param[9];
     check_case_begin();
     t[0] = make_tensor(&a);

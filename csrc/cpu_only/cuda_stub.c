@@ -63,13 +63,22 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
     return cudaSuccess;
 }
 
+unsigned fadam_adam_step_kernels(uint32_t table_flags) {
+    (void)table_flags;
+    return 1u << FADAM_STEP_KERNEL_LEAN;
+}
 cudaError_t fadam_launch_adam_step(const fadam_step_kernel_args *args, unsigned grid_blocks, unsigned block_threads,
                                    cudaStream_t stream) {
     (void)args, (void)grid_blocks, (void)block_threads, (void)stream;
     return cudaErrorNoDevice;
 }
-cudaError_t fadam_adam_step_blocks_per_sm(unsigned block_threads, int *blocks) {
-    (void)block_threads;
+cudaError_t fadam_launch_adam_step_kernel(const fadam_step_kernel_args *args, int kernel, unsigned grid_blocks,
+                                          unsigned block_threads, cudaStream_t stream) {
+    (void)args, (void)kernel, (void)grid_blocks, (void)block_threads, (void)stream;
+    return cudaErrorNoDevice;
+}
+cudaError_t fadam_adam_step_blocks_per_sm(int kernel, unsigned block_threads, int *blocks) {
+    (void)kernel, (void)block_threads;
     *blocks = 0;
     return cudaErrorNoDevice;
 }

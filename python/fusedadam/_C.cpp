@@ -276,6 +276,7 @@ bool same_entry(const fadam_tensor &a, const fadam_tensor &b) {
 struct CachedTable {
     std::vector<fadam_tensor> tensors;
     int n_groups = 0;
+    std::vector<int> modes; // the groups' rules it was checked against (fadam_table_encode_groups)
     at::Tensor device_table; // uint8, from PyTorch's caching allocator
     fadam_stream allocated_on = nullptr; // a cudaStream_t
     bool used = false;
@@ -289,25 +290,7 @@ class TableCache {
     int64_t cpu_calls = 0;
     int cpu_threads = 0; // threads of the CPU pool (torch.get_num_threads() at the last CPU step)
 
-    void clear() {
-        tables_.clear();
-        unused_.clear();
-    }
-
-    // A Lion tensor's exp_avg_sq (and its 8-bit scales) for the device table (fadam_table_bytes
-    // wants them for every tensor and Lion never reads or writes them): numel floats (room for any
-    // moment format) then the scales, kept while exp_avg stays put so that the cached table stays valid.
-    float *unused_second_moment(const at::Tensor &exp_avg) {
-        int64_t numel = exp_avg.numel(), floats = numel + (numel + FADAM_MOMENT_BLOCK - 1) / FADAM_MOMENT_BLOCK;
-        auto found = unused_.find(exp_avg.data_ptr());
-        if (found == unused_.end() || found->second.first.numel() != floats ||
-            found->second.first.device() != exp_avg.device())
-            found = unused_.insert_or_assign(exp_avg.data_ptr(),
-                                             std::make_pair(at::empty({floats}, exp_avg.options().dtype(at::kFloat)), true))
-                        .first;
-        found->second.second = true;
-        return static_cast<float *>(found->second.first.data_ptr());
-    }
+    void clear() { tables_.clear(); }
 
     // The CPU steps' worker threads, as many as PyTorch's intra-op threads: started at the first CPU
     // step and again when torch.set_num_threads changes the count. Call with the GIL held (it may raise).
@@ -325,22 +308,23 @@ class TableCache {
     }
     size_t size() const { return tables_.size(); }
 
-    // Whether the table cached for `bucket` is the one it needs (it was checked when it was encoded).
-    bool holds(const Bucket &bucket, int ordinal, int n_groups) const {
+    // Whether the table cached for `bucket` is the one it needs (it was checked when it was encoded,
+    // against the groups' rules: a rule changed means other states, so a new check).
+    bool holds(const Bucket &bucket, int ordinal, const std::vector<fadam_hparams> &groups, int n_groups) const {
         auto found = tables_.find({bucket.device, ordinal});
         if (found == tables_.end()) return false;
         const CachedTable &cached = found->second;
-        return cached.device_table.defined() && cached.n_groups == n_groups &&
+        return cached.device_table.defined() && cached.n_groups == n_groups && cached.modes == modes_of(groups, n_groups) &&
                cached.tensors.size() == bucket.tensors.size() &&
                std::equal(cached.tensors.begin(), cached.tensors.end(), bucket.tensors.begin(), same_entry);
     }
 
     // The device table for `bucket`, encoded and copied on `stream` when it differs from the cached
-    // one (table_bytes: what fadam_table_bytes gave for it; unused when the cached table is reused).
+    // one (table_bytes: what fadam_table_bytes_groups gave for it; unused when the cached table is reused).
 #ifndef FADAM_CPU_ONLY
-    const at::Tensor &table_for(const Bucket &bucket, int ordinal, int n_groups, size_t table_bytes,
-                                const c10::cuda::CUDAStream &stream) {
-        bool unchanged = holds(bucket, ordinal, n_groups);
+    const at::Tensor &table_for(const Bucket &bucket, int ordinal, const std::vector<fadam_hparams> &groups,
+                                int n_groups, size_t table_bytes, const c10::cuda::CUDAStream &stream) {
+        bool unchanged = holds(bucket, ordinal, groups, n_groups);
         CachedTable &cached = tables_[{bucket.device, ordinal}];
         cached.used = true;
         if (unchanged) {
@@ -353,13 +337,15 @@ class TableCache {
         // allocator keeps the block until the copy has run.
         at::Tensor host_table =
             at::empty({(int64_t)table_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-        raise_on_failure(fadam_table_encode(bucket.tensors.data(), (int64_t)bucket.tensors.size(), n_groups,
-                                            host_table.data_ptr(), table_bytes));
+        // Knowing the rules, the table takes Lion tensors without exp_avg_sq (no 4 B/param buffer).
+        raise_on_failure(fadam_table_encode_groups(bucket.tensors.data(), (int64_t)bucket.tensors.size(),
+                                                   groups.data(), n_groups, host_table.data_ptr(), table_bytes));
         at::Tensor device_table = at::empty(
             {(int64_t)table_bytes}, at::TensorOptions().dtype(at::kByte).device(at::kCUDA, bucket.device));
         device_table.copy_(host_table, /*non_blocking=*/true);
         cached.tensors = bucket.tensors;
         cached.n_groups = n_groups;
+        cached.modes = modes_of(groups, n_groups);
         cached.device_table = device_table;
         cached.allocated_on = reinterpret_cast<fadam_stream>(stream.stream());
         encodes++;
@@ -367,17 +353,8 @@ class TableCache {
     }
 #endif
 
-    // Drops the tables no bucket of this step used (their tensors are gone or regrouped), and the
-    // Lion buffers no tensor of this step asked for.
+    // Drops the tables no bucket of this step used (their tensors are gone or regrouped).
     void drop_unused() {
-        for (auto it = unused_.begin(); it != unused_.end();) {
-            if (!it->second.second) {
-                it = unused_.erase(it);
-            } else {
-                it->second.second = false;
-                ++it;
-            }
-        }
         for (auto it = tables_.begin(); it != tables_.end();) {
             if (!it->second.used) {
                 it = tables_.erase(it);
@@ -389,8 +366,12 @@ class TableCache {
     }
 
   private:
+    static std::vector<int> modes_of(const std::vector<fadam_hparams> &groups, int n_groups) {
+        std::vector<int> modes((size_t)n_groups);
+        for (int g = 0; g < n_groups; g++) modes[(size_t)g] = (int)groups[(size_t)g].mode;
+        return modes;
+    }
     std::map<std::pair<int, int>, CachedTable> tables_;
-    std::map<void *, std::pair<at::Tensor, bool>> unused_; // by exp_avg's data: (buffer, asked for this step)
     std::unique_ptr<fadam_cpu_pool, void (*)(fadam_cpu_pool *)> cpu_pool_{nullptr, &fadam_cpu_pool_destroy};
 };
 
@@ -859,13 +840,7 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         entry.grad = grad->data_ptr();
         // check_state checked their dtypes: the untyped data_ptr skips a second check.
         entry.exp_avg = item.exp_avg->data_ptr();
-        if (item.exp_avg_sq->defined())
-            entry.exp_avg_sq = item.exp_avg_sq->data_ptr();
-        else if (type == at::kCUDA) { // Lion: the device table wants buffers it never touches
-            float *unused = tables.unused_second_moment(*item.exp_avg);
-            entry.exp_avg_sq = unused;
-            if (moments == FADAM_MOMENT_INT8) entry.exp_avg_sq_scales = unused + param.numel();
-        }
+        if (item.exp_avg_sq->defined()) entry.exp_avg_sq = item.exp_avg_sq->data_ptr(); // Lion: none, NULL
         entry.numel = param.numel();
         entry.group = (int)item.group;
         int device = type == at::kCUDA ? param.device().index() : -1;
@@ -908,10 +883,10 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
         const Bucket &bucket = item.second;
         size_t index = bucket_index++;
         bool checked_later = bucket.device < 0 ? by_key.size() == 1
-                                               : tables.holds(bucket, ordinals[index], n_groups);
+                                               : tables.holds(bucket, ordinals[index], groups, n_groups);
         if (checked_later) continue;
-        raise_on_failure(fadam_table_bytes(bucket.tensors.data(), (int64_t)bucket.tensors.size(), n_groups,
-                                           &table_bytes[index]),
+        raise_on_failure(fadam_table_bytes_groups(bucket.tensors.data(), (int64_t)bucket.tensors.size(), groups.data(),
+                                                  n_groups, &table_bytes[index]),
                          tensors_of(bucket));
     }
 
@@ -928,7 +903,8 @@ bool fused_step(TableCache &tables, const ParamCache &cache, pybind11::handle pa
 #else
         c10::cuda::CUDAGuard guard((c10::DeviceIndex)bucket.device);
         c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream((c10::DeviceIndex)bucket.device);
-        const at::Tensor &table = tables.table_for(bucket, ordinals[index], n_groups, table_bytes[index], stream);
+        const at::Tensor &table =
+            tables.table_for(bucket, ordinals[index], groups, n_groups, table_bytes[index], stream);
         fadam_step_source source{};
         source.step = bucket.step;
         at::Tensor t_memory = memory_input(device_step, bucket.device, at::kLong, 1, "device_step");
