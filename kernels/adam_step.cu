@@ -22,7 +22,7 @@
  *   remainder + bf16 moments:                   10 + 8 = 18 B
  *   remainder + 8-bit moments:                   8 + 6 = 14 B (+ 16/256)
  *   (an fp32 grad: +2 B; no master: the param is read, 2 B, and no master moves; Lion: no v, so -2 B
- *   for bf16, -1 B for 8-bit moments each way)
+ *   for bf16, -1 B for 8-bit moments each way, and one scale per block: + 8/256 instead of 16/256)
  * Lion (FADAM_LION, one moment: no v):
  *   fp32 param, fp32 grad, no master:           12 + 8 = 20 B (p4 + g4 + m4 read, p4 + m4 written)
  *   16-bit param, 16-bit grad, fp32 master:     10 + 10 = 20 B (g2 + master4 + m4; p2 + master4 + m4: the
@@ -324,7 +324,6 @@ static __device__ __forceinline__ void rule_range_for_param(const fadam_table_en
     default: break;
     }
 }
-
 
 /* Two instantiations (fp32_loops, all_loops above; launchers.h: fadam_step_kernel), picked per launch
  * from the table's header flag that the encoder sets (fadam_adam_step_kernels):
