@@ -19,8 +19,8 @@ PYTHON ?= python3
 
 VERSION := $(shell sed -n 's/^\#define FADAM_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/fusedadam.h | paste -sd.)
 # 0.x: every minor release may change the ABI (0.2 grew fadam_fused_step_config and
-# fadam_step_counters; 0.3 changed fadam_tensor: void * states, layouts), so the soname carries it:
-# libfusedadam.so.0.3.
+# fadam_step_counters; 0.3 changed fadam_tensor: void * states, layouts; 0.4 the table header,
+# ADATAB5, and a bf16 param's rounding from its master), so the soname carries it: libfusedadam.so.0.4.
 VERSION_WORDS := $(subst ., ,$(VERSION))
 SOVERSION := $(if $(filter 0,$(word 1,$(VERSION_WORDS))),0.$(word 2,$(VERSION_WORDS)),$(word 1,$(VERSION_WORDS)))
 

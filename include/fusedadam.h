@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 #define FADAM_VERSION_MAJOR 0
-#define FADAM_VERSION_MINOR 3
+#define FADAM_VERSION_MINOR 4
 #define FADAM_VERSION_PATCH 0
 
 /* Most parameter groups one optimizer or one functional step may have. Group hyperparameters
