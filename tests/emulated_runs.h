@@ -8,6 +8,25 @@
 #include <cstring>
 #include <vector>
 
+/* Three groups, one per rule: AdamW (group 0), Lion (1) and Adam + L2 with maximize (2), the tensors'
+ * group indices in the tests that mix every rule in one launch. */
+static std::vector<fadam_hparams> rule_groups() {
+    std::vector<fadam_hparams> groups;
+    fadam_hparams adamw = fadam_hparams_default();
+    adamw.weight_decay = 0.1f;
+    groups.push_back(adamw);
+    fadam_hparams lion = fadam_hparams_default_lion();
+    lion.lr = 1e-3f;
+    lion.weight_decay = 0.1f;
+    groups.push_back(lion);
+    fadam_hparams l2 = fadam_hparams_default();
+    l2.mode = FADAM_ADAM_L2;
+    l2.weight_decay = 0.01f;
+    l2.maximize = 1;
+    groups.push_back(l2);
+    return groups;
+}
+
 /* The emulated kernel over the tensors. A functional table takes every state field, so a Lion tensor's
  * exp_avg_sq (and its 8-bit scales) gets a buffer here that the kernel never touches. */
 static void run_kernel(const std::vector<fadam_tensor> &tensors, const std::vector<fadam_hparams> &groups,

@@ -181,22 +181,6 @@ static void expect_same(const side &a, const side &b, const char *what, const st
           (long long)d.numel, x.what, byte);
 }
 
-static std::vector<fadam_hparams> test_groups() {
-    std::vector<fadam_hparams> groups;
-    fadam_hparams adamw = fadam_hparams_default();
-    adamw.weight_decay = 0.1f;
-    groups.push_back(adamw);
-    fadam_hparams lion = fadam_hparams_default_lion();
-    lion.lr = 1e-3f;
-    lion.weight_decay = 0.1f;
-    groups.push_back(lion);
-    fadam_hparams l2 = fadam_hparams_default();
-    l2.mode = FADAM_ADAM_L2;
-    l2.weight_decay = 0.01f;
-    l2.maximize = 1;
-    groups.push_back(l2);
-    return groups;
-}
 
 /* Every layout a dtype admits (REMAINDER: bf16 params only; fp32 params: no master). */
 static std::vector<spec> every_layout(const std::vector<fadam_hparams> &groups, int64_t max_numel) {
@@ -260,7 +244,7 @@ static void test_mixed_table(bool scaled) {
     std::snprintf(name, sizeof name, "every_layout_dtype_rule_one_launch_kernel_reference_cpu_bitwise_oracle%s",
                   scaled ? "_grad_multiplier" : "");
     check_case_begin();
-    std::vector<fadam_hparams> groups = test_groups();
+    std::vector<fadam_hparams> groups = rule_groups();
     std::vector<spec> specs = every_layout(groups, 900);
     /* one large tensor: the 3-thread split cuts it (and its 8-bit blocks' neighbours) at unaligned points */
     specs.push_back({FADAM_BFLOAT16, FADAM_BFLOAT16, 0, REMAINDER, FADAM_MOMENT_INT8, 70001});
@@ -423,7 +407,7 @@ static void test_bf16_stall() {
 static void test_resume() {
     const char *name = "resumed_run_equals_uninterrupted_bitwise";
     check_case_begin();
-    std::vector<fadam_hparams> groups = test_groups();
+    std::vector<fadam_hparams> groups = rule_groups();
     std::vector<spec> specs = every_layout(groups, 600);
     const uint64_t seed = check_rng_next(&rng);
     side whole = make_side(specs, groups, seed), first = make_side(specs, groups, seed), resumed = make_side(specs, groups, seed);
@@ -455,7 +439,7 @@ static void test_resume() {
 static void test_slices() {
     const char *name = "slices_with_element_offset_equal_the_whole";
     check_case_begin();
-    std::vector<fadam_hparams> groups = test_groups();
+    std::vector<fadam_hparams> groups = rule_groups();
     struct layout {
         int master;
         fadam_moment_format moments;

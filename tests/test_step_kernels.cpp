@@ -57,21 +57,6 @@ static void *allocate(side &s, size_t bytes) {
 static size_t moment_bytes(fadam_moment_format f) { return f == FADAM_MOMENT_FP32 ? 4 : f == FADAM_MOMENT_BF16 ? 2 : 1; }
 static int64_t blocks_of(int64_t n) { return (n + FADAM_MOMENT_BLOCK - 1) / FADAM_MOMENT_BLOCK; }
 
-static std::vector<fadam_hparams> test_groups() {
-    std::vector<fadam_hparams> groups;
-    fadam_hparams adamw = fadam_hparams_default();
-    adamw.weight_decay = 0.1f;
-    groups.push_back(adamw);
-    fadam_hparams lion = fadam_hparams_default_lion();
-    lion.lr = 1e-3f;
-    lion.weight_decay = 0.1f;
-    groups.push_back(lion);
-    fadam_hparams l2 = fadam_hparams_default();
-    l2.mode = FADAM_ADAM_L2;
-    l2.weight_decay = 0.01f;
-    groups.push_back(l2);
-    return groups;
-}
 
 /* A tensor of every group for each dtype pair; lean ones (bf16 params: remainder or fp32 master with
  * bf16 or 8-bit moments) and fp32-state ones as the kind says, their order shuffled. */
@@ -186,7 +171,7 @@ static fadam_step_kernel_args args_for(const void *table, const std::vector<fada
 static void test_header_flag() {
     const char *name = "header_flag_lean_set_by_encoder_from_every_entry";
     check_case_begin();
-    std::vector<fadam_hparams> groups = test_groups();
+    std::vector<fadam_hparams> groups = rule_groups();
     for (int kind = 0; kind < 3; kind++) {
         std::vector<spec> specs = specs_of((table_kind)kind);
         side s = make_side(specs, groups, 1);
@@ -215,7 +200,7 @@ static void test_header_flag() {
 static void test_kinds() {
     const char *name = "each_table_kind_runs_its_instantiation_bitwise_reference";
     check_case_begin();
-    std::vector<fadam_hparams> groups = test_groups();
+    std::vector<fadam_hparams> groups = rule_groups();
     const unsigned fp32 = 1u << FADAM_STEP_KERNEL_FP32, lean = 1u << FADAM_STEP_KERNEL_LEAN;
     for (int kind = 0; kind < 3; kind++)
         for (int known = 0; known < 2; known++) {
@@ -249,7 +234,7 @@ static void test_kinds() {
 static void test_wrong_kind_untouched() {
     const char *name = "instantiation_leaves_a_table_not_of_its_kind_untouched";
     check_case_begin();
-    std::vector<fadam_hparams> groups = test_groups();
+    std::vector<fadam_hparams> groups = rule_groups();
     const struct {
         table_kind kind;
         int kernel;
@@ -301,7 +286,7 @@ static void test_lion_without_second_moment() {
 static void test_adamw_without_second_moment_refused() {
     const char *name = "adamw_tensor_without_exp_avg_sq_refused_naming_it";
     check_case_begin();
-    std::vector<fadam_hparams> groups = test_groups();
+    std::vector<fadam_hparams> groups = rule_groups();
     std::vector<spec> specs = specs_of(MIXED);
     side s = make_side(specs, groups, 5);
     int64_t victim = -1;
